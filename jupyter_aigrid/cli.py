@@ -1,0 +1,200 @@
+"""The ``aigrid`` command: submit jobs, watch them, and look at the cluster.
+
+  aigrid submit --gpus 2 train.py --epochs 3     # a script, with its arguments
+  aigrid submit --gpus 1 -c "print('hi')"        # inline code
+  aigrid submit --gpus 1 -- nvidia-smi -L        # any command
+  aigrid list                                    # your jobs
+  aigrid logs -f 12                              # every rank's output, live
+  aigrid status 12 | aigrid cancel 12 | aigrid cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .client import AIGridError, Client
+
+FAILED_EXIT = 1
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        msg = f"--env takes KEY=VALUE, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aigrid", description="AI Grid: jobs on a shared GPU cluster.")
+    p.add_argument("--url", help="the Jupyter server URL (default: the running server found)")
+    p.add_argument("--token", help="the server's token (default: found with the server)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("submit", help="submit a job: a .py script, -c CODE, or a command")
+    s.add_argument("--gpus", type=int, help="total GPUs (default 0)")
+    s.add_argument("--gpus-per-replica", type=int)
+    s.add_argument("--replicas", type=int)
+    s.add_argument("--nodes", type=int, help="spread over exactly this many nodes")
+    s.add_argument("--cpus-per-replica", type=float)
+    s.add_argument("--memory-mb-per-replica", type=int)
+    s.add_argument("--gpu-type")
+    s.add_argument("--name")
+    s.add_argument("--priority", choices=["high", "normal", "low"])
+    s.add_argument("--time-limit", type=float, dest="time_limit_s", metavar="SECONDS")
+    s.add_argument("--max-restarts", type=int)
+    s.add_argument("--workdir")
+    s.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("-c", "--code", help="Python source to run instead of a script")
+    s.add_argument("-f", "--follow", action="store_true",
+                   help="stream the logs until the job ends; exit 1 if it did not succeed")
+    s.add_argument("program", nargs=argparse.REMAINDER,
+                   help="script.py [args...], or a command [args...]")
+
+    sub.add_parser("list", help="list jobs").add_argument("--state")
+    sub.add_parser("status", help="show one job").add_argument("job_id")
+    lg = sub.add_parser("logs", help="show a job's output")
+    lg.add_argument("job_id")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep streaming until it ends")
+    lg.add_argument("--rank", type=int)
+    lg.add_argument("--tail", type=int, help="start with the last N lines of each rank")
+    sub.add_parser("cancel", help="cancel a job").add_argument("job_id")
+    sub.add_parser("cluster", help="show nodes and GPUs")
+    return p
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Turn ``aigrid submit`` arguments into a JobSpec."""
+    program = list(args.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    spec: dict[str, Any] = {}
+    if args.code is not None:
+        if program:
+            spec["args"] = program
+        spec["code"] = args.code
+    elif program and program[0].endswith(".py"):
+        path = Path(program[0])
+        try:
+            spec["code"] = path.read_text()
+        except OSError as e:
+            msg = f"cannot read {path}: {e.strerror}"
+            raise AIGridError(msg, field="program") from e
+        spec["args"] = program[1:]
+        spec.setdefault("name", path.name)
+    elif program:
+        spec["command"] = program
+    else:
+        msg = "nothing to run: give a script.py, -c CODE, or a command"
+        raise AIGridError(msg, field="program")
+    for name in ("gpus", "gpus_per_replica", "replicas", "nodes", "cpus_per_replica",
+                 "memory_mb_per_replica", "gpu_type", "name", "priority", "time_limit_s",
+                 "max_restarts", "workdir"):
+        value = getattr(args, name)
+        if value is not None:
+            spec[name] = value
+    if args.env:
+        spec["env"] = dict(args.env)
+    if "args" in spec and not spec["args"]:
+        del spec["args"]
+    return spec
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
+
+
+def _nodes(job: dict[str, Any]) -> str:
+    if not job.get("placement"):
+        return f"#{job['queue_position']} in queue" if job.get("queue_position") else "-"
+    per: dict[str, int] = {}
+    for slot in job["placement"]:
+        per[slot["node"]] = per.get(slot["node"], 0) + 1
+    return ",".join(f"{n}x{c}" for n, c in per.items())
+
+
+def _print_logs(client: Client, job_id: str, **kwargs: Any) -> None:
+    for entry in client.logs(job_id, **kwargs):
+        stream = sys.stderr if entry["stream"] == "stderr" else sys.stdout
+        print(f"[{entry['rank']}] {entry['line']}", file=stream, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    client = Client(args.url, args.token) if args.url else Client(token=args.token)
+    out: Any
+    if args.command == "submit":
+        job = client.submit(spec_from_args(args))
+        print(json.dumps(job) if args.json else f"submitted job {job['id']} ({job['name']})",
+              flush=True)
+        if not args.follow:
+            return 0
+        _print_logs(client, job["id"], follow=True)
+        job = client.wait(job["id"])
+        print(f"job {job['id']} {job['state']}" + (f": {job['reason']}" if job["reason"] else ""),
+              file=sys.stderr)
+        return 0 if job["state"] == "succeeded" else FAILED_EXIT
+    if args.command == "list":
+        jobs = client.jobs(state=args.state)
+        if args.json:
+            out = json.dumps(jobs)
+        else:
+            out = _table(
+                [[j["id"], j["name"], j["state"], j["gpus"], j["priority"], j["owner"],
+                  _age(j["submitted_at"]), _nodes(j)] for j in jobs],
+                ["ID", "NAME", "STATE", "GPUS", "PRIORITY", "OWNER", "AGE", "WHERE"],
+            )
+        print(out)
+    elif args.command == "status":
+        job = client.job(args.job_id)
+        print(json.dumps(job, indent=2))
+    elif args.command == "logs":
+        _print_logs(client, args.job_id, rank=args.rank, follow=args.follow, tail=args.tail)
+    elif args.command == "cancel":
+        job = client.cancel(args.job_id)
+        print(json.dumps(job) if args.json else f"job {job['id']}: cancel requested ({job['state']})")
+    elif args.command == "cluster":
+        cluster = client.cluster()
+        if args.json:
+            print(json.dumps(cluster))
+        else:
+            rows = [[n["name"], g["index"], g["model"] + (" (SIMULATED)" if g["simulated"] else ""),
+                     g.get("job_id") or "-", "-" if g.get("rank") is None else g["rank"],
+                     f"{g['utilization_pct']}%" if "utilization_pct" in g else "-"]
+                    for n in cluster["nodes"] for g in n["gpus"]]
+            print(_table(rows, ["NODE", "GPU", "MODEL", "JOB", "RANK", "UTIL"]))
+            print(f"{cluster['gpus_free']}/{cluster['gpus_total']} GPUs free "
+                  f"({cluster['executor']} executor)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except AIGridError as e:
+        print(f"aigrid: error: {e}", file=sys.stderr)
+        return 2 if e.status in (0, 400) and e.field == "program" else FAILED_EXIT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The master: the Jupyter server extension that schedules and runs jobs."""

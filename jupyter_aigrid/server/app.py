@@ -1,0 +1,150 @@
+"""AIGridApp: the Jupyter server extension that runs the master.
+
+Every knob is a trait, set as ``c.AIGridApp.<name>`` in ``jupyter_server_config.py`` or on the
+command line (``--AIGridApp.local_nodes=2``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Float, Int, Set, Unicode, default, validate
+from traitlets import TraitError
+
+from . import events
+from .executors.local import LocalExecutor
+from .handlers import ROUTES
+from .master import Master
+from .policies import load_policy
+from .store import Store
+
+EXECUTORS = ("local",)
+
+
+class AIGridApp(ExtensionApp):
+    name = "jupyter_aigrid"
+    load_other_extensions = True
+
+    executor = Unicode(
+        "local",
+        config=True,
+        help="Where replicas run: 'local' (processes on this machine, the default).",
+    )
+    state_dir = Unicode(
+        config=True,
+        help="Directory for the database, logs, results and the local nodes' scratch space.",
+    )
+    db_path = Unicode(
+        config=True, help="The SQLite database; default <state_dir>/aigrid.sqlite."
+    )
+    simulated_gpus = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help=(
+            "GPUs per local node that are CPU slots standing in for real GPUs (marked "
+            "'simulated' everywhere; jobs on them run torch on the CPU). Default: the real "
+            "GPUs NVML finds, or 4 simulated GPUs per node on a machine without any. "
+            "Setting a number uses simulated GPUs even where real ones exist."
+        ),
+    )
+    local_nodes = Int(
+        1, config=True, help="Logical nodes the local executor declares on this machine."
+    )
+    local_cpus_per_node = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="CPUs each local node offers; default the machine's CPU count (at least its GPUs).",
+    )
+    local_memory_mb_per_node = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="Memory each local node offers, in MB; default the machine's memory / local_nodes.",
+    )
+    policy = Unicode(
+        "fifo",
+        config=True,
+        help="The scheduling policy, by name from the 'jupyter_aigrid.policies' entry points.",
+    )
+    tick_interval_s = Float(
+        1.0, config=True, help="Seconds between master loop ticks when nothing wakes it."
+    )
+    stop_grace_s = Float(
+        10.0, config=True, help="Seconds between SIGTERM and SIGKILL when stopping a replica."
+    )
+    admin_users = Set(
+        Unicode(),
+        config=True,
+        help="Users who see and manage every job (multi-user servers; a single-user "
+        "server's user is always an admin).",
+    )
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return os.path.join(jupyter_data_dir(), "aigrid")
+
+    @default("db_path")
+    def _default_db_path(self) -> str:
+        return os.path.join(self.state_dir, "aigrid.sqlite")
+
+    @validate("executor")
+    def _check_executor(self, proposal):
+        if proposal["value"] not in EXECUTORS:
+            msg = f"AIGridApp.executor must be one of {', '.join(EXECUTORS)}, got {proposal['value']!r}"
+            raise TraitError(msg)
+        return proposal["value"]
+
+    @validate("local_nodes", "tick_interval_s")
+    def _check_positive(self, proposal):
+        if proposal["value"] <= 0:
+            msg = f"AIGridApp.{proposal['trait'].name} must be positive, got {proposal['value']!r}"
+            raise TraitError(msg)
+        return proposal["value"]
+
+    def initialize_settings(self) -> None:
+        state = Path(self.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        executor = LocalExecutor(
+            state,
+            nodes=self.local_nodes,
+            simulated_gpus=self.simulated_gpus,
+            cpus_per_node=self.local_cpus_per_node,
+            memory_mb_per_node=self.local_memory_mb_per_node,
+        )
+        for path in events.schema_paths():
+            self.serverapp.event_logger.register_event_schema(path)
+        self.master = Master(
+            Store(self.db_path),
+            executor,
+            load_policy(self.policy),
+            state_dir=state,
+            emit=self._emit,
+            tick_s=self.tick_interval_s,
+            stop_grace_s=self.stop_grace_s,
+        )
+        self.settings.update(aigrid_master=self.master, aigrid_admin_users=set(self.admin_users))
+        simulated = sum(g.simulated for n in self.master.nodes for g in n.gpus)
+        gpus = sum(len(n.gpus) for n in self.master.nodes)
+        self.log.info(
+            "AI Grid master: %s executor, %d node(s), %d GPU(s)%s, policy %s, state in %s",
+            self.executor, len(self.master.nodes), gpus,
+            f" ({simulated} SIMULATED: CPU slots, no real GPU)" if simulated else "",
+            self.policy, state,
+        )
+
+    def _emit(self, schema_id: str, data: dict) -> None:
+        self.serverapp.event_logger.emit(schema_id=schema_id, data=data)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(ROUTES)
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        await self.master.start()
+
+    async def stop_extension(self) -> None:
+        await self.master.stop()

@@ -1,0 +1,15 @@
+"""Event schema ids and the registration of their YAML files with jupyter_events."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+JOB_STATE = "https://events.jupyter.org/jupyter_aigrid/job_state/v1"
+JOB_PLACEMENT = "https://events.jupyter.org/jupyter_aigrid/job_placement/v1"
+SCHEMA_IDS = (JOB_STATE, JOB_PLACEMENT)
+
+
+def schema_paths() -> list[Path]:
+    root = files("jupyter_aigrid.server").joinpath("schemas/events")
+    return [Path(str(root.joinpath(name, "v1.yaml"))) for name in ("job_state", "job_placement")]

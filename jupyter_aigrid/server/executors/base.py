@@ -1,0 +1,54 @@
+"""The Executor protocol: the mechanism that starts, stops and watches replicas.
+
+Policies decide; executors carry out. An executor never chooses where a replica goes: the
+master hands it a :class:`LaunchRequest` naming the node. Every method is synchronous and
+quick; slow work (a grace period, a container pull) is tracked and finished in ``poll``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..model import LaunchRequest, Node, ReplicaExit, ReplicaHandle
+
+
+class ExecutorError(RuntimeError):
+    """An executor could not do what was asked (a launch failed, a node is gone)."""
+
+
+class Executor(Protocol):
+    #: The name used in config (``c.AIGridApp.executor``) and in the inventory.
+    name: str
+
+    def nodes(self) -> list[Node]:
+        """The inventory: every node with its GPUs, CPUs, memory and scratch directory."""
+        ...
+
+    def rendezvous(self, node: str) -> tuple[str, int]:
+        """An address and a free port on ``node`` for rank 0's process group store."""
+        ...
+
+    def launch(self, request: LaunchRequest, code: str | None, args: list[str],
+               command: list[str] | None) -> ReplicaHandle:
+        """Start one replica: ``code`` (Python source, run with ``args``) or ``command``."""
+        ...
+
+    def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
+        """Ask a replica to stop now (SIGTERM or equivalent), and force it after ``grace_s``."""
+        ...
+
+    def poll(self) -> list[ReplicaExit]:
+        """Replicas that ended since the last poll, with their exit codes."""
+        ...
+
+    def reconcile(self, known: list[ReplicaHandle]) -> list[str]:
+        """After a master restart: adopt the replicas that still run, return their ids.
+
+        The ones that ended meanwhile are reported by the next :meth:`poll`, with their exit
+        code when it was recorded, else as lost (``exit_code=None``).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release resources; replicas keep running (a restarted master re-adopts them)."""
+        ...

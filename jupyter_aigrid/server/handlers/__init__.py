@@ -1,0 +1,22 @@
+"""Thin REST handlers, one module per resource: parse, authorize, call the master, serialize."""
+
+from __future__ import annotations
+
+from .cluster import ClusterHandler
+from .jobs import JobHandler, JobsHandler
+from .logs import LogsHandler
+from .openapi import OpenAPIHandler
+from .results import ResultHandler
+
+API = "/aigrid/api"
+_JOB = r"(?P<job_id>[^/]+)"
+
+#: (route, handler); the OpenAPI document lists exactly these paths.
+ROUTES = [
+    (rf"{API}/jobs", JobsHandler),
+    (rf"{API}/jobs/{_JOB}", JobHandler),
+    (rf"{API}/jobs/{_JOB}/logs", LogsHandler),
+    (rf"{API}/jobs/{_JOB}/result", ResultHandler),
+    (rf"{API}/cluster", ClusterHandler),
+    (rf"{API}/openapi.yaml", OpenAPIHandler),
+]

@@ -1,0 +1,234 @@
+"""Plain data shared by the master, the policies, the executors and the simulator.
+
+Everything here is a frozen dataclass or a string constant: no I/O, no framework imports, so
+``server.policies`` and ``sim`` can use it at full speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# Job states. ``preempted`` comes with the migration issue; it is listed so every consumer
+# already knows the full set.
+QUEUED = "queued"
+STARTING = "starting"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+PREEMPTED = "preempted"
+JOB_STATES = (QUEUED, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED, PREEMPTED)
+ACTIVE_STATES = (STARTING, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+PRIORITIES = ("high", "normal", "low")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU of a node. ``simulated`` GPUs are CPU slots that stand in for a real device."""
+
+    index: int
+    uuid: str
+    model: str
+    memory_mb: int
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine, or a logical node that an executor declares on one machine."""
+
+    name: str
+    gpus: tuple[Gpu, ...]
+    cpus: int
+    memory_mb: int
+    scratch: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node as a policy sees it: what it has, and what is free right now."""
+
+    name: str
+    gpus: tuple[Gpu, ...]
+    free_gpus: frozenset[int]
+    cpus: int
+    free_cpus: float
+    memory_mb: int
+    free_memory_mb: int
+
+    def free_gpu_indices(self, gpu_type: str | None) -> list[int]:
+        return sorted(
+            g.index
+            for g in self.gpus
+            if g.index in self.free_gpus and (gpu_type is None or g.model == gpu_type)
+        )
+
+    def replicas_that_fit(self, req: Request) -> int:
+        """How many of ``req``'s replicas this node could take now."""
+        limits = []
+        if req.gpus_per_replica:
+            limits.append(len(self.free_gpu_indices(req.gpu_type)) // req.gpus_per_replica)
+        if req.cpus_per_replica:
+            limits.append(int(self.free_cpus // req.cpus_per_replica))
+        if req.memory_mb_per_replica:
+            limits.append(self.free_memory_mb // req.memory_mb_per_replica)
+        return min(limits) if limits else req.replicas
+
+
+@dataclass(frozen=True)
+class Request:
+    """The resource side of a job: what the scheduler needs to know to queue and place it."""
+
+    job_id: str
+    owner: str
+    replicas: int
+    gpus_per_replica: int
+    cpus_per_replica: float
+    memory_mb_per_replica: int
+    nodes: int | None = None
+    gpu_type: str | None = None
+    priority: str = "normal"
+    submitted_at: float = 0.0
+    seq: int = 0
+
+    @property
+    def gpus(self) -> int:
+        return self.replicas * self.gpus_per_replica
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one rank of a gang runs."""
+
+    rank: int
+    node: str
+    local_rank: int
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A whole gang: one slot per rank, ranks 0..n-1 in order."""
+
+    slots: tuple[Slot, ...]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for s in self.slots:
+            seen.setdefault(s.node)
+        return tuple(seen)
+
+    def to_json(self) -> list[dict]:
+        return [
+            {"rank": s.rank, "node": s.node, "local_rank": s.local_rank, "gpus": list(s.gpus)}
+            for s in self.slots
+        ]
+
+    @classmethod
+    def from_json(cls, data: list[dict]) -> Placement:
+        return cls(
+            tuple(Slot(d["rank"], d["node"], d["local_rank"], tuple(d["gpus"])) for d in data)
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A frozen view of the cluster at one instant: the input of every policy."""
+
+    nodes: tuple[NodeView, ...]
+    now: float = 0.0
+    running: tuple[Request, ...] = ()
+
+    def node(self, name: str) -> NodeView:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def allocate(self, req: Request, placement: Placement) -> Snapshot:
+        """The snapshot after ``placement`` took its resources."""
+        taken: dict[str, list[Slot]] = {}
+        for s in placement.slots:
+            taken.setdefault(s.node, []).append(s)
+        nodes = []
+        for n in self.nodes:
+            slots = taken.get(n.name)
+            if not slots:
+                nodes.append(n)
+                continue
+            used = {g for s in slots for g in s.gpus}
+            nodes.append(
+                replace(
+                    n,
+                    free_gpus=n.free_gpus - used,
+                    free_cpus=n.free_cpus - req.cpus_per_replica * len(slots),
+                    free_memory_mb=n.free_memory_mb - req.memory_mb_per_replica * len(slots),
+                )
+            )
+        return replace(self, nodes=tuple(nodes), running=(*self.running, req))
+
+    @classmethod
+    def empty(cls, nodes: list[Node], now: float = 0.0) -> Snapshot:
+        """Every resource of ``nodes`` free."""
+        return cls(
+            nodes=tuple(
+                NodeView(
+                    name=n.name,
+                    gpus=n.gpus,
+                    free_gpus=frozenset(g.index for g in n.gpus),
+                    cpus=n.cpus,
+                    free_cpus=float(n.cpus),
+                    memory_mb=n.memory_mb,
+                    free_memory_mb=n.memory_mb,
+                )
+                for n in nodes
+            ),
+            now=now,
+        )
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A policy decision: start ``job_id``'s gang at ``placement``."""
+
+    job_id: str
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What an executor needs to start one replica."""
+
+    replica_id: str
+    job_id: str
+    attempt: int
+    rank: int
+    node: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = ""
+    stdout_path: str = ""
+    stderr_path: str = ""
+    exit_path: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaHandle:
+    """How to find a launched replica again, also after a master restart."""
+
+    replica_id: str
+    pid: int | None
+    pid_start: float | None
+    exit_path: str
+
+
+@dataclass(frozen=True)
+class ReplicaExit:
+    """A replica ended. ``exit_code`` is None when it vanished without a recorded status."""
+
+    replica_id: str
+    exit_code: int | None

@@ -1,0 +1,191 @@
+"""Job description validation: JSON Schema first, then the rules a schema cannot say.
+
+:func:`validate` returns a complete JobSpec, defaults filled in and replicas derived, or raises
+:class:`SpecError` naming the field that is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import jsonschema
+
+from .model import Request
+
+#: Variables the runtime sets for every replica; a job may not override them.
+RESERVED_ENV = frozenset(
+    {
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "CUDA_VISIBLE_DEVICES",
+    }
+)
+#: Templates the local executor can honour today.
+TEMPLATES = ("single", "pytorch-ddp")
+
+
+class SpecError(ValueError):
+    """A job description is wrong. ``field`` is the dotted path of the offending field."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.status = status
+
+
+@cache
+def job_schema() -> dict[str, Any]:
+    return json.loads(files("jupyter_aigrid.server").joinpath("schemas/job.schema.json").read_text())
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = job_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def _field_of(error: jsonschema.ValidationError) -> str | None:
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        if extra:
+            path.append(extra[0])
+    elif error.validator == "propertyNames":
+        path.append(str(error.instance))
+    return ".".join(path) or None
+
+
+def _message_of(error: jsonschema.ValidationError, field: str | None) -> str:
+    if error.validator == "additionalProperties" and field:
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown field {field!r}; allowed fields are: {allowed}"
+    if error.validator == "propertyNames":
+        return f"environment variable name {error.instance!r} must match [A-Za-z_][A-Za-z0-9_]*"
+    where = f"{field!r}" if field else "the job description"
+    return f"{where}: {error.message}"
+
+
+def parse_body(body: bytes | str) -> dict[str, Any]:
+    """Decode a request body into a JSON object, or raise SpecError."""
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        msg = f"the request body is not valid JSON: {e}"
+        raise SpecError(msg, field="body") from e
+    if not isinstance(data, dict):
+        msg = "the request body must be a JSON object (a job description)"
+        raise SpecError(msg, field="body")
+    return data
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``raw`` and return the full JobSpec with defaults and derived fields."""
+    if "code" in raw and "command" in raw:
+        msg = "give exactly one of 'code' (Python source) or 'command' (an argv list), not both"
+        raise SpecError(msg, field="code")
+    errors = sorted(_validator().iter_errors(raw), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        field = _field_of(error)
+        raise SpecError(_message_of(error, field), field=field)
+    if "code" not in raw and "command" not in raw:
+        msg = "give exactly one of 'code' (Python source) or 'command' (an argv list)"
+        raise SpecError(msg, field="code")
+    if "args" in raw and "code" not in raw:
+        msg = "'args' goes with 'code'; with 'command', put the arguments in the argv list"
+        raise SpecError(msg, field="args")
+    spec = _with_defaults(raw)
+    _derive_replicas(spec, gpus_given="gpus" in raw)
+    _check_env(spec)
+    _check_template(spec)
+    return spec
+
+
+def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    spec = dict(raw)
+    for name, prop in job_schema()["properties"].items():
+        if "default" in prop and name not in spec:
+            spec[name] = prop["default"]
+    spec.setdefault("name", "job")
+    spec.setdefault("env", {})
+    return spec
+
+
+def _derive_replicas(spec: dict[str, Any], *, gpus_given: bool) -> None:
+    per = spec.get("gpus_per_replica")
+    replicas = spec.get("replicas")
+    if not gpus_given and per and replicas:
+        spec["gpus"] = per * replicas
+    gpus = spec["gpus"]
+    if per is None:
+        if gpus and replicas and gpus % replicas == 0:
+            per = gpus // replicas
+        else:
+            per = 1 if gpus > 0 else 0
+    if per == 0 and gpus > 0:
+        msg = f"gpus_per_replica is 0 but gpus is {gpus}; use gpus_per_replica >= 1"
+        raise SpecError(msg, field="gpus_per_replica")
+    if replicas is None:
+        if per and gpus % per:
+            msg = f"gpus ({gpus}) must be a multiple of gpus_per_replica ({per})"
+            raise SpecError(msg, field="gpus_per_replica")
+        replicas = gpus // per if per and gpus else 1
+    if gpus != replicas * per:
+        msg = (
+            f"gpus ({gpus}) must equal replicas ({replicas}) x gpus_per_replica ({per}); "
+            "give two of the three"
+        )
+        raise SpecError(msg, field="gpus")
+    nodes = spec.get("nodes")
+    if nodes is not None and nodes > replicas:
+        msg = f"nodes ({nodes}) cannot exceed replicas ({replicas}): every node needs a replica"
+        raise SpecError(msg, field="nodes")
+    spec["gpus_per_replica"] = per
+    spec["replicas"] = replicas
+    spec["gpus"] = replicas * per
+
+
+def _check_env(spec: dict[str, Any]) -> None:
+    for key in spec["env"]:
+        if key in RESERVED_ENV or key.startswith("AIGRID_"):
+            msg = f"env.{key} is set by the runtime for every replica and cannot be overridden"
+            raise SpecError(msg, field=f"env.{key}")
+
+
+def _check_template(spec: dict[str, Any]) -> None:
+    template = spec.get("template")
+    if template is None:
+        return
+    if template not in TEMPLATES:
+        msg = f"unknown template {template!r}; available: {', '.join(TEMPLATES)}"
+        raise SpecError(msg, field="template")
+    if template == "single" and spec["replicas"] != 1:
+        msg = f"template 'single' runs one replica, but the job asks for {spec['replicas']}"
+        raise SpecError(msg, field="template")
+
+
+def to_request(job_id: str, owner: str, spec: dict[str, Any], submitted_at: float, seq: int) -> Request:
+    """The scheduler's view of a validated spec."""
+    return Request(
+        job_id=job_id,
+        owner=owner,
+        replicas=spec["replicas"],
+        gpus_per_replica=spec["gpus_per_replica"],
+        cpus_per_replica=float(spec["cpus_per_replica"]),
+        memory_mb_per_replica=spec["memory_mb_per_replica"],
+        nodes=spec.get("nodes"),
+        gpu_type=spec.get("gpu_type"),
+        priority=spec["priority"],
+        submitted_at=submitted_at,
+        seq=seq,
+    )

@@ -1,0 +1,250 @@
+"""SQLite through sqlite-utils: the single source of truth of the master.
+
+The database runs in WAL mode with ``synchronous=FULL``, so a job acknowledged to a client
+survives a crash or a power cut. Every write happens inside :meth:`Store.write`
+(``BEGIN IMMEDIATE``), and only the master's one database thread writes. Schema changes are
+additive; the version is recorded in ``meta``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .model import Node
+
+SCHEMA_VERSION = 1
+#: Columns stored as JSON text, decoded on the way out.
+_JSON_COLUMNS = frozenset({"spec", "placement", "exit_codes", "gpu_indices", "data", "labels"})
+
+
+def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: json.loads(v) if k in _JSON_COLUMNS and v is not None else v for k, v in row.items()}
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in fields.items()}
+
+
+class Store:
+    """All persistent state. Not thread-safe by design: one thread owns it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn, strict=True)
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[Store]:
+        """One write transaction, taken with BEGIN IMMEDIATE; commits or rolls back whole."""
+        if self.conn.in_transaction:
+            yield self
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        db = self.db
+        with self.write():
+            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db["jobs"].create(
+                {
+                    "id": str,
+                    "seq": int,
+                    "name": str,
+                    "owner": str,
+                    "kind": str,
+                    "state": str,
+                    "reason": str,
+                    "priority": str,
+                    "gpus": int,
+                    "replicas": int,
+                    "spec": str,
+                    "placement": str,
+                    "exit_codes": str,
+                    "submitted_at": float,
+                    "started_at": float,
+                    "finished_at": float,
+                    "restarts": int,
+                    "attempt": int,
+                    "pending_state": str,
+                },
+                pk="id",
+                not_null={"seq", "owner", "state", "spec", "submitted_at"},
+                if_not_exists=True,
+            )
+            db["jobs"].create_index(["state", "seq"], if_not_exists=True)
+            db["jobs"].create_index(["seq"], unique=True, if_not_exists=True)
+            db["replicas"].create(
+                {
+                    "id": str,
+                    "job_id": str,
+                    "attempt": int,
+                    "rank": int,
+                    "local_rank": int,
+                    "node": str,
+                    "gpu_indices": str,
+                    "state": str,
+                    "pid": int,
+                    "pid_start": float,
+                    "exit_code": int,
+                    "exit_path": str,
+                    "log_dir": str,
+                    "started_at": float,
+                    "finished_at": float,
+                },
+                pk="id",
+                foreign_keys=[("job_id", "jobs", "id")],
+                if_not_exists=True,
+            )
+            db["replicas"].create_index(["job_id", "attempt"], if_not_exists=True)
+            db["replicas"].create_index(["state"], if_not_exists=True)
+            db["nodes"].create(
+                {"name": str, "executor": str, "cpus": int, "memory_mb": int, "scratch": str,
+                 "labels": str, "updated_at": float},
+                pk="name",
+                if_not_exists=True,
+            )
+            db["gpus"].create(
+                {"node": str, "idx": int, "uuid": str, "model": str, "memory_mb": int,
+                 "simulated": int},
+                pk=("node", "idx"),
+                if_not_exists=True,
+            )
+            db["events"].create(
+                {"seq": int, "time": float, "schema_id": str, "job_id": str, "data": str},
+                pk="seq",
+                if_not_exists=True,
+            )
+            db["events"].create_index(["job_id"], if_not_exists=True)
+            current = self.schema_version()
+            if current is None:
+                db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+            elif current > SCHEMA_VERSION:
+                msg = (
+                    f"the database {self.path} has schema version {current}, newer than this "
+                    f"jupyter-aigrid understands ({SCHEMA_VERSION}); upgrade jupyter-aigrid"
+                )
+                raise RuntimeError(msg)
+
+    def schema_version(self) -> int | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else None
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def insert_job(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Store a new job and give it the next id; returns the stored row."""
+        with self.write():
+            seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            row = {**fields, "id": str(seq), "seq": seq, "restarts": 0, "attempt": 0}
+            self.db["jobs"].insert(_encode(row))
+        return self.job(row["id"])  # type: ignore[return-value]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        for row in self.db["jobs"].rows_where("id = ?", [job_id]):
+            return _decode(row)
+        return None
+
+    def jobs(
+        self, states: tuple[str, ...] | None = None, owner: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = [], []
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        rows = self.db["jobs"].rows_where(" AND ".join(where) or None, args, order_by="seq")
+        return [_decode(r) for r in rows]  # type: ignore[misc]
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        with self.write():
+            self.db["jobs"].update(job_id, _encode(fields))
+
+    # -- replicas -----------------------------------------------------------------------------
+
+    def insert_replicas(self, rows: list[dict[str, Any]]) -> None:
+        with self.write():
+            self.db["replicas"].insert_all([_encode(r) for r in rows])
+
+    def replicas(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        if attempt is None:
+            rows = self.db["replicas"].rows_where("job_id = ?", [job_id], order_by="attempt, rank")
+        else:
+            rows = self.db["replicas"].rows_where(
+                "job_id = ? AND attempt = ?", [job_id, attempt], order_by="rank"
+            )
+        return [_decode(r) for r in rows]  # type: ignore[misc]
+
+    def replica(self, replica_id: str) -> dict[str, Any] | None:
+        for row in self.db["replicas"].rows_where("id = ?", [replica_id]):
+            return _decode(row)
+        return None
+
+    def replicas_in(self, states: tuple[str, ...]) -> list[dict[str, Any]]:
+        rows = self.db["replicas"].rows_where(
+            f"state IN ({','.join('?' * len(states))})", list(states), order_by="job_id, rank"
+        )
+        return [_decode(r) for r in rows]  # type: ignore[misc]
+
+    def update_replica(self, replica_id: str, **fields: Any) -> None:
+        with self.write():
+            self.db["replicas"].update(replica_id, _encode(fields))
+
+    # -- inventory ----------------------------------------------------------------------------
+
+    def replace_inventory(self, executor: str, nodes: list[Node]) -> None:
+        now = time.time()
+        with self.write():
+            self.db.execute("DELETE FROM gpus")
+            self.db.execute("DELETE FROM nodes")
+            for n in nodes:
+                self.db["nodes"].insert(
+                    _encode({"name": n.name, "executor": executor, "cpus": n.cpus,
+                             "memory_mb": n.memory_mb, "scratch": n.scratch,
+                             "labels": dict(n.labels), "updated_at": now})
+                )
+                self.db["gpus"].insert_all(
+                    {"node": n.name, "idx": g.index, "uuid": g.uuid, "model": g.model,
+                     "memory_mb": g.memory_mb, "simulated": int(g.simulated)}
+                    for g in n.gpus
+                )
+
+    # -- events -------------------------------------------------------------------------------
+
+    def record_event(self, schema_id: str, job_id: str | None, data: dict[str, Any]) -> None:
+        with self.write():
+            self.db["events"].insert(
+                _encode({"time": time.time(), "schema_id": schema_id, "job_id": job_id,
+                         "data": data})
+            )
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self.db["events"].rows_where("job_id = ?", [job_id], order_by="seq")
+        return [_decode(r) for r in rows]  # type: ignore[misc]

@@ -1,0 +1,98 @@
+"""What the REST API, the events and the CLI show of jobs and of the cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from .model import FINAL_STATES, Node
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def job_view(row: dict[str, Any], nodes: dict[str, Node], queue_position: int | None = None,
+             ) -> dict[str, Any]:
+    """A job as the API shows it: the stored row, with placement spelled out per GPU."""
+    spec = row["spec"]
+    placement = None
+    if row.get("placement"):
+        placement = []
+        for slot in row["placement"]:
+            node = nodes.get(slot["node"])
+            by_index = {g.index: g for g in node.gpus} if node else {}
+            gpus = []
+            for i in slot["gpus"]:
+                g = by_index.get(i)
+                gpus.append({"index": i, "uuid": g.uuid if g else None,
+                             "model": g.model if g else None,
+                             "simulated": g.simulated if g else None})
+            placement.append({**slot, "gpus": gpus})
+    end = row.get("finished_at") or time.time()
+    started = row.get("started_at")
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "owner": row["owner"],
+        "kind": row["kind"],
+        "state": row["state"],
+        "reason": row.get("reason"),
+        "priority": row["priority"],
+        "preemptible": spec.get("preemptible", False),
+        "gpus": row["gpus"],
+        "replicas": row["replicas"],
+        "gpus_per_replica": spec["gpus_per_replica"],
+        "queue_position": queue_position,
+        "placement": placement,
+        "stopping": row.get("pending_state") is not None and row["state"] not in FINAL_STATES,
+        "restarts": row.get("restarts") or 0,
+        "attempt": row.get("attempt") or 0,
+        "exit_codes": row.get("exit_codes"),
+        "submitted_at": iso(row["submitted_at"]),
+        "started_at": iso(started),
+        "finished_at": iso(row.get("finished_at")),
+        "elapsed_s": round(end - started, 3) if started else None,
+        "migration": None,
+        "spec": spec,
+    }
+
+
+def cluster_view(executor: str, nodes: list[Node], holders: dict[tuple[str, int], dict],
+                 utilisation: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Nodes with their GPUs, who holds each GPU, and live utilisation where NVML has it."""
+    out_nodes = []
+    total = free = 0
+    for n in nodes:
+        gpus = []
+        for g in n.gpus:
+            holder = holders.get((n.name, g.index))
+            total += 1
+            free += holder is None
+            gpus.append({
+                "index": g.index,
+                "uuid": g.uuid,
+                "model": g.model,
+                "memory_mb": g.memory_mb,
+                "simulated": g.simulated,
+                "job_id": holder["job_id"] if holder else None,
+                "rank": holder["rank"] if holder else None,
+                **utilisation.get(g.uuid, {}),
+            })
+        out_nodes.append({
+            "name": n.name,
+            "cpus": n.cpus,
+            "memory_mb": n.memory_mb,
+            "labels": dict(n.labels),
+            "gpus": gpus,
+        })
+    return {
+        "executor": executor,
+        "simulated": any(g.simulated for n in nodes for g in n.gpus),
+        "gpus_total": total,
+        "gpus_free": free,
+        "nodes": out_nodes,
+    }
