@@ -19,20 +19,27 @@ class LogCursor:
     path: Path
     offset: int = 0
     partial: bytes = field(default=b"")
+    #: Whether the last read reached the end of the file (as it was then).
+    eof: bool = True
 
     def read_lines(self, final: bool = False, limit: int = 1 << 20) -> list[str]:
-        """New complete lines (all of what is left when ``final``)."""
+        """New complete lines, at most ``limit`` bytes of them; :attr:`eof` says if more wait.
+
+        With ``final`` (the writer has ended), a last line without a newline is complete too.
+        """
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read(limit)
         except FileNotFoundError:
+            self.eof = True
             return []
+        self.eof = len(data) < limit
         self.offset += len(data)
         data = self.partial + data
         lines = data.split(b"\n")
         self.partial = lines.pop()
-        if len(self.partial) > MAX_LINE or (final and self.partial):
+        if len(self.partial) > MAX_LINE or (final and self.eof and self.partial):
             lines.append(self.partial)
             self.partial = b""
         return [line.decode("utf-8", errors="replace") for line in lines]

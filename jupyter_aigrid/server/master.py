@@ -24,7 +24,7 @@ from .executors.base import ExecutorError
 from .inventory import nvml_utilisation
 from .model import (
     ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, QUEUED, RUNNING, STARTING, SUCCEEDED,
-    Launch, LaunchRequest, Placement, ReplicaHandle, Slot, Snapshot,
+    PREEMPTED, Launch, LaunchRequest, Placement, ReplicaHandle, Slot, Snapshot,
 )
 from .policies import describe_capacity, place_gang, schedule_round
 from .spec import SpecError, to_request
@@ -33,6 +33,8 @@ from .views import cluster_view, job_view
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 STDERR_TAIL_LINES = 20
+#: How often, while replicas run, the master looks for exits between full ticks.
+EXIT_POLL_S = 0.05
 #: Replica states in which a process may exist.
 LIVE_REPLICA = ("launching", "running", "stopping")
 
@@ -60,6 +62,7 @@ class Master:
         self._outbox: collections.deque[tuple[str, dict]] = collections.deque()
         self._lost_on_restart: set[str] = set()
         self._task: asyncio.Task | None = None
+        self._live_replicas = False
         self._wake: asyncio.Event | None = None
         self.nodes = executor.nodes()
         self._nodes_by_name = {n.name: n for n in self.nodes}
@@ -91,15 +94,26 @@ class Master:
             self._wake.set()
 
     async def _run(self) -> None:
+        """Tick on every wake-up and every ``tick_s``; between ticks, while replicas run,
+        look for exits every ``EXIT_POLL_S`` so a finished job frees its GPUs at once."""
         assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        last_tick = 0.0
         while True:
+            timeout = EXIT_POLL_S if self._live_replicas else self.tick_s
             try:
-                await asyncio.wait_for(self._wake.wait(), self.tick_s)
+                await asyncio.wait_for(self._wake.wait(), timeout)
+                woken = True
             except asyncio.TimeoutError:
-                pass
+                woken = False
             self._wake.clear()
+            full = woken or loop.time() - last_tick >= self.tick_s
             try:
-                await self._call(self._tick)
+                if full:
+                    last_tick = loop.time()
+                    await self._call(self._tick)
+                else:
+                    await self._call(self._poll_exits)
             except Exception:
                 log.exception("AI Grid master tick failed; retrying on the next tick")
 
@@ -192,7 +206,7 @@ class Master:
                 "spec": spec, "submitted_at": now,
             })
             self._event_state(row, None)
-        return job_view(row, self._nodes_by_name)
+        return job_view(row, self._nodes_by_name, self._queue_positions().get(row["id"]))
 
     def _check_admissible(self, spec: dict[str, Any]) -> None:
         """Refuse, with the field to blame, a job that could never run on this cluster."""
@@ -239,12 +253,13 @@ class Master:
             raise Conflict(msg)
         reason = f"cancelled by {user}"
         with self.store.write():
-            if row["state"] == QUEUED:
+            if row["state"] in (QUEUED, PREEMPTED):
                 self._set_state(row, CANCELLED, reason=reason, finished_at=time.time())
             elif row.get("pending_state") != CANCELLED:
                 self.store.update_job(job_id, pending_state=CANCELLED, reason=reason)
                 self._stop_replicas(job_id, row["attempt"])
-        return job_view(self.store.job(job_id), self._nodes_by_name)
+        return job_view(self.store.job(job_id), self._nodes_by_name,
+                        self._queue_positions().get(job_id))
 
     def _cluster(self) -> dict[str, Any]:
         holders = {}
@@ -258,6 +273,9 @@ class Master:
     def _log_files(self, job_id: str, user: str, admin: bool, attempt: int | None):
         row = self._visible(job_id, user, admin)
         attempt = row["attempt"] if attempt is None else attempt
+        if attempt > row["attempt"]:
+            msg = f"job {job_id} has attempts 0 to {row['attempt']}, not {attempt}"
+            raise SpecError(msg, field="attempt")
         files = []
         for rank in range(row["replicas"]):
             for stream in ("stdout", "stderr"):
@@ -283,10 +301,20 @@ class Master:
     # -- the loop --------------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        for exit_ in self.executor.poll():
-            self._on_exit(exit_.replica_id, exit_.exit_code)
+        self._handle_exits(self.executor.poll())
         self._enforce_time_limits(time.time())
         self._schedule()
+
+    def _poll_exits(self) -> None:
+        exits = self.executor.poll()
+        if exits:
+            self._handle_exits(exits)
+            self._schedule()
+
+    def _handle_exits(self, exits: list) -> None:
+        for exit_ in exits:
+            self._on_exit(exit_.replica_id, exit_.exit_code)
+        self._live_replicas = bool(self.store.replicas_in(LIVE_REPLICA))
 
     def _snapshot(self) -> Snapshot:
         snap = Snapshot.empty(self.nodes, now=time.time())
@@ -344,6 +372,7 @@ class Master:
             self.store.update_replica(req.replica_id, state="running", pid=handle.pid,
                                       pid_start=handle.pid_start, started_at=time.time())
         self._set_state(self.store.job(job_id), RUNNING)
+        self._live_replicas = True
 
     def _simulated(self, node: str) -> bool:
         n = self._nodes_by_name.get(node)
@@ -472,6 +501,7 @@ class Master:
         live = self.store.replicas_in(LIVE_REPLICA)
         adopted = set(self.executor.reconcile([self._handle(r) for r in live]))
         self._lost_on_restart = {r["id"] for r in live} - adopted
+        self._live_replicas = bool(live)
         if live:
             log.info("AI Grid master restart: %d replica(s) adopted, %d ended while it was down",
                      len(adopted), len(self._lost_on_restart))
@@ -489,9 +519,11 @@ def read_reports(path: Path, rank: int) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():
         try:
-            out.append({"rank": rank, **json.loads(line)})
+            data = json.loads(line)
         except ValueError:
             continue
+        if isinstance(data, dict):
+            out.append({**data, "rank": rank})
     return out
 
 

@@ -48,8 +48,11 @@ class LogsHandler(AIGridHandler):
         try:
             while True:
                 for c in cursors:
-                    self._send(c, c.read_lines(final=final or not follow))
-                await self.flush()
+                    while True:
+                        self._send(c, c.read_lines(final=final or not follow))
+                        await self.flush()
+                        if c.eof:
+                            break
                 if final or not follow:
                     break
                 await asyncio.sleep(FOLLOW_POLL_S)

@@ -1,0 +1,611 @@
+"""The shipped OpenAPI document: well formed, in step with the routes, the JobSpec and the views."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import time
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+from tornado import web
+
+from jupyter_aigrid import runtime
+from jupyter_aigrid.server.handlers import ROUTES
+from jupyter_aigrid.server.handlers.base import AIGridHandler
+from jupyter_aigrid.server.handlers.logs import LogsHandler
+from jupyter_aigrid.server.handlers.openapi import openapi_text
+from jupyter_aigrid.server.logs import LogCursor
+from jupyter_aigrid.server.master import Conflict, Master, NotFound
+from jupyter_aigrid.server.model import JOB_STATES, Gpu, Node
+from jupyter_aigrid.server.spec import SpecError, job_schema, validate
+from jupyter_aigrid.server.store import Store
+from jupyter_aigrid.server.views import cluster_view, job_view
+
+HTTP_VERBS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+DOC_URI = "urn:jupyter-aigrid:openapi"
+Validator = jsonschema.Draft202012Validator
+
+
+@cache
+def _doc_text() -> str:
+    return files("jupyter_aigrid.server").joinpath("schemas/openapi.yaml").read_text()
+
+
+def load_doc() -> dict[str, Any]:
+    """A fresh copy each time, so no test can change what another one sees."""
+    return yaml.safe_load(_doc_text())
+
+
+def validator_for(component: str) -> jsonschema.protocols.Validator:
+    """A validator for ``#/components/schemas/<component>``, with the document's $refs."""
+    registry = Registry().with_resource(DOC_URI, DRAFT202012.create_resource(load_doc()))
+    return Validator({"$ref": f"{DOC_URI}#/components/schemas/{component}"}, registry=registry)
+
+
+def assert_valid(component: str, instance: Any) -> None:
+    errors = list(validator_for(component).iter_errors(instance))
+    assert not errors, [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+
+
+def assert_exact_keys(component: str, instance: dict[str, Any]) -> None:
+    """The body has exactly the documented properties (so neither can grow alone)."""
+    schema = load_doc()["components"]["schemas"][component]
+    assert set(instance) == set(schema["properties"]), component
+    assert set(schema["required"]) <= set(instance), component
+
+
+def operations(doc: dict[str, Any]):
+    for path, item in doc["paths"].items():
+        for verb in HTTP_VERBS:
+            if verb in item:
+                yield path, verb, item[verb]
+
+
+def resolve(doc: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in obj:
+        obj = pointer(doc, obj["$ref"])
+    return obj
+
+
+def pointer(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), f"only local references are used: {ref}"
+    node: Any = doc
+    for raw in ref[2:].split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict), ref
+        assert part in node, f"unresolved $ref {ref}"
+        node = node[part]
+    return node
+
+
+def walk(node: Any, where: str = "#"):
+    yield where, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, f"{where}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{where}/{i}")
+
+
+# -- (a) a structurally valid OpenAPI 3.1 document ------------------------------------------
+
+_REF = {"type": "object", "required": ["$ref"], "properties": {"$ref": {"type": "string"}}}
+_SCHEMA = {"type": ["object", "boolean"]}
+_MEDIA = {
+    "type": "object",
+    "additionalProperties": {
+        "type": "object",
+        "properties": {"schema": _SCHEMA, "example": {}, "examples": {"type": "object"}},
+    },
+}
+_HEADER = {
+    "type": "object",
+    "properties": {
+        "description": {"type": "string"},
+        "required": {"type": "boolean"},
+        "schema": _SCHEMA,
+    },
+    "not": {"anyOf": [{"required": ["name"]}, {"required": ["in"]}]},
+}
+_PARAMETER = {
+    "type": "object",
+    "required": ["name", "in"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "in": {"enum": ["query", "header", "path", "cookie"]},
+        "description": {"type": "string"},
+        "required": {"type": "boolean"},
+        "schema": _SCHEMA,
+    },
+    "oneOf": [{"required": ["schema"]}, {"required": ["content"]}],
+    "if": {"properties": {"in": {"const": "path"}}},
+    "then": {"required": ["required"], "properties": {"required": {"const": True}}},
+}
+_RESPONSE = {
+    "type": "object",
+    "required": ["description"],
+    "properties": {
+        "description": {"type": "string"},
+        "headers": {"type": "object", "additionalProperties": {"anyOf": [_REF, _HEADER]}},
+        "content": _MEDIA,
+    },
+}
+_OPERATION = {
+    "type": "object",
+    "required": ["responses"],
+    "properties": {
+        "operationId": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "summary": {"type": "string"},
+        "description": {"type": "string"},
+        "parameters": {"type": "array", "items": {"anyOf": [_REF, _PARAMETER]}},
+        "requestBody": {
+            "anyOf": [
+                _REF,
+                {
+                    "type": "object",
+                    "required": ["content"],
+                    "properties": {"content": _MEDIA, "required": {"type": "boolean"}},
+                },
+            ]
+        },
+        "responses": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^([1-5][0-9X]{2}|default)$"},
+            "additionalProperties": {"anyOf": [_REF, _RESPONSE]},
+        },
+        "security": {"type": "array", "items": {"type": "object"}},
+    },
+}
+#: The part of the OpenAPI 3.1 schema this document uses (the full one is not a dependency).
+OPENAPI_31_SUBSET = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["openapi", "info", "paths"],
+    "properties": {
+        "openapi": {"type": "string", "pattern": r"^3\.1\.\d+(-.+)?$"},
+        "jsonSchemaDialect": {"type": "string"},
+        "info": {
+            "type": "object",
+            "required": ["title", "version"],
+            "properties": {
+                "title": {"type": "string"},
+                "version": {"type": "string"},
+                "summary": {"type": "string"},
+                "description": {"type": "string"},
+                "license": {"type": "object", "required": ["name"]},
+            },
+        },
+        "servers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["url"],
+                "properties": {"url": {"type": "string"}},
+            },
+        },
+        "security": {
+            "type": "array",
+            "items": {"type": "object", "additionalProperties": {"type": "array"}},
+        },
+        "tags": {
+            "type": "array",
+            "items": {"type": "object", "required": ["name"]},
+        },
+        "paths": {
+            "type": "object",
+            "propertyNames": {"pattern": "^/"},
+            "additionalProperties": {
+                "type": "object",
+                "propertyNames": {
+                    "enum": [*HTTP_VERBS, "summary", "description", "parameters", "servers", "$ref"]
+                },
+                "properties": {
+                    **{verb: _OPERATION for verb in HTTP_VERBS},
+                    "parameters": {"type": "array", "items": {"anyOf": [_REF, _PARAMETER]}},
+                },
+            },
+        },
+        "components": {
+            "type": "object",
+            "propertyNames": {
+                "enum": ["schemas", "responses", "parameters", "examples", "requestBodies",
+                         "headers", "securitySchemes", "links", "callbacks", "pathItems"]
+            },
+            "properties": {
+                "schemas": {"type": "object", "additionalProperties": _SCHEMA},
+                "responses": {"type": "object", "additionalProperties": _RESPONSE},
+                "parameters": {"type": "object", "additionalProperties": _PARAMETER},
+                "securitySchemes": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"enum": ["apiKey", "http", "mutualTLS", "oauth2",
+                                              "openIdConnect"]},
+                        },
+                        "if": {"properties": {"type": {"const": "apiKey"}}},
+                        "then": {
+                            "required": ["name", "in"],
+                            "properties": {"in": {"enum": ["query", "header", "cookie"]}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_document_is_the_one_served():
+    assert openapi_text() == _doc_text()
+
+
+def test_yaml_keys_are_strings():
+    """YAML turns unquoted 200, yes, no, null into ints, bools and None; keys must stay text."""
+    for where, node in walk(load_doc()):
+        if isinstance(node, dict):
+            bad = [k for k in node if not isinstance(k, str)]
+            assert not bad, f"{where}: non-string keys {bad}"
+
+
+def test_structurally_valid_openapi_31():
+    Validator.check_schema(OPENAPI_31_SUBSET)
+    errors = list(Validator(OPENAPI_31_SUBSET).iter_errors(load_doc()))
+    assert not errors, [f"{e.json_path}: {e.message}" for e in errors]
+
+
+def test_every_schema_is_valid_json_schema_2020_12():
+    doc = load_doc()
+    assert doc["jsonSchemaDialect"] == "https://json-schema.org/draft/2020-12/schema"
+    schemas = dict(doc["components"]["schemas"])
+    for where, node in walk(doc):
+        if isinstance(node, dict) and "schema" in node and "/components/schemas" not in where:
+            schemas[where] = node["schema"]
+    for name, schema in schemas.items():
+        try:
+            Validator.check_schema(schema)
+        except jsonschema.SchemaError as e:  # pragma: no cover - the message is the point
+            pytest.fail(f"{name}: {e.message}")
+
+
+def test_every_ref_resolves():
+    doc = load_doc()
+    refs = [node["$ref"] for _, node in walk(doc) if isinstance(node, dict) and "$ref" in node]
+    assert refs
+    for ref in refs:
+        pointer(doc, ref)
+
+
+def test_operation_ids_are_unique():
+    ids = [op["operationId"] for _, _, op in operations(load_doc())]
+    assert len(ids) == len(set(ids))
+
+
+def test_security_is_the_token_header():
+    doc = load_doc()
+    assert [s["url"] for s in doc["servers"]] == ["/"]
+    scheme = doc["components"]["securitySchemes"]["token"]
+    assert scheme["type"] == "apiKey"
+    assert scheme["in"] == "header"
+    assert scheme["name"] == "Authorization"
+    assert "token <TOKEN>" in scheme["description"]
+    assert doc["security"] == [{"token": []}]
+    for path, verb, op in operations(doc):
+        assert op.get("security", doc["security"]) == [{"token": []}], (path, verb)
+
+
+def test_jobspec_is_the_shipped_schema():
+    """components.schemas.JobSpec and job.schema.json cannot drift apart."""
+    shipped = job_schema()
+    embedded = load_doc()["components"]["schemas"]["JobSpec"]
+    Validator.check_schema(embedded)
+    for key in ("properties", "required", "additionalProperties"):
+        assert embedded.get(key) == shipped.get(key), key
+    assert embedded["additionalProperties"] is False
+    # Everything else too, less the identifiers that only make sense in the standalone file.
+    assert embedded == {k: v for k, v in shipped.items() if k not in ("$schema", "$id")}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": "print(1)"},
+        {"command": ["true"], "gpus": 2, "replicas": 2},
+        {"code": "x", "bogus": 1},
+        {"code": "x", "env": {"1BAD": "x"}},
+        {"code": "x", "slo": {"latency_ms": 0}},
+        {"code": "x", "datasets": ["UPPER"]},
+    ],
+)
+def test_jobspec_accepts_and_rejects_like_the_shipped_schema(body):
+    shipped = Validator(job_schema())
+    assert validator_for("JobSpec").is_valid(body) == shipped.is_valid(body)
+
+
+def test_submit_takes_a_jobspec_and_answers_201_with_location():
+    op = load_doc()["paths"]["/aigrid/api/jobs"]["post"]
+    body = op["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/JobSpec"}
+    created = op["responses"]["201"]
+    assert "Location" in created["headers"]
+    assert created["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Job"}
+
+
+def test_cancel_answers_202_with_the_job():
+    op = load_doc()["paths"]["/aigrid/api/jobs/{job_id}"]["delete"]
+    assert op["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Job"
+    }
+    assert "409" in op["responses"]
+
+
+def test_error_responses():
+    """403 everywhere (every handler is authenticated), 404 for job paths, 409 for cancel."""
+    doc = load_doc()
+    for path, verb, op in operations(doc):
+        codes = set(op["responses"])
+        assert "403" in codes, (path, verb)
+        assert ("404" in codes) == ("{job_id}" in path), (path, verb)
+        assert ("409" in codes) == ((path, verb) == ("/aigrid/api/jobs/{job_id}", "delete"))
+        for code in codes & {"400", "403", "404", "409"}:
+            response = resolve(doc, op["responses"][code])
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/Error"}, (path, verb, code)
+    # 400 exactly where a body or a query argument is read.
+    with_400 = {(p, v) for p, v, op in operations(doc) if "400" in op["responses"]}
+    assert with_400 == {
+        ("/aigrid/api/jobs", "get"),
+        ("/aigrid/api/jobs", "post"),
+        ("/aigrid/api/jobs/{job_id}/logs", "get"),
+    }
+
+
+def test_logs_are_ndjson_log_lines():
+    op = load_doc()["paths"]["/aigrid/api/jobs/{job_id}/logs"]["get"]
+    assert set(op["responses"]["200"]["content"]) == {"application/x-ndjson"}
+    schema = op["responses"]["200"]["content"]["application/x-ndjson"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/LogLine"}
+
+
+def test_list_state_is_the_job_states():
+    doc = load_doc()
+    params = {p["name"]: p for p in doc["paths"]["/aigrid/api/jobs"]["get"]["parameters"]}
+    assert resolve(doc, params["state"]["schema"])["enum"] == list(JOB_STATES)
+    assert doc["components"]["schemas"]["JobState"]["enum"] == list(JOB_STATES)
+
+
+# -- (b) the document lists exactly the routes and the verbs the handlers implement ---------
+
+_GROUP = re.compile(r"\(\?P<(?P<name>\w+)>[^()]*\)")
+
+
+def route_to_path(route: str) -> str:
+    path = _GROUP.sub(lambda m: "{" + m["name"] + "}", route)
+    # What is left must be a literal path (a dot only as itself, e.g. openapi.yaml).
+    assert not re.search(r"[()\[\]*+?^$|\\]", path), f"cannot document route {route!r}"
+    return path
+
+
+def implemented_verbs(handler: type[web.RequestHandler]) -> set[str]:
+    """HTTP verbs defined by the package's own classes, not inherited from tornado/Jupyter."""
+    verbs = set()
+    for cls in handler.__mro__:
+        if not cls.__module__.startswith("jupyter_aigrid."):
+            continue
+        verbs |= {m.lower() for m in handler.SUPPORTED_METHODS if m.lower() in vars(cls)}
+    return verbs
+
+
+def test_route_regex_conversion():
+    route = r"/aigrid/api/jobs/(?P<job_id>[^/]+)/logs"
+    assert route_to_path(route) == "/aigrid/api/jobs/{job_id}/logs"
+
+
+def test_every_route_is_a_path_and_every_path_a_route():
+    routed = [route_to_path(route) for route, _ in ROUTES]
+    assert len(routed) == len(set(routed))
+    assert set(routed) == set(load_doc()["paths"])
+
+
+@pytest.mark.parametrize(("route", "handler"), ROUTES, ids=[r for r, _ in ROUTES])
+def test_documented_verbs_are_the_implemented_ones(route, handler):
+    item = load_doc()["paths"][route_to_path(route)]
+    documented = {verb for verb in HTTP_VERBS if verb in item}
+    implemented = implemented_verbs(handler)
+    assert implemented, handler
+    assert documented == implemented, handler.__name__
+
+
+@pytest.mark.parametrize(("route", "handler"), ROUTES, ids=[r for r, _ in ROUTES])
+def test_path_parameters_match_the_handler(route, handler):
+    doc = load_doc()
+    path = route_to_path(route)
+    item = doc["paths"][path]
+    names = re.findall(r"\{(\w+)\}", path)
+    for verb in implemented_verbs(handler):
+        params = [resolve(doc, p) for p in item.get("parameters", [])]
+        params += [resolve(doc, p) for p in item[verb].get("parameters", [])]
+        in_path = [p["name"] for p in params if p["in"] == "path"]
+        assert sorted(in_path) == sorted(names), (path, verb)
+        signature = inspect.signature(getattr(handler, verb))
+        assert [n for n in signature.parameters if n != "self"] == names, (path, verb)
+
+
+_QUERY_READS = re.compile(
+    r"""(?:get_query_argument\(\s*|query_(?:int|bool)\(\s*self,\s*)["'](\w+)["']"""
+)
+
+
+@pytest.mark.parametrize(("route", "handler"), ROUTES, ids=[r for r, _ in ROUTES])
+def test_query_parameters_are_the_ones_read(route, handler):
+    doc = load_doc()
+    item = doc["paths"][route_to_path(route)]
+    for verb in implemented_verbs(handler):
+        read = set(_QUERY_READS.findall(inspect.getsource(getattr(handler, verb))))
+        params = [resolve(doc, p) for p in item[verb].get("parameters", [])]
+        documented = {p["name"] for p in params if p["in"] == "query"}
+        assert documented == read, (route, verb)
+
+
+def test_logs_query_parameters():
+    params = load_doc()["paths"]["/aigrid/api/jobs/{job_id}/logs"]["get"]["parameters"]
+    types = {p["name"]: p["schema"]["type"] for p in params}
+    assert types == {"rank": "integer", "tail": "integer", "attempt": "integer",
+                     "follow": "boolean"}
+
+
+# -- the bodies the code builds conform to the documented schemas ------------------------------
+
+
+class _StubExecutor:
+    name = "stub"
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self._nodes = nodes
+
+    def nodes(self) -> list[Node]:
+        return self._nodes
+
+    def close(self) -> None:
+        pass
+
+
+NODES = [
+    Node("sim", tuple(Gpu(i, f"SIM-sim-{i}", "simulated", 16384, True) for i in range(2)),
+         cpus=4, memory_mb=8192),
+    Node("real", (Gpu(0, "GPU-0000", "H100", 81920, False),), cpus=8, memory_mb=65536,
+         labels=(("zone", "a"),)),
+]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "aigrid.sqlite")
+    yield s
+    s.close()
+
+
+def _insert(store: Store, raw: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    spec = validate(raw)
+    row = store.insert_job({
+        "name": spec["name"], "owner": "alice", "kind": spec["kind"], "state": "queued",
+        "priority": spec["priority"], "gpus": spec["gpus"], "replicas": spec["replicas"],
+        "spec": spec, "submitted_at": time.time() - 5,
+    })
+    if fields:
+        store.update_job(row["id"], **fields)
+    return store.job(row["id"])
+
+
+def test_job_view_matches_job_schema(store):
+    nodes = {n.name: n for n in NODES}
+    queued = _insert(store, {"code": "print(1)", "gpus": 2, "name": "train"})
+    running = _insert(
+        store, {"command": ["python", "-V"], "gpus": 2, "replicas": 2, "env": {"A": "1"}},
+        state="running", started_at=time.time() - 1, pending_state="cancelled",
+        placement=[{"rank": 0, "node": "sim", "local_rank": 0, "gpus": [0]},
+                   {"rank": 1, "node": "gone", "local_rank": 0, "gpus": [3]}],
+    )
+    ended = _insert(
+        store, {"code": "x"}, state="failed", started_at=time.time() - 2,
+        finished_at=time.time(), exit_codes={"0": 1}, reason="rank 0 exited with code 1",
+        restarts=1, attempt=1,
+    )
+    views = [job_view(queued, nodes, 1), job_view(running, nodes), job_view(ended, nodes)]
+    for view in views:
+        assert_exact_keys("Job", view)
+        assert_valid("Job", view)
+    assert_valid("JobList", {"jobs": views})
+    assert views[1]["stopping"] is True
+    assert views[1]["placement"][1]["gpus"][0]["uuid"] is None
+
+
+def test_cluster_view_matches_cluster_schema():
+    holders = {("sim", 1): {"job_id": "7", "rank": 0}}
+    utilisation = {"GPU-0000": {"utilization_pct": 40, "memory_used_mb": 1024}}
+    view = cluster_view("local", NODES, holders, utilisation)
+    assert_exact_keys("Cluster", view)
+    assert_valid("Cluster", view)
+    node = view["nodes"][1]
+    assert_exact_keys("ClusterNode", node)
+    gpu_props = set(load_doc()["components"]["schemas"]["ClusterGpu"]["properties"])
+    for n in view["nodes"]:
+        for g in n["gpus"]:
+            assert set(g) <= gpu_props
+    assert set(node["gpus"][0]) == gpu_props
+
+
+def test_result_matches_result_schema(store, tmp_path, monkeypatch):
+    row = _insert(store, {"code": "x", "gpus": 2}, state="succeeded",
+                  exit_codes={"0": 0, "1": None}, finished_at=time.time())
+    master = Master(store, _StubExecutor(NODES), None, state_dir=tmp_path)
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("AIGRID_RESULT_DIR", str(master._result_dir(row["id"], 0)))
+        runtime.report(loss=0.5 / (rank + 1), step=10)
+    result = master._result(row["id"], "alice", admin=False)
+    assert_exact_keys("Result", result)
+    assert_valid("Result", result)
+    assert [m["rank"] for m in result["metrics"]] == [0, 1]
+    with pytest.raises(NotFound):
+        master._result(row["id"], "mallory", admin=False)
+
+
+def test_log_lines_match_log_line_schema(tmp_path):
+    sent: list[str] = []
+
+    class _Fake:
+        def write(self, chunk: str) -> None:
+            sent.append(chunk)
+
+    LogsHandler._send(_Fake(), LogCursor(1, "stderr", tmp_path / "x"), ["a", "", "ü"])
+    text = "".join(sent)
+    assert text.endswith("\n")
+    lines = text.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        record = json.loads(line)
+        assert_exact_keys("LogLine", record)
+        assert_valid("LogLine", record)
+
+
+@pytest.mark.parametrize(
+    ("status", "exc"),
+    [
+        (400, SpecError("unknown field 'x'", field="x")),
+        (400, SpecError("bad", field=None)),
+        (403, web.HTTPError(403)),
+        (404, NotFound("no job '9'")),
+        (409, Conflict("job 1 has already succeeded")),
+    ],
+)
+def test_error_bodies_match_error_schema(status, exc):
+    out: dict[str, Any] = {}
+
+    class _Fake:
+        _reason = "Forbidden"
+
+        def set_header(self, name: str, value: str) -> None:
+            out[name] = value
+
+        def finish(self, body: str) -> None:
+            out["body"] = body
+
+    AIGridHandler.write_error(_Fake(), status, exc_info=(type(exc), exc, None))
+    assert out["Content-Type"] == "application/json"
+    body = json.loads(out["body"])
+    assert_exact_keys("Error", body)
+    assert_valid("Error", body)
