@@ -428,10 +428,13 @@ class Master:
         row = self.store.job(rep["job_id"])
         if row is None or row["state"] in FINAL_STATES:
             return
+        if row["attempt"] != rep["attempt"]:
+            return
         if code != 0 and row.get("pending_state") is None:
+            # Stops the rest of the gang, and settles the job if nothing else runs.
             self._fail_gang(row["id"], self._failure_reason(rep, code), retry=True)
-            row = self.store.job(rep["job_id"])
-        reps = self.store.replicas(row["id"], row["attempt"])
+            return
+        reps = self.store.replicas(row["id"], rep["attempt"])
         if all(r["state"] == "exited" for r in reps):
             self._finish(row, {str(r["rank"]): r["exit_code"] for r in reps})
 

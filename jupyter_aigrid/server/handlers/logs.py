@@ -14,6 +14,7 @@ from ..model import FINAL_STATES
 from ..spec import SpecError
 from .base import AIGridHandler, query_bool, query_int
 
+NDJSON = "application/x-ndjson; charset=utf-8"
 FOLLOW_POLL_S = 0.05
 #: How often a following stream re-reads the job's state (to know when to end).
 STATE_POLL_S = 0.5
@@ -38,7 +39,7 @@ class LogsHandler(AIGridHandler):
             msg = f"rank must be below the job's {job['replicas']} replica(s), got {rank}"
             raise SpecError(msg, field="rank")
         cursors = [LogCursor(r, s, p) for r, s, p in files if rank is None or r == rank]
-        self.set_header("Content-Type", "application/x-ndjson; charset=utf-8")
+        self.set_header("Content-Type", NDJSON)
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         if tail is not None:
@@ -61,7 +62,7 @@ class LogsHandler(AIGridHandler):
                     final = state in FINAL_STATES
         except StreamClosedError:
             return
-        self.finish()
+        self.finish(set_content_type=NDJSON)
 
     def _state_due(self) -> bool:
         loop = asyncio.get_running_loop()

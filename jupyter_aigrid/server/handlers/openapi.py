@@ -18,5 +18,4 @@ class OpenAPIHandler(AIGridHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.set_header("Content-Type", "application/yaml")
-        self.finish(openapi_text())
+        self.finish(openapi_text(), set_content_type="application/yaml")

@@ -1,0 +1,124 @@
+"""Bad input gets a 400 naming the field and changes nothing; no token, no access."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from jupyter_aigrid.server.handlers import ROUTES
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ("{not json", "body", "not valid JSON"),
+        ("[1, 2]", "body", "must be a JSON object"),
+        ({"code": "pass", "colour": "blue"}, "colour", "unknown field 'colour'"),
+        ({"code": "pass", "gpus": -1}, "gpus", "less than the minimum of 0"),
+        ({"code": "pass", "command": ["true"]}, "code", "exactly one of 'code'"),
+        ({"gpus": 1}, "code", "exactly one of 'code'"),
+        ({"code": "pass", "priority": "urgent"}, "priority", "'urgent' is not one of"),
+        ({"code": "pass", "gpus": 3, "gpus_per_replica": 2}, "gpus_per_replica", "multiple"),
+        ({"code": "pass", "env": {"RANK": "3"}}, "env.RANK", "cannot be overridden"),
+        ({"code": "pass", "template": "horovod-9"}, "template", "unknown template"),
+        ({"code": "pass", "image": "pytorch:2"}, "image", "local executor"),
+        ({"code": "pass", "datasets": ["imagenet"]}, "datasets", "unknown dataset"),
+        ({"code": "pass", "time_limit_s": 0}, "time_limit_s", "less than or equal to the minimum"),
+    ],
+)
+async def test_bad_spec_is_400_naming_the_field(api, body, field, words):
+    status, error = await api.error("POST", "jobs", body=body)
+    assert status == 400
+    assert error["field"] == field
+    assert words in error["message"]
+    assert (await api.call("GET", "jobs"))["jobs"] == []
+
+
+async def test_more_gpus_than_exist_is_unschedulable(api):
+    status, error = await api.error("POST", "jobs", body={"code": "pass", "gpus": 5})
+    assert status == 400
+    assert error["field"] == "gpus"
+    assert error["message"].startswith("unschedulable")
+    # It names what is available.
+    assert "4 GPUs on 2 node(s)" in error["message"]
+    assert "node-0: 2 x simulated (simulated)" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"code": "pass", "gpus": 2, "gpus_per_replica": 2, "nodes": 1, "replicas": 1}, None),
+        ({"code": "pass", "gpus": 3, "gpus_per_replica": 3}, "gpus_per_replica"),
+        ({"code": "pass", "replicas": 3, "nodes": 3}, "nodes"),
+        ({"code": "pass", "gpus": 1, "gpu_type": "H100"}, "gpu_type"),
+        ({"code": "pass", "cpus_per_replica": 64}, "cpus_per_replica"),
+    ],
+)
+async def test_unschedulable_names_the_limiting_field(api, body, field):
+    if field is None:  # fits: 2 GPUs on one node
+        assert (await api.submit(body))["state"] == "queued"
+        return
+    status, error = await api.error("POST", "jobs", body=body)
+    assert status == 400 and error["field"] == field
+    assert error["message"].startswith("unschedulable")
+
+
+async def test_bad_query_arguments(api):
+    job = await api.submit({"code": "pass"})
+    status, error = await api.error("GET", "jobs", params={"state": "sleeping"})
+    assert (status, error["field"]) == (400, "state")
+    status, error = await api.error("GET", "jobs", job["id"], "logs", params={"rank": "x"})
+    assert (status, error["field"]) == (400, "rank")
+    status, error = await api.error("GET", "jobs", job["id"], "logs", params={"rank": 5})
+    assert (status, error["field"]) == (400, "rank")
+    status, error = await api.error("GET", "jobs", job["id"], "logs", params={"attempt": 3})
+    assert (status, error["field"]) == (400, "attempt")
+
+
+def _concrete(route: str) -> str:
+    return route.replace("(?P<job_id>[^/]+)", "1").lstrip("/")
+
+
+ROUTE_VERBS = [
+    (route, verb.upper())
+    for route, handler in ROUTES
+    for verb in ("get", "post", "put", "patch", "delete")
+    if verb in vars(handler)
+]
+
+
+@pytest.mark.parametrize(("route", "method"), ROUTE_VERBS)
+async def test_no_token_is_403_on_every_route(api, jp_fetch, route, method):
+    await api.submit({"code": "pass"})
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(*_concrete(route).split("/"), method=method,
+                       body=json.dumps({"code": "pass"}) if method == "POST" else None,
+                       headers={"Authorization": ""}, allow_nonstandard_methods=True)
+    assert info.value.code == 403
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(*_concrete(route).split("/"), method=method,
+                       body=json.dumps({"code": "pass"}) if method == "POST" else None,
+                       headers={"Authorization": "token wrong"}, allow_nonstandard_methods=True)
+    assert info.value.code == 403
+    # Nothing was submitted without a token.
+    assert len((await api.call("GET", "jobs"))["jobs"]) == 1
+
+
+def test_every_handler_is_authenticated_and_authorized():
+    for route, handler in ROUTES:
+        assert handler.auth_resource == "aigrid", route
+        for verb in ("get", "post", "put", "patch", "delete"):
+            method = vars(handler).get(verb)
+            if method is None:
+                continue
+            # @web.authenticated and @authorized both wrap with functools.wraps.
+            assert hasattr(method, "__wrapped__"), f"{route} {verb} is not decorated"
+            assert hasattr(method.__wrapped__, "__wrapped__"), f"{route} {verb} lacks a decorator"
+
+
+async def test_openapi_is_served(api):
+    resp = await api.call("GET", "openapi.yaml", raw=True)
+    assert resp.headers["Content-Type"].startswith("application/yaml")
+    assert b"/aigrid/api/jobs/{job_id}/logs" in resp.body

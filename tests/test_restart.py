@@ -1,0 +1,124 @@
+"""kill -9 the master mid-job, start it again: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+
+import pytest
+
+from jupyter_aigrid.testing import ServerProcess
+
+ARGS = ("--AIGridApp.local_nodes=1", "--AIGridApp.simulated_gpus=2",
+        "--AIGridApp.local_cpus_per_node=8", "--AIGridApp.tick_interval_s=0.2")
+
+
+def wait_for(client, job_id, states, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job['state']}")
+
+
+def group_of(server, job_id, rank=0, attempt=0):
+    pidfile = server.state_dir / "logs" / job_id / str(attempt) / f"rank-{rank}.exit.pid"
+    return int(pidfile.read_text())
+
+
+@pytest.mark.slow
+def test_kill_9_master_mid_job_then_restart(tmp_path):
+    server = ServerProcess(tmp_path, *ARGS).start()
+    try:
+        c = server.client()
+        marker = tmp_path / "go"
+        # Runs across the restart and is re-adopted.
+        survivor = c.submit({"name": "survivor", "gpus": 1, "code": textwrap.dedent(f"""
+            import os, time
+            print("started", flush=True)
+            while not os.path.exists({str(marker)!r}):
+                time.sleep(0.05)
+            print("finished after the restart", flush=True)
+        """)})
+        # Ends while the master is down; its exit status must still be learned.
+        quick = c.submit({"name": "quick", "code": f"import os, time\n"
+                          f"while not os.path.exists({str(marker)!r}): time.sleep(0.05)\n"
+                          "raise SystemExit(3)\n"})
+        # Killed while the master is down: requeued (restarts left) or failed (none left).
+        retry = c.submit({"name": "retry", "max_restarts": 1, "code": textwrap.dedent("""
+            import os, time
+            if os.environ["AIGRID_ATTEMPT"] == "0":
+                time.sleep(300)
+            print("second attempt", flush=True)
+        """)})
+        lost = c.submit({"name": "lost", "code": "import time; time.sleep(300)"})
+        # Queued behind the survivor: needs both GPUs.
+        queued = c.submit({"name": "queued", "gpus": 2, "code": "print('queued job ran')"})
+        for job in (survivor, quick, retry, lost):
+            wait_for(c, job["id"], ("running",))
+        assert c.job(queued["id"])["state"] == "queued"
+        survivor_group = group_of(server, survivor["id"])
+
+        server.kill()
+        os.killpg(group_of(server, retry["id"]), signal.SIGKILL)
+        os.killpg(group_of(server, lost["id"]), signal.SIGKILL)
+        marker.write_text("go")  # quick exits 3 and survivor finishes... once we let it
+        time.sleep(1.0)
+
+        server = ServerProcess(tmp_path, *ARGS, port=server.port, token=server.token).start()
+        c = server.client()
+        assert {j["id"] for j in c.jobs()} == {j["id"] for j in
+                                                (survivor, quick, retry, lost, queued)}
+
+        done = wait_for(c, survivor["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded", done["reason"]
+        lines = [e["line"] for e in c.logs(survivor["id"])]
+        assert lines == ["started", "finished after the restart"]
+        with pytest.raises(ProcessLookupError):
+            os.killpg(survivor_group, 0)
+
+        done = wait_for(c, quick["id"], ("succeeded", "failed"))
+        assert done["state"] == "failed" and "exited with code 3" in done["reason"]
+
+        done = wait_for(c, retry["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded"
+        assert done["restarts"] == 1
+        assert [e["line"] for e in c.logs(retry["id"])] == ["second attempt"]
+
+        done = wait_for(c, lost["id"], ("succeeded", "failed"))
+        assert done["state"] == "failed"
+        assert "lost on restart" in done["reason"]
+
+        done = wait_for(c, queued["id"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded"
+        ran = sorted((e["rank"], e["line"]) for e in c.logs(queued["id"]))
+        assert ran == [(0, "queued job ran"), (1, "queued job ran")]
+    finally:
+        server.stop()
+
+
+def test_acknowledged_jobs_survive_kill_9(tmp_path):
+    """Every job that got a 201 is there after a kill -9, queued as it was."""
+    with ServerProcess(tmp_path, "--AIGridApp.simulated_gpus=1",
+                       "--AIGridApp.local_cpus_per_node=1") as server:
+        c = server.client()
+        blocker = c.submit({"code": "import time; time.sleep(300)", "gpus": 1})
+        ids = [c.submit({"code": "pass", "gpus": 1, "name": f"j{i}"})["id"] for i in range(20)]
+        wait_for(c, blocker["id"], ("running",))
+        server.kill()
+        os.killpg(group_of(server, blocker["id"]), signal.SIGKILL)
+        server = ServerProcess(tmp_path, "--AIGridApp.simulated_gpus=1",
+                               "--AIGridApp.local_cpus_per_node=1",
+                               port=server.port, token=server.token).start()
+        c = server.client()
+        jobs = {j["id"]: j for j in c.jobs()}
+        assert set(ids) <= set(jobs)
+        assert jobs[blocker["id"]]["state"] in ("running", "failed")
+        for job_id in ids:
+            assert wait_for(c, job_id, ("succeeded",), timeout_s=60)["state"] == "succeeded"
+        assert c.job(blocker["id"])["state"] == "failed"
+        server.stop()
