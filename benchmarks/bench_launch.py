@@ -52,8 +52,9 @@ def aigrid_once(srv: BenchServer, s) -> tuple[float, float, float, str]:
     posted = time.perf_counter() - t0
     first = None
     lines = []
-    with s.get(srv.api("jobs", job_id, "logs"), params={"follow": 1}, stream=True,
-               timeout=TIMEOUT_S) as resp:
+    with s.get(
+        srv.api("jobs", job_id, "logs"), params={"follow": 1}, stream=True, timeout=TIMEOUT_S
+    ) as resp:
         resp.raise_for_status()
         for raw in resp.iter_lines(chunk_size=None):
             if not raw:
@@ -91,18 +92,23 @@ def main() -> int:
 
     print(f"\n{args.runs} runs (interleaved, after one warm-up of each)\n")
     print(f"{'':34}{'p50':>9}{'p90':>9}{'max':>9}  (ms)")
-    rows = (("Popen -> first stdout line", base),
-            ("POST -> 201 returned", posts),
-            ("POST -> first log line (AI Grid)", grid),
-            ("POST -> end of log stream", ends))
+    rows = (
+        ("Popen -> first stdout line", base),
+        ("POST -> 201 returned", posts),
+        ("POST -> first log line (AI Grid)", grid),
+        ("POST -> end of log stream", ends),
+    )
     for label, xs in rows:
         print(f"{label:34}{percentile(xs, 50):9.1f}{percentile(xs, 90):9.1f}{max(xs):9.1f}")
     extra = percentile(grid, 50) - percentile(base, 50)
     verdict = "met" if extra < TARGET_MS else "NOT met"
-    print(f"\nextra at p50: {extra:.1f} ms   (target: under {TARGET_MS:g} ms extra at p50: "
-          f"{verdict})")
-    print(f"server stopped "
-          f"{'in %.2f s' % srv.stop_s if srv.stop_s is not None else '(killed)'} after SIGTERM")
+    print(
+        f"\nextra at p50: {extra:.1f} ms   (target: under {TARGET_MS:g} ms extra at p50: {verdict})"
+    )
+    print(
+        f"server stopped "
+        f"{f'in {srv.stop_s:.2f} s' if srv.stop_s is not None else '(killed)'} after SIGTERM"
+    )
     print(f"final job states: {dict((x, states.count(x)) for x in set(states))}")
     return 0
 

@@ -18,7 +18,6 @@ import threading
 import time
 
 import requests
-
 from _server import BenchServer, percentile
 
 SERVER_ARGS = [
@@ -82,8 +81,11 @@ def main() -> int:
     n = args.clients * args.per_client
 
     def post_job(s: requests.Session, c: int, i: int):
-        r = s.post(srv.api("jobs"), data=json.dumps({"code": "pass", "name": f"bench-{c}-{i}"}),
-                   timeout=TIMEOUT_S)
+        r = s.post(
+            srv.api("jobs"),
+            data=json.dumps({"code": "pass", "name": f"bench-{c}-{i}"}),
+            timeout=TIMEOUT_S,
+        )
         return r.status_code, (r.json() if r.status_code == 201 else r.text[:300])
 
     def get_status(s: requests.Session, c: int, i: int):
@@ -96,14 +98,19 @@ def main() -> int:
         warm.get(srv.url + "api/status", timeout=TIMEOUT_S).raise_for_status()
         warm.get(srv.api("jobs"), timeout=TIMEOUT_S).raise_for_status()
 
-        print(f"{args.clients} clients x {args.per_client} requests, started together\n",
-              flush=True)
+        print(
+            f"{args.clients} clients x {args.per_client} requests, started together\n", flush=True
+        )
         base = hammer(srv, args.clients, args.per_client, get_status)
         sub = hammer(srv, args.clients, args.per_client, post_job)
 
         print(f"{'':24}{'GET /api/status':>18}{'POST /aigrid/api/jobs':>24}")
-        for key, label in (("p50", "p50 latency (ms)"), ("p90", "p90 latency (ms)"),
-                           ("p99", "p99 latency (ms)"), ("max", "max latency (ms)")):
+        for key, label in (
+            ("p50", "p50 latency (ms)"),
+            ("p90", "p90 latency (ms)"),
+            ("p99", "p99 latency (ms)"),
+            ("max", "max latency (ms)"),
+        ):
             print(f"{label:24}{base[key]:18.1f}{sub[key]:24.1f}")
         print(f"{'throughput (req/s)':24}{base['rps']:18.1f}{sub['rps']:24.1f}")
         print(f"{'wall time (s)':24}{base['wall_s']:18.2f}{sub['wall_s']:24.2f}")
@@ -119,8 +126,11 @@ def main() -> int:
                 if status != 201:
                     print(f"  client {c} #{i}: {status} {body}")
                     break
-        bad = {k: v for k, v in {**sub["statuses"], **base["statuses"]}.items()
-               if not isinstance(k, int) or k >= 500}
+        bad = {
+            k: v
+            for k, v in {**sub["statuses"], **base["statuses"]}.items()
+            if not isinstance(k, int) or k >= 500
+        }
         if bad:
             failures.append(f"5xx or transport errors: {bad}")
 
@@ -137,12 +147,13 @@ def main() -> int:
         dup_names = {k: v for k, v in names.items() if v > 1}
         missing = expected - set(names)
         extra = set(names) - expected
-        print(f"stored: {len(jobs)} jobs, {len(set(ids))} distinct ids, "
-              f"{len(names)} distinct names; duplicated names: {len(dup_names)}, "
-              f"missing: {len(missing)}, unexpected: {len(extra)}")
+        print(
+            f"stored: {len(jobs)} jobs, {len(set(ids))} distinct ids, "
+            f"{len(names)} distinct names; duplicated names: {len(dup_names)}, "
+            f"missing: {len(missing)}, unexpected: {len(extra)}"
+        )
         states = collections.Counter(j["state"] for j in jobs)
-        print(f"job states at the end: {dict(states)}; GET /aigrid/api/jobs took "
-              f"{list_ms:.0f} ms")
+        print(f"job states at the end: {dict(states)}; GET /aigrid/api/jobs took {list_ms:.0f} ms")
         if len(jobs) != n:
             failures.append(f"expected {n} jobs, found {len(jobs)}")
         if len(set(ids)) != len(ids):
@@ -156,8 +167,10 @@ def main() -> int:
         if not acked <= set(ids):
             failures.append(f"acknowledged but not listed: {sorted(acked - set(ids))[:5]}")
         warm.close()
-    print(f"server stopped {'in %.2f s' % srv.stop_s if srv.stop_s is not None else '(killed)'}"
-          " after SIGTERM")
+    print(
+        f"server stopped {f'in {srv.stop_s:.2f} s' if srv.stop_s is not None else '(killed)'}"
+        " after SIGTERM"
+    )
 
     if failures:
         print("\nFAILED (correctness):")

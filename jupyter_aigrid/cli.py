@@ -1,11 +1,11 @@
 """The ``aigrid`` command: submit jobs, watch them, and look at the cluster.
 
-  aigrid submit --gpus 2 train.py --epochs 3     # a script, with its arguments
-  aigrid submit --gpus 1 -c "print('hi')"        # inline code
-  aigrid submit --gpus 1 -- nvidia-smi -L        # any command
-  aigrid list                                    # your jobs
-  aigrid logs -f 12                              # every rank's output, live
-  aigrid status 12 | aigrid cancel 12 | aigrid cluster
+aigrid submit --gpus 2 train.py --epochs 3     # a script, with its arguments
+aigrid submit --gpus 1 -c "print('hi')"        # inline code
+aigrid submit --gpus 1 -- nvidia-smi -L        # any command
+aigrid list                                    # your jobs
+aigrid logs -f 12                              # every rank's output, live
+aigrid status 12 | aigrid cancel 12 | aigrid cluster
 """
 
 from __future__ import annotations
@@ -52,10 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir")
     s.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("-c", "--code", help="Python source to run instead of a script")
-    s.add_argument("-f", "--follow", action="store_true",
-                   help="stream the logs until the job ends; exit 1 if it did not succeed")
-    s.add_argument("program", nargs=argparse.REMAINDER,
-                   help="script.py [args...], or a command [args...]")
+    s.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="stream the logs until the job ends; exit 1 if it did not succeed",
+    )
+    s.add_argument(
+        "program", nargs=argparse.REMAINDER, help="script.py [args...], or a command [args...]"
+    )
 
     sub.add_parser("list", help="list jobs").add_argument("--state")
     sub.add_parser("status", help="show one job").add_argument("job_id")
@@ -93,9 +98,20 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     else:
         msg = "nothing to run: give a script.py, -c CODE, or a command"
         raise AIGridError(msg, field="program")
-    for name in ("gpus", "gpus_per_replica", "replicas", "nodes", "cpus_per_replica",
-                 "memory_mb_per_replica", "gpu_type", "name", "priority", "time_limit_s",
-                 "max_restarts", "workdir"):
+    for name in (
+        "gpus",
+        "gpus_per_replica",
+        "replicas",
+        "nodes",
+        "cpus_per_replica",
+        "memory_mb_per_replica",
+        "gpu_type",
+        "name",
+        "priority",
+        "time_limit_s",
+        "max_restarts",
+        "workdir",
+    ):
         value = getattr(args, name)
         if value is not None:
             spec[name] = value
@@ -118,8 +134,10 @@ def _age(iso: str | None) -> str:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [header, *rows])
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    )
 
 
 def _nodes(job: dict[str, Any]) -> str:
@@ -142,14 +160,18 @@ def run(args: argparse.Namespace) -> int:
     out: Any
     if args.command == "submit":
         job = client.submit(spec_from_args(args))
-        print(json.dumps(job) if args.json else f"submitted job {job['id']} ({job['name']})",
-              flush=True)
+        print(
+            json.dumps(job) if args.json else f"submitted job {job['id']} ({job['name']})",
+            flush=True,
+        )
         if not args.follow:
             return 0
         _print_logs(client, job["id"], follow=True)
         job = client.wait(job["id"])
-        print(f"job {job['id']} {job['state']}" + (f": {job['reason']}" if job["reason"] else ""),
-              file=sys.stderr)
+        print(
+            f"job {job['id']} {job['state']}" + (f": {job['reason']}" if job["reason"] else ""),
+            file=sys.stderr,
+        )
         return 0 if job["state"] == "succeeded" else FAILED_EXIT
     if args.command == "list":
         jobs = client.jobs(state=args.state)
@@ -157,8 +179,19 @@ def run(args: argparse.Namespace) -> int:
             out = json.dumps(jobs)
         else:
             out = _table(
-                [[j["id"], j["name"], j["state"], j["gpus"], j["priority"], j["owner"],
-                  _age(j["submitted_at"]), _nodes(j)] for j in jobs],
+                [
+                    [
+                        j["id"],
+                        j["name"],
+                        j["state"],
+                        j["gpus"],
+                        j["priority"],
+                        j["owner"],
+                        _age(j["submitted_at"]),
+                        _nodes(j),
+                    ]
+                    for j in jobs
+                ],
                 ["ID", "NAME", "STATE", "GPUS", "PRIORITY", "OWNER", "AGE", "WHERE"],
             )
         print(out)
@@ -169,19 +202,31 @@ def run(args: argparse.Namespace) -> int:
         _print_logs(client, args.job_id, rank=args.rank, follow=args.follow, tail=args.tail)
     elif args.command == "cancel":
         job = client.cancel(args.job_id)
-        print(json.dumps(job) if args.json else f"job {job['id']}: cancel requested ({job['state']})")
+        print(
+            json.dumps(job) if args.json else f"job {job['id']}: cancel requested ({job['state']})"
+        )
     elif args.command == "cluster":
         cluster = client.cluster()
         if args.json:
             print(json.dumps(cluster))
         else:
-            rows = [[n["name"], g["index"], g["model"] + (" (SIMULATED)" if g["simulated"] else ""),
-                     g.get("job_id") or "-", "-" if g.get("rank") is None else g["rank"],
-                     f"{g['utilization_pct']}%" if "utilization_pct" in g else "-"]
-                    for n in cluster["nodes"] for g in n["gpus"]]
+            rows = [
+                [
+                    n["name"],
+                    g["index"],
+                    g["model"] + (" (SIMULATED)" if g["simulated"] else ""),
+                    g.get("job_id") or "-",
+                    "-" if g.get("rank") is None else g["rank"],
+                    f"{g['utilization_pct']}%" if "utilization_pct" in g else "-",
+                ]
+                for n in cluster["nodes"]
+                for g in n["gpus"]
+            ]
             print(_table(rows, ["NODE", "GPU", "MODEL", "JOB", "RANK", "UTIL"]))
-            print(f"{cluster['gpus_free']}/{cluster['gpus_total']} GPUs free "
-                  f"({cluster['executor']} executor)")
+            print(
+                f"{cluster['gpus_free']}/{cluster['gpus_total']} GPUs free "
+                f"({cluster['executor']} executor)"
+            )
     return 0
 
 

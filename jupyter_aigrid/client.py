@@ -49,16 +49,19 @@ def discover_server() -> tuple[str, str]:
 
     servers = sorted(list_running_servers(), key=lambda s: s.get("pid", 0), reverse=True)
     if not servers:
-        msg = ("no running Jupyter server found; start one (jupyter lab), or pass --url and "
-               "--token (or set AIGRID_URL and AIGRID_TOKEN)")
+        msg = (
+            "no running Jupyter server found; start one (jupyter lab), or pass --url and "
+            "--token (or set AIGRID_URL and AIGRID_TOKEN)"
+        )
         raise AIGridError(msg)
     info = servers[0]
     return info["url"], info.get("token", "")
 
 
 class Client:
-    def __init__(self, url: str | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0
+    ) -> None:
         if url is None:
             url, found_token = discover_server()
             token = token if token is not None else found_token
@@ -74,8 +77,13 @@ class Client:
 
     def _request(self, method: str, *parts: str, stream: bool = False, **kwargs: Any):
         try:
-            resp = self.session.request(method, self._url(*parts), stream=stream,
-                                        timeout=None if stream else self.timeout, **kwargs)
+            resp = self.session.request(
+                method,
+                self._url(*parts),
+                stream=stream,
+                timeout=None if stream else self.timeout,
+                **kwargs,
+            )
         except requests.RequestException as e:
             msg = f"cannot reach the AI Grid master at {self.url}: {e}"
             raise AIGridError(msg) from e
@@ -84,8 +92,9 @@ class Client:
                 body = resp.json()
             except ValueError:
                 body = {"message": resp.text.strip() or resp.reason}
-            raise AIGridError(body.get("message") or resp.reason, resp.status_code,
-                              body.get("field"))
+            raise AIGridError(
+                body.get("message") or resp.reason, resp.status_code, body.get("field")
+            )
         return resp
 
     # -- jobs -------------------------------------------------------------------------------------
@@ -109,22 +118,23 @@ class Client:
     def cluster(self) -> dict[str, Any]:
         return self._request("GET", "cluster").json()
 
-    def logs(self, job_id: str, rank: int | None = None, follow: bool = False,
-             tail: int | None = None) -> Iterator[dict[str, Any]]:
+    def logs(
+        self, job_id: str, rank: int | None = None, follow: bool = False, tail: int | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Log lines as ``{"rank", "stream", "line"}``; with ``follow`` until the job ends."""
         params: dict[str, Any] = {"follow": int(follow)}
         if rank is not None:
             params["rank"] = rank
         if tail is not None:
             params["tail"] = tail
-        with self._request("GET", "jobs", str(job_id), "logs", params=params,
-                           stream=True) as resp:
+        with self._request("GET", "jobs", str(job_id), "logs", params=params, stream=True) as resp:
             for raw in resp.iter_lines():
                 if raw:
                     yield json.loads(raw)
 
-    def wait(self, job_id: str, poll_s: float = 0.5, timeout_s: float | None = None
-             ) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, poll_s: float = 0.5, timeout_s: float | None = None
+    ) -> dict[str, Any]:
         """Block until the job has ended; return it."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:

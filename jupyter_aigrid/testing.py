@@ -23,8 +23,9 @@ from .server.executors.local import free_port
 class ServerProcess:
     """``jupyter server`` on 127.0.0.1 with its own state directory, token and runtime dir."""
 
-    def __init__(self, root: str | Path, *args: str, port: int | None = None,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *args: str, port: int | None = None, token: str | None = None
+    ) -> None:
         self.root = Path(root)
         self.state_dir = self.root / "aigrid"
         self.args = list(args)
@@ -32,6 +33,8 @@ class ServerProcess:
         self.token = token or secrets.token_hex(16)
         self.proc: subprocess.Popen | None = None
         self.log_path = self.root / "server.log"
+        #: Seconds the last stop() took after SIGTERM; None if it had to kill.
+        self.stop_s: float | None = None
 
     @property
     def url(self) -> str:
@@ -39,18 +42,26 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 60.0) -> ServerProcess:
         (self.root / "notebooks").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.root / "runtime"),
-               "JUPYTER_TOKEN": self.token}
+        env = {k: v for k, v in os.environ.items() if k not in ("AIGRID_URL", "AIGRID_TOKEN")}
+        env.update(JUPYTER_RUNTIME_DIR=str(self.root / "runtime"), JUPYTER_TOKEN=self.token)
         cmd = [
-            sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-            "--ip=127.0.0.1", f"--port={self.port}", "--port-retries=0",
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--port-retries=0",
             f"--ServerApp.root_dir={self.root / 'notebooks'}",
             "--ServerApp.allow_unauthenticated_access=False",
-            f"--AIGridApp.state_dir={self.state_dir}", *self.args,
+            f"--AIGridApp.state_dir={self.state_dir}",
+            *self.args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -58,8 +69,11 @@ class ServerProcess:
                 msg = f"jupyter server exited with {self.proc.returncode}:\n{self.log()}"
                 raise RuntimeError(msg)
             try:
-                r = requests.get(self.url + "aigrid/api/cluster", timeout=2,
-                                 headers={"Authorization": f"token {self.token}"})
+                r = requests.get(
+                    self.url + "aigrid/api/cluster",
+                    timeout=2,
+                    headers={"Authorization": f"token {self.token}"},
+                )
                 if r.status_code == 200:
                     return self
             except requests.RequestException:
@@ -71,6 +85,16 @@ class ServerProcess:
 
     def client(self) -> Client:
         return Client(self.url, self.token)
+
+    def api(self, *parts: str) -> str:
+        """The URL of an AI Grid REST resource."""
+        return self.url + "aigrid/api" + "".join("/" + p for p in parts)
+
+    def session(self) -> requests.Session:
+        """A requests session that sends the token."""
+        s = requests.Session()
+        s.headers["Authorization"] = f"token {self.token}"
+        return s
 
     def log(self) -> str:
         try:
@@ -87,14 +111,21 @@ class ServerProcess:
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout_s)
+            self.stop_s = time.monotonic() - started
         except subprocess.TimeoutExpired:
+            self.stop_s = None
             self.kill()
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

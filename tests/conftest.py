@@ -62,8 +62,16 @@ class Api:
 
     async def call(self, method: str, *parts: str, body=None, params=None, raw=False, **kw):
         data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
-        resp = await self.fetch("aigrid", "api", *parts, method=method, body=data,
-                                params=params, allow_nonstandard_methods=True, **kw)
+        resp = await self.fetch(
+            "aigrid",
+            "api",
+            *parts,
+            method=method,
+            body=data,
+            params=params,
+            allow_nonstandard_methods=True,
+            **kw,
+        )
         return resp if raw else json.loads(resp.body)
 
     async def error(self, method: str, *parts: str, **kw) -> tuple[int, dict]:
@@ -88,8 +96,9 @@ class Api:
             await asyncio.sleep(0.1)
 
     async def logs(self, job_id: str, **params) -> list[dict]:
-        resp = await self.call("GET", "jobs", job_id, "logs", params=params, raw=True,
-                               request_timeout=120)
+        resp = await self.call(
+            "GET", "jobs", job_id, "logs", params=params, raw=True, request_timeout=120
+        )
         return [json.loads(line) for line in resp.body.decode().splitlines() if line]
 
 

@@ -93,14 +93,22 @@ ROUTE_VERBS = [
 async def test_no_token_is_403_on_every_route(api, jp_fetch, route, method):
     await api.submit({"code": "pass"})
     with pytest.raises(HTTPClientError) as info:
-        await jp_fetch(*_concrete(route).split("/"), method=method,
-                       body=json.dumps({"code": "pass"}) if method == "POST" else None,
-                       headers={"Authorization": ""}, allow_nonstandard_methods=True)
+        await jp_fetch(
+            *_concrete(route).split("/"),
+            method=method,
+            body=json.dumps({"code": "pass"}) if method == "POST" else None,
+            headers={"Authorization": ""},
+            allow_nonstandard_methods=True,
+        )
     assert info.value.code == 403
     with pytest.raises(HTTPClientError) as info:
-        await jp_fetch(*_concrete(route).split("/"), method=method,
-                       body=json.dumps({"code": "pass"}) if method == "POST" else None,
-                       headers={"Authorization": "token wrong"}, allow_nonstandard_methods=True)
+        await jp_fetch(
+            *_concrete(route).split("/"),
+            method=method,
+            body=json.dumps({"code": "pass"}) if method == "POST" else None,
+            headers={"Authorization": "token wrong"},
+            allow_nonstandard_methods=True,
+        )
     assert info.value.code == 403
     # Nothing was submitted without a token.
     assert len((await api.call("GET", "jobs"))["jobs"]) == 1

@@ -89,10 +89,12 @@ async def test_failing_rank_fails_the_gang_with_reason(api):
 
 
 async def test_cancel_stops_every_process(api, aigrid_state):
-    code = "import subprocess, sys, time\n" \
-           "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n" \
-           "print('child', child.pid, flush=True)\n" \
-           "time.sleep(300)\n"
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        "print('child', child.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
     job = await api.submit({"code": code, "gpus": 2})
     await api.wait(job["id"], states=("running",))
     pids = set()
@@ -205,8 +207,12 @@ async def test_list_filters_and_cluster(api):
     cluster = await api.call("GET", "cluster")
     assert cluster["gpus_total"] == 4 and cluster["gpus_free"] == 3
     assert cluster["simulated"] is True
-    held = [(n["name"], g["index"], g["job_id"], g["rank"])
-            for n in cluster["nodes"] for g in n["gpus"] if g["job_id"]]
+    held = [
+        (n["name"], g["index"], g["job_id"], g["rank"])
+        for n in cluster["nodes"]
+        for g in n["gpus"]
+        if g["job_id"]
+    ]
     slot = (await api.job(job["id"]))["placement"][0]
     assert held == [(slot["node"], slot["gpus"][0]["index"], job["id"], 0)]
     assert all(g["simulated"] for n in cluster["nodes"] for g in n["gpus"])
@@ -217,7 +223,9 @@ async def test_list_filters_and_cluster(api):
 async def test_created_job_has_location(api):
     resp = await api.call("POST", "jobs", body={"code": "pass"}, raw=True)
     assert resp.code == 201
-    assert resp.headers["Location"].endswith(f"/aigrid/api/jobs/{__import__('json').loads(resp.body)['id']}")
+    assert resp.headers["Location"].endswith(
+        f"/aigrid/api/jobs/{__import__('json').loads(resp.body)['id']}"
+    )
 
 
 async def test_unknown_job_is_404(api):

@@ -219,8 +219,18 @@ OPENAPI_31_SUBSET = {
         "components": {
             "type": "object",
             "propertyNames": {
-                "enum": ["schemas", "responses", "parameters", "examples", "requestBodies",
-                         "headers", "securitySchemes", "links", "callbacks", "pathItems"]
+                "enum": [
+                    "schemas",
+                    "responses",
+                    "parameters",
+                    "examples",
+                    "requestBodies",
+                    "headers",
+                    "securitySchemes",
+                    "links",
+                    "callbacks",
+                    "pathItems",
+                ]
             },
             "properties": {
                 "schemas": {"type": "object", "additionalProperties": _SCHEMA},
@@ -232,8 +242,9 @@ OPENAPI_31_SUBSET = {
                         "type": "object",
                         "required": ["type"],
                         "properties": {
-                            "type": {"enum": ["apiKey", "http", "mutualTLS", "oauth2",
-                                              "openIdConnect"]},
+                            "type": {
+                                "enum": ["apiKey", "http", "mutualTLS", "oauth2", "openIdConnect"]
+                            },
                         },
                         "if": {"properties": {"type": {"const": "apiKey"}}},
                         "then": {
@@ -463,8 +474,12 @@ def test_query_parameters_are_the_ones_read(route, handler):
 def test_logs_query_parameters():
     params = load_doc()["paths"]["/aigrid/api/jobs/{job_id}/logs"]["get"]["parameters"]
     types = {p["name"]: p["schema"]["type"] for p in params}
-    assert types == {"rank": "integer", "tail": "integer", "attempt": "integer",
-                     "follow": "boolean"}
+    assert types == {
+        "rank": "integer",
+        "tail": "integer",
+        "attempt": "integer",
+        "follow": "boolean",
+    }
 
 
 # -- the bodies the code builds conform to the documented schemas ------------------------------
@@ -484,10 +499,19 @@ class _StubExecutor:
 
 
 NODES = [
-    Node("sim", tuple(Gpu(i, f"SIM-sim-{i}", "simulated", 16384, True) for i in range(2)),
-         cpus=4, memory_mb=8192),
-    Node("real", (Gpu(0, "GPU-0000", "H100", 81920, False),), cpus=8, memory_mb=65536,
-         labels=(("zone", "a"),)),
+    Node(
+        "sim",
+        tuple(Gpu(i, f"SIM-sim-{i}", "simulated", 16384, True) for i in range(2)),
+        cpus=4,
+        memory_mb=8192,
+    ),
+    Node(
+        "real",
+        (Gpu(0, "GPU-0000", "H100", 81920, False),),
+        cpus=8,
+        memory_mb=65536,
+        labels=(("zone", "a"),),
+    ),
 ]
 
 
@@ -500,11 +524,19 @@ def store(tmp_path):
 
 def _insert(store: Store, raw: dict[str, Any], **fields: Any) -> dict[str, Any]:
     spec = validate(raw)
-    row = store.insert_job({
-        "name": spec["name"], "owner": "alice", "kind": spec["kind"], "state": "queued",
-        "priority": spec["priority"], "gpus": spec["gpus"], "replicas": spec["replicas"],
-        "spec": spec, "submitted_at": time.time() - 5,
-    })
+    row = store.insert_job(
+        {
+            "name": spec["name"],
+            "owner": "alice",
+            "kind": spec["kind"],
+            "state": "queued",
+            "priority": spec["priority"],
+            "gpus": spec["gpus"],
+            "replicas": spec["replicas"],
+            "spec": spec,
+            "submitted_at": time.time() - 5,
+        }
+    )
     if fields:
         store.update_job(row["id"], **fields)
     return store.job(row["id"])
@@ -514,15 +546,26 @@ def test_job_view_matches_job_schema(store):
     nodes = {n.name: n for n in NODES}
     queued = _insert(store, {"code": "print(1)", "gpus": 2, "name": "train"})
     running = _insert(
-        store, {"command": ["python", "-V"], "gpus": 2, "replicas": 2, "env": {"A": "1"}},
-        state="running", started_at=time.time() - 1, pending_state="cancelled",
-        placement=[{"rank": 0, "node": "sim", "local_rank": 0, "gpus": [0]},
-                   {"rank": 1, "node": "gone", "local_rank": 0, "gpus": [3]}],
+        store,
+        {"command": ["python", "-V"], "gpus": 2, "replicas": 2, "env": {"A": "1"}},
+        state="running",
+        started_at=time.time() - 1,
+        pending_state="cancelled",
+        placement=[
+            {"rank": 0, "node": "sim", "local_rank": 0, "gpus": [0]},
+            {"rank": 1, "node": "gone", "local_rank": 0, "gpus": [3]},
+        ],
     )
     ended = _insert(
-        store, {"code": "x"}, state="failed", started_at=time.time() - 2,
-        finished_at=time.time(), exit_codes={"0": 1}, reason="rank 0 exited with code 1",
-        restarts=1, attempt=1,
+        store,
+        {"code": "x"},
+        state="failed",
+        started_at=time.time() - 2,
+        finished_at=time.time(),
+        exit_codes={"0": 1},
+        reason="rank 0 exited with code 1",
+        restarts=1,
+        attempt=1,
     )
     views = [job_view(queued, nodes, 1), job_view(running, nodes), job_view(ended, nodes)]
     for view in views:
@@ -549,8 +592,13 @@ def test_cluster_view_matches_cluster_schema():
 
 
 def test_result_matches_result_schema(store, tmp_path, monkeypatch):
-    row = _insert(store, {"code": "x", "gpus": 2}, state="succeeded",
-                  exit_codes={"0": 0, "1": None}, finished_at=time.time())
+    row = _insert(
+        store,
+        {"code": "x", "gpus": 2},
+        state="succeeded",
+        exit_codes={"0": 0, "1": None},
+        finished_at=time.time(),
+    )
     master = Master(store, _StubExecutor(NODES), None, state_dir=tmp_path)
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))

@@ -11,8 +11,12 @@ import pytest
 
 from jupyter_aigrid.testing import ServerProcess
 
-ARGS = ("--AIGridApp.local_nodes=1", "--AIGridApp.simulated_gpus=2",
-        "--AIGridApp.local_cpus_per_node=8", "--AIGridApp.tick_interval_s=0.2")
+ARGS = (
+    "--AIGridApp.local_nodes=1",
+    "--AIGridApp.simulated_gpus=2",
+    "--AIGridApp.local_cpus_per_node=8",
+    "--AIGridApp.tick_interval_s=0.2",
+)
 
 
 def wait_for(client, job_id, states, timeout_s=60.0):
@@ -37,24 +41,41 @@ def test_kill_9_master_mid_job_then_restart(tmp_path):
         c = server.client()
         marker = tmp_path / "go"
         # Runs across the restart and is re-adopted.
-        survivor = c.submit({"name": "survivor", "gpus": 1, "code": textwrap.dedent(f"""
+        survivor = c.submit(
+            {
+                "name": "survivor",
+                "gpus": 1,
+                "code": textwrap.dedent(f"""
             import os, time
             print("started", flush=True)
             while not os.path.exists({str(marker)!r}):
                 time.sleep(0.05)
             print("finished after the restart", flush=True)
-        """)})
+        """),
+            }
+        )
         # Ends while the master is down; its exit status must still be learned.
-        quick = c.submit({"name": "quick", "code": f"import os, time\n"
-                          f"while not os.path.exists({str(marker)!r}): time.sleep(0.05)\n"
-                          "raise SystemExit(3)\n"})
+        quick = c.submit(
+            {
+                "name": "quick",
+                "code": f"import os, time\n"
+                f"while not os.path.exists({str(marker)!r}): time.sleep(0.05)\n"
+                "raise SystemExit(3)\n",
+            }
+        )
         # Killed while the master is down: requeued (restarts left) or failed (none left).
-        retry = c.submit({"name": "retry", "max_restarts": 1, "code": textwrap.dedent("""
+        retry = c.submit(
+            {
+                "name": "retry",
+                "max_restarts": 1,
+                "code": textwrap.dedent("""
             import os, time
             if os.environ["AIGRID_ATTEMPT"] == "0":
                 time.sleep(300)
             print("second attempt", flush=True)
-        """)})
+        """),
+            }
+        )
         lost = c.submit({"name": "lost", "code": "import time; time.sleep(300)"})
         # Queued behind the survivor: needs both GPUs.
         queued = c.submit({"name": "queued", "gpus": 2, "code": "print('queued job ran')"})
@@ -71,8 +92,9 @@ def test_kill_9_master_mid_job_then_restart(tmp_path):
 
         server = ServerProcess(tmp_path, *ARGS, port=server.port, token=server.token).start()
         c = server.client()
-        assert {j["id"] for j in c.jobs()} == {j["id"] for j in
-                                                (survivor, quick, retry, lost, queued)}
+        assert {j["id"] for j in c.jobs()} == {
+            j["id"] for j in (survivor, quick, retry, lost, queued)
+        }
 
         done = wait_for(c, survivor["id"], ("succeeded", "failed"))
         assert done["state"] == "succeeded", done["reason"]
@@ -103,22 +125,21 @@ def test_kill_9_master_mid_job_then_restart(tmp_path):
 
 def test_acknowledged_jobs_survive_kill_9(tmp_path):
     """Every job that got a 201 is there after a kill -9, queued as it was."""
-    with ServerProcess(tmp_path, "--AIGridApp.simulated_gpus=1",
-                       "--AIGridApp.local_cpus_per_node=1") as server:
-        c = server.client()
+    args = ("--AIGridApp.simulated_gpus=1", "--AIGridApp.local_cpus_per_node=1")
+    with ServerProcess(tmp_path, *args) as first:
+        c = first.client()
         blocker = c.submit({"code": "import time; time.sleep(300)", "gpus": 1})
         ids = [c.submit({"code": "pass", "gpus": 1, "name": f"j{i}"})["id"] for i in range(20)]
         wait_for(c, blocker["id"], ("running",))
-        server.kill()
-        os.killpg(group_of(server, blocker["id"]), signal.SIGKILL)
-        server = ServerProcess(tmp_path, "--AIGridApp.simulated_gpus=1",
-                               "--AIGridApp.local_cpus_per_node=1",
-                               port=server.port, token=server.token).start()
-        c = server.client()
+        first.kill()
+        os.killpg(group_of(first, blocker["id"]), signal.SIGKILL)
+    with ServerProcess(tmp_path, *args, port=first.port, token=first.token) as second:
+        c = second.client()
         jobs = {j["id"]: j for j in c.jobs()}
         assert set(ids) <= set(jobs)
         assert jobs[blocker["id"]]["state"] in ("running", "failed")
         for job_id in ids:
             assert wait_for(c, job_id, ("succeeded",), timeout_s=60)["state"] == "succeeded"
-        assert c.job(blocker["id"])["state"] == "failed"
-        server.stop()
+        blocked = c.job(blocker["id"])
+        assert blocked["state"] == "failed"
+        assert "lost on restart" in blocked["reason"]

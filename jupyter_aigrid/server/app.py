@@ -11,8 +11,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, Set, Unicode, default, validate
-from traitlets import TraitError
+from traitlets import Float, Int, Set, TraitError, Unicode, default, validate
 
 from . import events
 from .executors.local import LocalExecutor
@@ -37,9 +36,7 @@ class AIGridApp(ExtensionApp):
         config=True,
         help="Directory for the database, logs, results and the local nodes' scratch space.",
     )
-    db_path = Unicode(
-        config=True, help="The SQLite database; default <state_dir>/aigrid.sqlite."
-    )
+    db_path = Unicode(config=True, help="The SQLite database; default <state_dir>/aigrid.sqlite.")
     simulated_gpus = Int(
         None,
         allow_none=True,
@@ -95,7 +92,8 @@ class AIGridApp(ExtensionApp):
     @validate("executor")
     def _check_executor(self, proposal):
         if proposal["value"] not in EXECUTORS:
-            msg = f"AIGridApp.executor must be one of {', '.join(EXECUTORS)}, got {proposal['value']!r}"
+            allowed = ", ".join(EXECUTORS)
+            msg = f"AIGridApp.executor must be one of {allowed}, got {proposal['value']!r}"
             raise TraitError(msg)
         return proposal["value"]
 
@@ -132,9 +130,12 @@ class AIGridApp(ExtensionApp):
         gpus = sum(len(n.gpus) for n in self.master.nodes)
         self.log.info(
             "AI Grid master: %s executor, %d node(s), %d GPU(s)%s, policy %s, state in %s",
-            self.executor, len(self.master.nodes), gpus,
+            self.executor,
+            len(self.master.nodes),
+            gpus,
             f" ({simulated} SIMULATED: CPU slots, no real GPU)" if simulated else "",
-            self.policy, state,
+            self.policy,
+            state,
         )
 
     def _emit(self, schema_id: str, data: dict) -> None:

@@ -50,7 +50,7 @@ def nvml_utilisation(uuids: list[str]) -> dict[str, dict[str, int]]:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver is the common case, not an error
+    except Exception:
         return {}
     try:
         out = {}
@@ -73,7 +73,12 @@ def nvml_utilisation(uuids: list[str]) -> dict[str, dict[str, int]]:
 def simulated_gpus(node: str, count: int, memory_mb: int = 16384) -> list[Gpu]:
     """``count`` CPU slots that stand in for GPUs, marked ``simulated``."""
     return [
-        Gpu(index=i, uuid=f"SIM-{node}-{i}", model=SIMULATED_MODEL, memory_mb=memory_mb,
-            simulated=True)
+        Gpu(
+            index=i,
+            uuid=f"SIM-{node}-{i}",
+            model=SIMULATED_MODEL,
+            memory_mb=memory_mb,
+            simulated=True,
+        )
         for i in range(count)
     ]

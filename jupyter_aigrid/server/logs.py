@@ -63,4 +63,6 @@ class LogCursor:
         if pos > 0 and complete:
             complete = complete[1:]  # the first piece may start mid-line
         self.offset = size
-        return [line.decode("utf-8", errors="replace") for line in complete[-lines:]] if lines else []
+        return (
+            [line.decode("utf-8", errors="replace") for line in complete[-lines:]] if lines else []
+        )

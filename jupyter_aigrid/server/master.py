@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -23,8 +24,21 @@ from . import events
 from .executors.base import ExecutorError
 from .inventory import nvml_utilisation
 from .model import (
-    ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, QUEUED, RUNNING, STARTING, SUCCEEDED,
-    PREEMPTED, Launch, LaunchRequest, Placement, ReplicaHandle, Slot, Snapshot,
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    FINAL_STATES,
+    PREEMPTED,
+    QUEUED,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    Launch,
+    LaunchRequest,
+    Placement,
+    ReplicaHandle,
+    Slot,
+    Snapshot,
 )
 from .policies import describe_capacity, place_gang, schedule_round
 from .spec import SpecError, to_request
@@ -48,9 +62,17 @@ class Conflict(RuntimeError):
 
 
 class Master:
-    def __init__(self, store, executor, policy, *, state_dir: str | Path,
-                 emit: Callable[[str, dict], None] | None = None,
-                 tick_s: float = 1.0, stop_grace_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        store,
+        executor,
+        policy,
+        *,
+        state_dir: str | Path,
+        emit: Callable[[str, dict], None] | None = None,
+        tick_s: float = 1.0,
+        stop_grace_s: float = 10.0,
+    ) -> None:
         self.store = store
         self.executor = executor
         self.policy = policy
@@ -77,10 +99,8 @@ class Master:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         await asyncio.get_running_loop().run_in_executor(self._db, self._close)
         self._db.shutdown(wait=True)
@@ -142,8 +162,9 @@ class Master:
     async def job(self, job_id: str, user: str, admin: bool = False) -> dict[str, Any]:
         return await self._call(self._view_one, job_id, user, admin)
 
-    async def jobs(self, user: str, admin: bool = False, state: str | None = None,
-                   owner: str | None = None) -> list[dict[str, Any]]:
+    async def jobs(
+        self, user: str, admin: bool = False, state: str | None = None, owner: str | None = None
+    ) -> list[dict[str, Any]]:
         return await self._call(self._view_many, user, admin, state, owner)
 
     async def cancel(self, job_id: str, user: str, admin: bool = False) -> dict[str, Any]:
@@ -157,8 +178,9 @@ class Master:
     async def result(self, job_id: str, user: str, admin: bool = False) -> dict[str, Any]:
         return await self._call(self._result, job_id, user, admin)
 
-    async def log_files(self, job_id: str, user: str, admin: bool = False,
-                        attempt: int | None = None) -> tuple[dict[str, Any], list[tuple[int, str, Path]]]:
+    async def log_files(
+        self, job_id: str, user: str, admin: bool = False, attempt: int | None = None
+    ) -> tuple[dict[str, Any], list[tuple[int, str, Path]]]:
         """The job, and (rank, stream, path) for each log file of the attempt."""
         return await self._call(self._log_files, job_id, user, admin, attempt)
 
@@ -175,8 +197,9 @@ class Master:
         row = self._visible(job_id, user, admin)
         return job_view(row, self._nodes_by_name, self._queue_positions().get(row["id"]))
 
-    def _view_many(self, user: str, admin: bool, state: str | None,
-                   owner: str | None) -> list[dict[str, Any]]:
+    def _view_many(
+        self, user: str, admin: bool, state: str | None, owner: str | None
+    ) -> list[dict[str, Any]]:
         if not admin:
             if owner not in (None, user):
                 return []
@@ -200,19 +223,29 @@ class Master:
         self._check_admissible(spec)
         now = time.time()
         with self.store.write():
-            row = self.store.insert_job({
-                "name": spec["name"], "owner": owner, "kind": spec["kind"], "state": QUEUED,
-                "priority": spec["priority"], "gpus": spec["gpus"], "replicas": spec["replicas"],
-                "spec": spec, "submitted_at": now,
-            })
+            row = self.store.insert_job(
+                {
+                    "name": spec["name"],
+                    "owner": owner,
+                    "kind": spec["kind"],
+                    "state": QUEUED,
+                    "priority": spec["priority"],
+                    "gpus": spec["gpus"],
+                    "replicas": spec["replicas"],
+                    "spec": spec,
+                    "submitted_at": now,
+                }
+            )
             self._event_state(row, None)
         return job_view(row, self._nodes_by_name, self._queue_positions().get(row["id"]))
 
     def _check_admissible(self, spec: dict[str, Any]) -> None:
         """Refuse, with the field to blame, a job that could never run on this cluster."""
         if spec.get("image") and self.executor.name == "local":
-            msg = ("the local executor runs jobs on the host, not in an image; "
-                   "remove 'image' or run the master with the docker or ray executor")
+            msg = (
+                "the local executor runs jobs on the host, not in an image; "
+                "remove 'image' or run the master with the docker or ray executor"
+            )
             raise SpecError(msg, field="image")
         if spec.get("datasets"):
             msg = f"unknown dataset {spec['datasets'][0]!r}: no datasets are registered"
@@ -258,8 +291,9 @@ class Master:
             elif row.get("pending_state") != CANCELLED:
                 self.store.update_job(job_id, pending_state=CANCELLED, reason=reason)
                 self._stop_replicas(job_id, row["attempt"])
-        return job_view(self.store.job(job_id), self._nodes_by_name,
-                        self._queue_positions().get(job_id))
+        return job_view(
+            self.store.job(job_id), self._nodes_by_name, self._queue_positions().get(job_id)
+        )
 
     def _cluster(self) -> dict[str, Any]:
         holders = {}
@@ -288,9 +322,14 @@ class Master:
         for rank in range(row["replicas"]):
             path = self._result_dir(job_id, row["attempt"]) / f"rank-{rank}.jsonl"
             metrics.extend(read_reports(path, rank))
-        return {"job_id": job_id, "state": row["state"], "reason": row.get("reason"),
-                "exit_codes": row.get("exit_codes"), "attempt": row["attempt"],
-                "metrics": metrics}
+        return {
+            "job_id": job_id,
+            "state": row["state"],
+            "reason": row.get("reason"),
+            "exit_codes": row.get("exit_codes"),
+            "attempt": row["attempt"],
+            "metrics": metrics,
+        }
 
     def _result_dir(self, job_id: str, attempt: int) -> Path:
         return self.state_dir / "results" / job_id / str(attempt)
@@ -327,8 +366,9 @@ class Master:
         queued = self.store.jobs((QUEUED,))
         if not queued:
             return
-        for launch in schedule_round(self.policy, [self._request(r) for r in queued],
-                                     self._snapshot()):
+        for launch in schedule_round(
+            self.policy, [self._request(r) for r in queued], self._snapshot()
+        ):
             self._apply(launch)
 
     def _apply(self, launch: Launch) -> None:
@@ -339,38 +379,70 @@ class Master:
         addr, port = self.executor.rendezvous(slots[0].node)
         requests = []
         with self.store.write():
-            self._set_state(row, STARTING, placement=launch.placement.to_json(),
-                            started_at=time.time(), pending_state=None)
+            self._set_state(
+                row,
+                STARTING,
+                placement=launch.placement.to_json(),
+                started_at=time.time(),
+                pending_state=None,
+            )
             replicas = []
             for slot in slots:
                 req = self._launch_request(row, launch.placement, slot, addr, port)
                 requests.append(req)
-                replicas.append({
-                    "id": req.replica_id, "job_id": job_id, "attempt": attempt,
-                    "rank": slot.rank, "local_rank": slot.local_rank, "node": slot.node,
-                    "gpu_indices": list(slot.gpus), "state": "launching",
-                    "exit_path": req.exit_path,
-                    "log_dir": str(Path(req.stdout_path).parent),
-                })
+                replicas.append(
+                    {
+                        "id": req.replica_id,
+                        "job_id": job_id,
+                        "attempt": attempt,
+                        "rank": slot.rank,
+                        "local_rank": slot.local_rank,
+                        "node": slot.node,
+                        "gpu_indices": list(slot.gpus),
+                        "state": "launching",
+                        "exit_path": req.exit_path,
+                        "log_dir": str(Path(req.stdout_path).parent),
+                    }
+                )
             self.store.insert_replicas(replicas)
-            self._outbox.append((events.JOB_PLACEMENT, {
-                "job_id": job_id, "attempt": attempt,
-                "placement": [{"rank": s.rank, "node": s.node, "local_rank": s.local_rank,
-                               "gpus": list(s.gpus),
-                               "simulated": self._simulated(s.node)} for s in slots],
-            }))
+            self._outbox.append(
+                (
+                    events.JOB_PLACEMENT,
+                    {
+                        "job_id": job_id,
+                        "attempt": attempt,
+                        "placement": [
+                            {
+                                "rank": s.rank,
+                                "node": s.node,
+                                "local_rank": s.local_rank,
+                                "gpus": list(s.gpus),
+                                "simulated": self._simulated(s.node),
+                            }
+                            for s in slots
+                        ],
+                    },
+                )
+            )
         for i, req in enumerate(requests):
             try:
-                handle = self.executor.launch(req, spec.get("code"), spec.get("args", []),
-                                              spec.get("command"))
+                handle = self.executor.launch(
+                    req, spec.get("code"), spec.get("args", []), spec.get("command")
+                )
             except ExecutorError as e:
                 for never in requests[i:]:
-                    self.store.update_replica(never.replica_id, state="exited",
-                                              finished_at=time.time())
+                    self.store.update_replica(
+                        never.replica_id, state="exited", finished_at=time.time()
+                    )
                 self._fail_gang(job_id, f"rank {req.rank} could not start: {e}", retry=False)
                 return
-            self.store.update_replica(req.replica_id, state="running", pid=handle.pid,
-                                      pid_start=handle.pid_start, started_at=time.time())
+            self.store.update_replica(
+                req.replica_id,
+                state="running",
+                pid=handle.pid,
+                pid_start=handle.pid_start,
+                started_at=time.time(),
+            )
         self._set_state(self.store.job(job_id), RUNNING)
         self._live_replicas = True
 
@@ -378,8 +450,9 @@ class Master:
         n = self._nodes_by_name.get(node)
         return bool(n and any(g.simulated for g in n.gpus))
 
-    def _launch_request(self, row: dict[str, Any], placement: Placement, slot: Slot,
-                        addr: str, port: int) -> LaunchRequest:
+    def _launch_request(
+        self, row: dict[str, Any], placement: Placement, slot: Slot, addr: str, port: int
+    ) -> LaunchRequest:
         spec, job_id, attempt = row["spec"], row["id"], row["attempt"]
         node = self._nodes_by_name[slot.node]
         gpus = [g for g in node.gpus if g.index in slot.gpus]
@@ -388,25 +461,40 @@ class Master:
         node_rank = placement.nodes.index(slot.node)
         env = {k: v for k, v in os.environ.items() if not _secret(k)}
         env.update(spec.get("env", {}))
-        env.update({
-            "RANK": str(slot.rank), "LOCAL_RANK": str(slot.local_rank),
-            "WORLD_SIZE": str(row["replicas"]), "LOCAL_WORLD_SIZE": str(local_world),
-            "GROUP_RANK": str(node_rank), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
-            # Simulated GPUs are CPU slots: hide every real device from the job.
-            "CUDA_VISIBLE_DEVICES": "" if simulated else ",".join(g.uuid for g in gpus),
-            "AIGRID_GPUS": ",".join(str(g.index) for g in gpus),
-            "AIGRID_SIMULATED_GPUS": "1" if simulated else "0",
-            "AIGRID_JOB_ID": job_id, "AIGRID_ATTEMPT": str(attempt), "AIGRID_NODE": slot.node,
-            "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_id),
-            "AIGRID_DATA": str(Path(node.scratch) / "data"),
-            "AIGRID_RESULT_DIR": str(self._result_dir(job_id, attempt)),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "RANK": str(slot.rank),
+                "LOCAL_RANK": str(slot.local_rank),
+                "WORLD_SIZE": str(row["replicas"]),
+                "LOCAL_WORLD_SIZE": str(local_world),
+                "GROUP_RANK": str(node_rank),
+                "MASTER_ADDR": addr,
+                "MASTER_PORT": str(port),
+                # Simulated GPUs are CPU slots: hide every real device from the job.
+                "CUDA_VISIBLE_DEVICES": "" if simulated else ",".join(g.uuid for g in gpus),
+                "AIGRID_GPUS": ",".join(str(g.index) for g in gpus),
+                "AIGRID_SIMULATED_GPUS": "1" if simulated else "0",
+                "AIGRID_JOB_ID": job_id,
+                "AIGRID_ATTEMPT": str(attempt),
+                "AIGRID_NODE": slot.node,
+                "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_id),
+                "AIGRID_DATA": str(Path(node.scratch) / "data"),
+                "AIGRID_RESULT_DIR": str(self._result_dir(job_id, attempt)),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         logs = self._log_path(job_id, attempt, slot.rank, "stdout")
         return LaunchRequest(
-            replica_id=f"{job_id}.{attempt}.{slot.rank}", job_id=job_id, attempt=attempt,
-            rank=slot.rank, node=slot.node, argv=(), env=env, workdir=spec.get("workdir", ""),
-            stdout_path=str(logs), stderr_path=str(logs.with_suffix(".stderr")),
+            replica_id=f"{job_id}.{attempt}.{slot.rank}",
+            job_id=job_id,
+            attempt=attempt,
+            rank=slot.rank,
+            node=slot.node,
+            argv=(),
+            env=env,
+            workdir=spec.get("workdir", ""),
+            stdout_path=str(logs),
+            stderr_path=str(logs.with_suffix(".stderr")),
             exit_path=str(logs.with_suffix(".exit")),
         )
 
@@ -423,8 +511,9 @@ class Master:
         rep = self.store.replica(replica_id)
         if rep is None or rep["state"] not in LIVE_REPLICA:
             return
-        self.store.update_replica(replica_id, state="exited", exit_code=code,
-                                  finished_at=time.time())
+        self.store.update_replica(
+            replica_id, state="exited", exit_code=code, finished_at=time.time()
+        )
         row = self.store.job(rep["job_id"])
         if row is None or row["state"] in FINAL_STATES:
             return
@@ -446,10 +535,8 @@ class Master:
             return f"{where} was lost: its process ended without recording an exit status"
         text = f"{where} exited with code {code}"
         if code > 128:
-            try:
+            with contextlib.suppress(ValueError):
                 text += f" ({signal.Signals(code - 128).name})"
-            except ValueError:
-                pass
         tail = _tail(self._log_path(rep["job_id"], rep["attempt"], rep["rank"], "stderr"))
         return text + (f"; last stderr lines:\n{tail}" if tail else "")
 
@@ -467,10 +554,17 @@ class Master:
         pending = row.get("pending_state")
         with self.store.write():
             if pending == QUEUED:
-                self._set_state(row, QUEUED, exit_codes=codes, placement=None,
-                                restarts=row["restarts"] + 1, attempt=row["attempt"] + 1,
-                                pending_state=None, started_at=None,
-                                reason=f"restarting after: {row['reason']}")
+                self._set_state(
+                    row,
+                    QUEUED,
+                    exit_codes=codes,
+                    placement=None,
+                    restarts=row["restarts"] + 1,
+                    attempt=row["attempt"] + 1,
+                    pending_state=None,
+                    started_at=None,
+                    reason=f"restarting after: {row['reason']}",
+                )
             elif pending in (FAILED, CANCELLED):
                 self._set_state(row, pending, exit_codes=codes, finished_at=time.time())
             elif all(c == 0 for c in codes.values()):
@@ -481,8 +575,12 @@ class Master:
     def _enforce_time_limits(self, now: float) -> None:
         for row in self.store.jobs((RUNNING,)):
             limit = row["spec"].get("time_limit_s")
-            if limit and row["started_at"] and not row.get("pending_state") \
-                    and now - row["started_at"] > limit:
+            if (
+                limit
+                and row["started_at"]
+                and not row.get("pending_state")
+                and now - row["started_at"] > limit
+            ):
                 self._fail_gang(row["id"], f"time limit of {limit:g} s exceeded", retry=False)
 
     def _set_state(self, row: dict[str, Any], state: str, **fields: Any) -> None:
@@ -492,9 +590,16 @@ class Master:
             self._event_state(new, row["state"] if row["state"] != state else None)
 
     def _event_state(self, row: dict[str, Any], previous: str | None) -> None:
-        data = {"job_id": row["id"], "name": row["name"], "owner": row["owner"],
-                "state": row["state"], "previous_state": previous, "reason": row.get("reason"),
-                "gpus": row["gpus"], "attempt": row.get("attempt") or 0}
+        data = {
+            "job_id": row["id"],
+            "name": row["name"],
+            "owner": row["owner"],
+            "state": row["state"],
+            "previous_state": previous,
+            "reason": row.get("reason"),
+            "gpus": row["gpus"],
+            "attempt": row.get("attempt") or 0,
+        }
         self.store.record_event(events.JOB_STATE, row["id"], data)
         self._outbox.append((events.JOB_STATE, data))
 
@@ -506,8 +611,11 @@ class Master:
         self._lost_on_restart = {r["id"] for r in live} - adopted
         self._live_replicas = bool(live)
         if live:
-            log.info("AI Grid master restart: %d replica(s) adopted, %d ended while it was down",
-                     len(adopted), len(self._lost_on_restart))
+            log.info(
+                "AI Grid master restart: %d replica(s) adopted, %d ended while it was down",
+                len(adopted),
+                len(self._lost_on_restart),
+            )
         for row in self.store.jobs(ACTIVE_STATES):
             if row.get("pending_state") is not None:
                 self._stop_replicas(row["id"], row["attempt"])
@@ -533,8 +641,12 @@ def read_reports(path: Path, rank: int) -> list[dict[str, Any]]:
 def _secret(name: str) -> bool:
     """Variables that must not leak from the server into job processes."""
     upper = name.upper()
-    return upper in {"JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN", "AIGRID_TOKEN"} \
-        or upper.startswith("JUPYTERHUB_")
+    return upper in {
+        "JUPYTER_TOKEN",
+        "JPY_API_TOKEN",
+        "JUPYTERHUB_API_TOKEN",
+        "AIGRID_TOKEN",
+    } or upper.startswith("JUPYTERHUB_")
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES, max_bytes: int = 16384) -> str:

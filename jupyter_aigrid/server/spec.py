@@ -44,7 +44,9 @@ class SpecError(ValueError):
 
 @cache
 def job_schema() -> dict[str, Any]:
-    return json.loads(files("jupyter_aigrid.server").joinpath("schemas/job.schema.json").read_text())
+    return json.loads(
+        files("jupyter_aigrid.server").joinpath("schemas/job.schema.json").read_text()
+    )
 
 
 @cache
@@ -174,7 +176,9 @@ def _check_template(spec: dict[str, Any]) -> None:
         raise SpecError(msg, field="template")
 
 
-def to_request(job_id: str, owner: str, spec: dict[str, Any], submitted_at: float, seq: int) -> Request:
+def to_request(
+    job_id: str, owner: str, spec: dict[str, Any], submitted_at: float, seq: int
+) -> Request:
     """The scheduler's view of a validated spec."""
     return Request(
         job_id=job_id,

@@ -32,7 +32,9 @@ def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in fields.items()}
+    return {
+        k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in fields.items()
+    }
 
 
 class Store:
@@ -124,14 +126,27 @@ class Store:
             db["replicas"].create_index(["job_id", "attempt"], if_not_exists=True)
             db["replicas"].create_index(["state"], if_not_exists=True)
             db["nodes"].create(
-                {"name": str, "executor": str, "cpus": int, "memory_mb": int, "scratch": str,
-                 "labels": str, "updated_at": float},
+                {
+                    "name": str,
+                    "executor": str,
+                    "cpus": int,
+                    "memory_mb": int,
+                    "scratch": str,
+                    "labels": str,
+                    "updated_at": float,
+                },
                 pk="name",
                 if_not_exists=True,
             )
             db["gpus"].create(
-                {"node": str, "idx": int, "uuid": str, "model": str, "memory_mb": int,
-                 "simulated": int},
+                {
+                    "node": str,
+                    "idx": int,
+                    "uuid": str,
+                    "model": str,
+                    "memory_mb": int,
+                    "simulated": int,
+                },
                 pk=("node", "idx"),
                 if_not_exists=True,
             )
@@ -226,13 +241,27 @@ class Store:
             self.db.execute("DELETE FROM nodes")
             for n in nodes:
                 self.db["nodes"].insert(
-                    _encode({"name": n.name, "executor": executor, "cpus": n.cpus,
-                             "memory_mb": n.memory_mb, "scratch": n.scratch,
-                             "labels": dict(n.labels), "updated_at": now})
+                    _encode(
+                        {
+                            "name": n.name,
+                            "executor": executor,
+                            "cpus": n.cpus,
+                            "memory_mb": n.memory_mb,
+                            "scratch": n.scratch,
+                            "labels": dict(n.labels),
+                            "updated_at": now,
+                        }
+                    )
                 )
                 self.db["gpus"].insert_all(
-                    {"node": n.name, "idx": g.index, "uuid": g.uuid, "model": g.model,
-                     "memory_mb": g.memory_mb, "simulated": int(g.simulated)}
+                    {
+                        "node": n.name,
+                        "idx": g.index,
+                        "uuid": g.uuid,
+                        "model": g.model,
+                        "memory_mb": g.memory_mb,
+                        "simulated": int(g.simulated),
+                    }
                     for g in n.gpus
                 )
 
@@ -241,8 +270,9 @@ class Store:
     def record_event(self, schema_id: str, job_id: str | None, data: dict[str, Any]) -> None:
         with self.write():
             self.db["events"].insert(
-                _encode({"time": time.time(), "schema_id": schema_id, "job_id": job_id,
-                         "data": data})
+                _encode(
+                    {"time": time.time(), "schema_id": schema_id, "job_id": job_id, "data": data}
+                )
             )
 
     def events(self, job_id: str) -> list[dict[str, Any]]:

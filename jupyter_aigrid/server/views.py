@@ -15,8 +15,11 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def job_view(row: dict[str, Any], nodes: dict[str, Node], queue_position: int | None = None,
-             ) -> dict[str, Any]:
+def job_view(
+    row: dict[str, Any],
+    nodes: dict[str, Node],
+    queue_position: int | None = None,
+) -> dict[str, Any]:
     """A job as the API shows it: the stored row, with placement spelled out per GPU."""
     spec = row["spec"]
     placement = None
@@ -28,9 +31,14 @@ def job_view(row: dict[str, Any], nodes: dict[str, Node], queue_position: int | 
             gpus = []
             for i in slot["gpus"]:
                 g = by_index.get(i)
-                gpus.append({"index": i, "uuid": g.uuid if g else None,
-                             "model": g.model if g else None,
-                             "simulated": g.simulated if g else None})
+                gpus.append(
+                    {
+                        "index": i,
+                        "uuid": g.uuid if g else None,
+                        "model": g.model if g else None,
+                        "simulated": g.simulated if g else None,
+                    }
+                )
             placement.append({**slot, "gpus": gpus})
     end = row.get("finished_at") or time.time()
     started = row.get("started_at")
@@ -61,8 +69,12 @@ def job_view(row: dict[str, Any], nodes: dict[str, Node], queue_position: int | 
     }
 
 
-def cluster_view(executor: str, nodes: list[Node], holders: dict[tuple[str, int], dict],
-                 utilisation: dict[str, dict[str, int]]) -> dict[str, Any]:
+def cluster_view(
+    executor: str,
+    nodes: list[Node],
+    holders: dict[tuple[str, int], dict],
+    utilisation: dict[str, dict[str, int]],
+) -> dict[str, Any]:
     """Nodes with their GPUs, who holds each GPU, and live utilisation where NVML has it."""
     out_nodes = []
     total = free = 0
@@ -72,23 +84,27 @@ def cluster_view(executor: str, nodes: list[Node], holders: dict[tuple[str, int]
             holder = holders.get((n.name, g.index))
             total += 1
             free += holder is None
-            gpus.append({
-                "index": g.index,
-                "uuid": g.uuid,
-                "model": g.model,
-                "memory_mb": g.memory_mb,
-                "simulated": g.simulated,
-                "job_id": holder["job_id"] if holder else None,
-                "rank": holder["rank"] if holder else None,
-                **utilisation.get(g.uuid, {}),
-            })
-        out_nodes.append({
-            "name": n.name,
-            "cpus": n.cpus,
-            "memory_mb": n.memory_mb,
-            "labels": dict(n.labels),
-            "gpus": gpus,
-        })
+            gpus.append(
+                {
+                    "index": g.index,
+                    "uuid": g.uuid,
+                    "model": g.model,
+                    "memory_mb": g.memory_mb,
+                    "simulated": g.simulated,
+                    "job_id": holder["job_id"] if holder else None,
+                    "rank": holder["rank"] if holder else None,
+                    **utilisation.get(g.uuid, {}),
+                }
+            )
+        out_nodes.append(
+            {
+                "name": n.name,
+                "cpus": n.cpus,
+                "memory_mb": n.memory_mb,
+                "labels": dict(n.labels),
+                "gpus": gpus,
+            }
+        )
     return {
         "executor": executor,
         "simulated": any(g.simulated for n in nodes for g in n.gpus),

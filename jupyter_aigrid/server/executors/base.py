@@ -28,8 +28,9 @@ class Executor(Protocol):
         """An address and a free port on ``node`` for rank 0's process group store."""
         ...
 
-    def launch(self, request: LaunchRequest, code: str | None, args: list[str],
-               command: list[str] | None) -> ReplicaHandle:
+    def launch(
+        self, request: LaunchRequest, code: str | None, args: list[str], command: list[str] | None
+    ) -> ReplicaHandle:
         """Start one replica: ``code`` (Python source, run with ``args``) or ``command``."""
         ...
 

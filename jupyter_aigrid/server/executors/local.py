@@ -100,8 +100,9 @@ class LocalExecutor:
         self._live: dict[str, _Process] = {}
         self._exits: list[ReplicaExit] = []
 
-    def _declare(self, count: int, simulated: int | None, cpus: int | None,
-                 memory_mb: int | None) -> list[Node]:
+    def _declare(
+        self, count: int, simulated: int | None, cpus: int | None, memory_mb: int | None
+    ) -> list[Node]:
         real = nvml_gpus() if simulated is None else []
         if simulated is None and not real:
             simulated = DEFAULT_SIMULATED_GPUS
@@ -111,8 +112,9 @@ class LocalExecutor:
             name = f"node-{i}"
             if real:
                 share = len(real) // count + (1 if i < len(real) % count else 0)
-                start = sum(len(real) // count + (1 if j < len(real) % count else 0)
-                            for j in range(i))
+                start = sum(
+                    len(real) // count + (1 if j < len(real) % count else 0) for j in range(i)
+                )
                 gpus: list[Gpu] = real[start : start + share]
             else:
                 gpus = simulated_gpus(name, simulated or 0)
@@ -136,8 +138,9 @@ class LocalExecutor:
     def rendezvous(self, node: str) -> tuple[str, int]:
         return "127.0.0.1", free_port()
 
-    def launch(self, request: LaunchRequest, code: str | None, args: list[str],
-               command: list[str] | None) -> ReplicaHandle:
+    def launch(
+        self, request: LaunchRequest, code: str | None, args: list[str], command: list[str] | None
+    ) -> ReplicaHandle:
         node = self._by_name.get(request.node)
         if node is None:
             msg = f"no node named {request.node!r} on the local executor"

@@ -59,14 +59,18 @@ class AIGridHandler(ExtensionHandlerMixin, APIHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, (SpecError, NotFound, Conflict)):
-            body = {"message": getattr(exc, "message", str(exc)),
-                    "field": getattr(exc, "field", None)}
+            body = {
+                "message": getattr(exc, "message", str(exc)),
+                "field": getattr(exc, "field", None),
+            }
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps(body))
             return
         if isinstance(exc, web.HTTPError):
-            body = {"message": exc.log_message or exc.reason or self._reason,
-                    "field": getattr(exc, "field", None)}
+            body = {
+                "message": exc.log_message or exc.reason or self._reason,
+                "field": getattr(exc, "field", None),
+            }
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps(body))
             return

@@ -17,7 +17,7 @@ from .base import AIGridHandler, query_bool, query_int
 NDJSON = "application/x-ndjson; charset=utf-8"
 FOLLOW_POLL_S = 0.05
 #: How often a following stream re-reads the job's state (to know when to end).
-STATE_POLL_S = 0.5
+STATE_POLL_S = 0.25
 
 
 class LogsHandler(AIGridHandler):
@@ -74,5 +74,6 @@ class LogsHandler(AIGridHandler):
 
     def _send(self, cursor: LogCursor, lines: list[str]) -> None:
         for line in lines:
-            self.write(json.dumps({"rank": cursor.rank, "stream": cursor.stream, "line": line})
-                       + "\n")
+            self.write(
+                json.dumps({"rank": cursor.rank, "stream": cursor.stream, "line": line}) + "\n"
+            )

@@ -15,10 +15,7 @@ def place_gang(req: Request, snapshot: Snapshot) -> Placement | None:
     """
     fits = [(n, n.replicas_that_fit(req)) for n in snapshot.nodes]
     fits = [(n, k) for n, k in fits if k > 0]
-    if req.nodes is not None:
-        shares = _spread_exactly(req, fits)
-    else:
-        shares = _pack_fewest(req, fits)
+    shares = _spread_exactly(req, fits) if req.nodes is not None else _pack_fewest(req, fits)
     if shares is None:
         return None
     return _assign(req, shares)
@@ -28,7 +25,9 @@ def _leftover(node: NodeView, req: Request) -> tuple[int, float]:
     return (len(node.free_gpus), node.free_cpus)
 
 
-def _pack_fewest(req: Request, fits: list[tuple[NodeView, int]]) -> list[tuple[NodeView, int]] | None:
+def _pack_fewest(
+    req: Request, fits: list[tuple[NodeView, int]]
+) -> list[tuple[NodeView, int]] | None:
     whole = [(n, k) for n, k in fits if k >= req.replicas]
     if whole:
         best = min(whole, key=lambda nk: (_leftover(nk[0], req), nk[0].name))
@@ -48,7 +47,9 @@ def _pack_fewest(req: Request, fits: list[tuple[NodeView, int]]) -> list[tuple[N
     return None
 
 
-def _spread_exactly(req: Request, fits: list[tuple[NodeView, int]]) -> list[tuple[NodeView, int]] | None:
+def _spread_exactly(
+    req: Request, fits: list[tuple[NodeView, int]]
+) -> list[tuple[NodeView, int]] | None:
     k_nodes = req.nodes or 1
     if k_nodes > req.replicas or len(fits) < k_nodes:
         return None

@@ -1,0 +1,14 @@
+# Installs jupyter-aigrid and what it needs into the current Python. Sourced by lab.sh and
+# test.sh with EXTRAS set ("lab" or "test"); safe to run again (it only adds what is missing).
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+pip_install() { "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+echo "==> torch (pinned: 2.13.0)"
+pip_install "torch==2.13.0"
+echo "==> build tools (hatchling, hatch-jupyter-builder, JupyterLab for jlpm)"
+pip_install "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables "jupyterlab>=4.2,<5"
+echo "==> jupyter-aigrid[${EXTRAS:-lab}] (builds the JupyterLab extension on first install)"
+pip_install --no-build-isolation --editable ".[${EXTRAS:-lab}]"
