@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import inspect
-import json
 import re
-import time
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -17,17 +15,10 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from tornado import web
 
-from jupyter_aigrid import runtime
 from jupyter_aigrid.server.handlers import ROUTES
-from jupyter_aigrid.server.handlers.base import AIGridHandler
-from jupyter_aigrid.server.handlers.logs import LogsHandler
 from jupyter_aigrid.server.handlers.openapi import openapi_text
-from jupyter_aigrid.server.logs import LogCursor
-from jupyter_aigrid.server.master import Conflict, Master, NotFound
-from jupyter_aigrid.server.model import JOB_STATES, Gpu, Node
-from jupyter_aigrid.server.spec import SpecError, job_schema, validate
-from jupyter_aigrid.server.store import Store
-from jupyter_aigrid.server.views import cluster_view, job_view
+from jupyter_aigrid.server.model import JOB_STATES
+from jupyter_aigrid.server.spec import job_schema
 
 HTTP_VERBS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 DOC_URI = "urn:jupyter-aigrid:openapi"
@@ -482,178 +473,55 @@ def test_logs_query_parameters():
     }
 
 
-# -- the bodies the code builds conform to the documented schemas ------------------------------
+# -- real responses of a real server conform to the documented schemas ------------------------
 
 
-class _StubExecutor:
-    name = "stub"
-
-    def __init__(self, nodes: list[Node]) -> None:
-        self._nodes = nodes
-
-    def nodes(self) -> list[Node]:
-        return self._nodes
-
-    def close(self) -> None:
-        pass
-
-
-NODES = [
-    Node(
-        "sim",
-        tuple(Gpu(i, f"SIM-sim-{i}", "simulated", 16384, True) for i in range(2)),
-        cpus=4,
-        memory_mb=8192,
-    ),
-    Node(
-        "real",
-        (Gpu(0, "GPU-0000", "H100", 81920, False),),
-        cpus=8,
-        memory_mb=65536,
-        labels=(("zone", "a"),),
-    ),
-]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "aigrid.sqlite")
-    yield s
-    s.close()
-
-
-def _insert(store: Store, raw: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    spec = validate(raw)
-    row = store.insert_job(
-        {
-            "name": spec["name"],
-            "owner": "alice",
-            "kind": spec["kind"],
-            "state": "queued",
-            "priority": spec["priority"],
-            "gpus": spec["gpus"],
-            "replicas": spec["replicas"],
-            "spec": spec,
-            "submitted_at": time.time() - 5,
-        }
-    )
-    if fields:
-        store.update_job(row["id"], **fields)
-    return store.job(row["id"])
-
-
-def test_job_view_matches_job_schema(store):
-    nodes = {n.name: n for n in NODES}
-    queued = _insert(store, {"code": "print(1)", "gpus": 2, "name": "train"})
-    running = _insert(
-        store,
-        {"command": ["python", "-V"], "gpus": 2, "replicas": 2, "env": {"A": "1"}},
-        state="running",
-        started_at=time.time() - 1,
-        pending_state="cancelled",
-        placement=[
-            {"rank": 0, "node": "sim", "local_rank": 0, "gpus": [0]},
-            {"rank": 1, "node": "gone", "local_rank": 0, "gpus": [3]},
-        ],
-    )
-    ended = _insert(
-        store,
-        {"code": "x"},
-        state="failed",
-        started_at=time.time() - 2,
-        finished_at=time.time(),
-        exit_codes={"0": 1},
-        reason="rank 0 exited with code 1",
-        restarts=1,
-        attempt=1,
-    )
-    views = [job_view(queued, nodes, 1), job_view(running, nodes), job_view(ended, nodes)]
+async def test_real_responses_match_the_schemas(api):
+    code = "import sys\nfrom jupyter_aigrid import runtime\nruntime.report(loss=0.5, step=1)\n"
+    code += "print('out')\nprint('ü', file=sys.stderr)\n"
+    created = await api.submit({"code": code, "gpus": 2, "name": "schema"})
+    blocker = await api.submit({"code": "import time; time.sleep(30)", "gpus": 4})
+    queued = await api.submit({"code": "pass", "gpus": 4})
+    await api.wait(created["id"])
+    await api.wait(blocker["id"], states=("running",))
+    views = [
+        created,
+        await api.job(created["id"]),
+        await api.job(blocker["id"]),
+        await api.job(queued["id"]),
+    ]
+    assert views[-1]["queue_position"] == 1
+    cancelled = await api.call("DELETE", "jobs", blocker["id"])
+    views.append(cancelled)
     for view in views:
         assert_exact_keys("Job", view)
         assert_valid("Job", view)
-    assert_valid("JobList", {"jobs": views})
-    assert views[1]["stopping"] is True
-    assert views[1]["placement"][1]["gpus"][0]["uuid"] is None
+    assert_valid("JobList", await api.call("GET", "jobs"))
 
+    cluster = await api.call("GET", "cluster")
+    assert_exact_keys("Cluster", cluster)
+    assert_valid("Cluster", cluster)
+    for node in cluster["nodes"]:
+        assert_exact_keys("ClusterNode", node)
 
-def test_cluster_view_matches_cluster_schema():
-    holders = {("sim", 1): {"job_id": "7", "rank": 0}}
-    utilisation = {"GPU-0000": {"utilization_pct": 40, "memory_used_mb": 1024}}
-    view = cluster_view("local", NODES, holders, utilisation)
-    assert_exact_keys("Cluster", view)
-    assert_valid("Cluster", view)
-    node = view["nodes"][1]
-    assert_exact_keys("ClusterNode", node)
-    gpu_props = set(load_doc()["components"]["schemas"]["ClusterGpu"]["properties"])
-    for n in view["nodes"]:
-        for g in n["gpus"]:
-            assert set(g) <= gpu_props
-    assert set(node["gpus"][0]) == gpu_props
-
-
-def test_result_matches_result_schema(store, tmp_path, monkeypatch):
-    row = _insert(
-        store,
-        {"code": "x", "gpus": 2},
-        state="succeeded",
-        exit_codes={"0": 0, "1": None},
-        finished_at=time.time(),
-    )
-    master = Master(store, _StubExecutor(NODES), None, state_dir=tmp_path)
-    for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("AIGRID_RESULT_DIR", str(master._result_dir(row["id"], 0)))
-        runtime.report(loss=0.5 / (rank + 1), step=10)
-    result = master._result(row["id"], "alice", admin=False)
+    result = await api.call("GET", "jobs", created["id"], "result")
     assert_exact_keys("Result", result)
     assert_valid("Result", result)
-    assert [m["rank"] for m in result["metrics"]] == [0, 1]
-    with pytest.raises(NotFound):
-        master._result(row["id"], "mallory", admin=False)
+    assert sorted(m["rank"] for m in result["metrics"]) == [0, 1]
 
-
-def test_log_lines_match_log_line_schema(tmp_path):
-    sent: list[str] = []
-
-    class _Fake:
-        def write(self, chunk: str) -> None:
-            sent.append(chunk)
-
-    LogsHandler._send(_Fake(), LogCursor(1, "stderr", tmp_path / "x"), ["a", "", "ü"])
-    text = "".join(sent)
-    assert text.endswith("\n")
-    lines = text.splitlines()
-    assert len(lines) == 3
+    lines = await api.logs(created["id"])
+    assert {(e["stream"], e["line"]) for e in lines} == {("stdout", "out"), ("stderr", "ü")}
     for line in lines:
-        record = json.loads(line)
-        assert_exact_keys("LogLine", record)
-        assert_valid("LogLine", record)
+        assert_exact_keys("LogLine", line)
+        assert_valid("LogLine", line)
 
-
-@pytest.mark.parametrize(
-    ("status", "exc"),
-    [
-        (400, SpecError("unknown field 'x'", field="x")),
-        (400, SpecError("bad", field=None)),
-        (403, web.HTTPError(403)),
-        (404, NotFound("no job '9'")),
-        (409, Conflict("job 1 has already succeeded")),
-    ],
-)
-def test_error_bodies_match_error_schema(status, exc):
-    out: dict[str, Any] = {}
-
-    class _Fake:
-        _reason = "Forbidden"
-
-        def set_header(self, name: str, value: str) -> None:
-            out[name] = value
-
-        def finish(self, body: str) -> None:
-            out["body"] = body
-
-    AIGridHandler.write_error(_Fake(), status, exc_info=(type(exc), exc, None))
-    assert out["Content-Type"] == "application/json"
-    body = json.loads(out["body"])
-    assert_exact_keys("Error", body)
-    assert_valid("Error", body)
+    for args, kwargs in [
+        (("POST", "jobs"), {"body": {"code": "x", "bogus": 1}}),
+        (("GET", "jobs", "999"), {}),
+        (("DELETE", "jobs", created["id"]), {}),
+    ]:
+        _, body = await api.error(*args, **kwargs)
+        assert_exact_keys("Error", body)
+        assert_valid("Error", body)
+    await api.wait(blocker["id"])
+    await api.wait(queued["id"])

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import events
+from .admission import check_admissible
 from .executors.base import ExecutorError
 from .inventory import nvml_utilisation
 from .model import (
@@ -36,17 +35,18 @@ from .model import (
     Launch,
     LaunchRequest,
     Placement,
+    ReplicaExit,
     ReplicaHandle,
-    Slot,
+    Request,
     Snapshot,
 )
-from .policies import describe_capacity, place_gang, schedule_round
+from .policies import schedule_round
+from .replicas import JobFiles, replica_env
 from .spec import SpecError, to_request
 from .views import cluster_view, job_view
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-STDERR_TAIL_LINES = 20
 #: How often, while replicas run, the master looks for exits between full ticks.
 EXIT_POLL_S = 0.05
 #: Replica states in which a process may exist.
@@ -62,6 +62,8 @@ class Conflict(RuntimeError):
 
 
 class Master:
+    """Owns the store and the executor; the REST handlers call its coroutines."""
+
     def __init__(
         self,
         store,
@@ -76,18 +78,18 @@ class Master:
         self.store = store
         self.executor = executor
         self.policy = policy
-        self.state_dir = Path(state_dir)
+        self.files = JobFiles(Path(state_dir))
         self.tick_s = tick_s
         self.stop_grace_s = stop_grace_s
+        self.nodes = executor.nodes()
+        self._nodes_by_name = {n.name: n for n in self.nodes}
         self._emit_fn = emit
         self._db = ThreadPoolExecutor(1, thread_name_prefix="aigrid-master")
         self._outbox: collections.deque[tuple[str, dict]] = collections.deque()
         self._lost_on_restart: set[str] = set()
-        self._task: asyncio.Task | None = None
         self._live_replicas = False
+        self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
-        self.nodes = executor.nodes()
-        self._nodes_by_name = {n.name: n for n in self.nodes}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class Master:
         self._task = asyncio.create_task(self._run(), name="aigrid-master-loop")
 
     async def stop(self) -> None:
+        """Stop the loop and close the store. Replicas keep running; a restart adopts them."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -146,13 +149,14 @@ class Master:
     def _flush(self) -> None:
         while self._outbox:
             schema_id, data = self._outbox.popleft()
-            if self._emit_fn is not None:
-                try:
-                    self._emit_fn(schema_id, data)
-                except Exception:
-                    log.exception("could not emit %s", schema_id)
+            if self._emit_fn is None:
+                continue
+            try:
+                self._emit_fn(schema_id, data)
+            except Exception:
+                log.exception("could not emit %s", schema_id)
 
-    # -- public API (coroutines; everything runs on the master thread) -------------------------
+    # -- public API (coroutines; the work runs on the master thread) --------------------------
 
     async def submit(self, spec: dict[str, Any], owner: str) -> dict[str, Any]:
         job = await self._call(self._submit, spec, owner)
@@ -184,7 +188,7 @@ class Master:
         """The job, and (rank, stream, path) for each log file of the attempt."""
         return await self._call(self._log_files, job_id, user, admin, attempt)
 
-    # -- on the master thread ------------------------------------------------------------------
+    # -- queries -------------------------------------------------------------------------------
 
     def _visible(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self.store.job(job_id)
@@ -193,9 +197,12 @@ class Master:
             raise NotFound(msg)
         return row
 
+    def _view(self, row: dict[str, Any], positions: dict[str, int] | None = None) -> dict[str, Any]:
+        positions = self._queue_positions() if positions is None else positions
+        return job_view(row, self._nodes_by_name, positions.get(row["id"]))
+
     def _view_one(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
-        row = self._visible(job_id, user, admin)
-        return job_view(row, self._nodes_by_name, self._queue_positions().get(row["id"]))
+        return self._view(self._visible(job_id, user, admin))
 
     def _view_many(
         self, user: str, admin: bool, state: str | None, owner: str | None
@@ -204,24 +211,63 @@ class Master:
             if owner not in (None, user):
                 return []
             owner = user
-        rows = self.store.jobs((state,) if state else None, owner)
         positions = self._queue_positions()
-        return [job_view(r, self._nodes_by_name, positions.get(r["id"])) for r in rows]
+        return [
+            self._view(r, positions) for r in self.store.jobs((state,) if state else None, owner)
+        ]
 
     def _queue_positions(self) -> dict[str, int]:
         queued = self.store.jobs((QUEUED,))
         if not queued:
             return {}
-        reqs = [self._request(r) for r in queued]
-        ordered = self.policy.order(reqs, self._snapshot())
+        ordered = self.policy.order([self._request(r) for r in queued], self._snapshot())
         return {r.job_id: i + 1 for i, r in enumerate(ordered)}
 
-    def _request(self, row: dict[str, Any]):
+    def _request(self, row: dict[str, Any]) -> Request:
         return to_request(row["id"], row["owner"], row["spec"], row["submitted_at"], row["seq"])
 
+    def _cluster(self) -> dict[str, Any]:
+        holders = {}
+        for row in self.store.jobs(ACTIVE_STATES):
+            for slot in row.get("placement") or []:
+                for g in slot["gpus"]:
+                    holders[(slot["node"], g)] = {"job_id": row["id"], "rank": slot["rank"]}
+        uuids = [g.uuid for n in self.nodes for g in n.gpus if not g.simulated]
+        return cluster_view(self.executor.name, self.nodes, holders, nvml_utilisation(uuids))
+
+    def _result(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
+        row = self._visible(job_id, user, admin)
+        metrics = [
+            m
+            for rank in range(row["replicas"])
+            for m in self.files.reports(job_id, row["attempt"], rank)
+        ]
+        return {
+            "job_id": job_id,
+            "state": row["state"],
+            "reason": row.get("reason"),
+            "exit_codes": row.get("exit_codes"),
+            "attempt": row["attempt"],
+            "metrics": metrics,
+        }
+
+    def _log_files(self, job_id: str, user: str, admin: bool, attempt: int | None):
+        row = self._visible(job_id, user, admin)
+        attempt = row["attempt"] if attempt is None else attempt
+        if attempt > row["attempt"]:
+            msg = f"job {job_id} has attempts 0 to {row['attempt']}, not {attempt}"
+            raise SpecError(msg, field="attempt")
+        files = [
+            (rank, stream, self.files.log(job_id, attempt, rank, stream))
+            for rank in range(row["replicas"])
+            for stream in ("stdout", "stderr")
+        ]
+        return self._view(row), files
+
+    # -- commands ------------------------------------------------------------------------------
+
     def _submit(self, spec: dict[str, Any], owner: str) -> dict[str, Any]:
-        self._check_admissible(spec)
-        now = time.time()
+        check_admissible(spec, self.nodes, self.executor.name)
         with self.store.write():
             row = self.store.insert_job(
                 {
@@ -233,51 +279,11 @@ class Master:
                     "gpus": spec["gpus"],
                     "replicas": spec["replicas"],
                     "spec": spec,
-                    "submitted_at": now,
+                    "submitted_at": time.time(),
                 }
             )
             self._event_state(row, None)
-        return job_view(row, self._nodes_by_name, self._queue_positions().get(row["id"]))
-
-    def _check_admissible(self, spec: dict[str, Any]) -> None:
-        """Refuse, with the field to blame, a job that could never run on this cluster."""
-        if spec.get("image") and self.executor.name == "local":
-            msg = (
-                "the local executor runs jobs on the host, not in an image; "
-                "remove 'image' or run the master with the docker or ray executor"
-            )
-            raise SpecError(msg, field="image")
-        if spec.get("datasets"):
-            msg = f"unknown dataset {spec['datasets'][0]!r}: no datasets are registered"
-            raise SpecError(msg, field="datasets")
-        req = to_request("new", "", spec, 0.0, 0)
-        empty = Snapshot.empty(self.nodes)
-        if place_gang(req, empty) is not None:
-            return
-        types = {g.model for n in self.nodes for g in n.gpus}
-        total = sum(len(n.gpus) for n in self.nodes)
-        if req.gpu_type and req.gpu_type not in types:
-            field = "gpu_type"
-        elif req.gpus > total:
-            field = "gpus"
-        elif req.nodes and req.nodes > len(self.nodes):
-            field = "nodes"
-        elif req.gpus_per_replica > max((len(n.gpus) for n in self.nodes), default=0):
-            field = "gpus_per_replica"
-        elif any(req.cpus_per_replica > n.cpus for n in self.nodes):
-            field = "cpus_per_replica"
-        elif any(req.memory_mb_per_replica > n.memory_mb for n in self.nodes):
-            field = "memory_mb_per_replica"
-        else:
-            field = "gpus"
-        nodes_part = f" over exactly {req.nodes} node(s)" if req.nodes else ""
-        msg = (
-            f"unschedulable: the job needs {req.replicas} replica(s) x {req.gpus_per_replica} "
-            f"GPU(s) x {req.cpus_per_replica:g} CPU(s){nodes_part} ({req.gpus} GPUs in all"
-            f"{', of type ' + req.gpu_type if req.gpu_type else ''}), but even an idle cluster "
-            f"cannot hold it. Available: {describe_capacity(empty)}"
-        )
-        raise SpecError(msg, field=field)
+        return self._view(row)
 
     def _cancel(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self._visible(job_id, user, admin)
@@ -288,56 +294,13 @@ class Master:
         with self.store.write():
             if row["state"] in (QUEUED, PREEMPTED):
                 self._set_state(row, CANCELLED, reason=reason, finished_at=time.time())
-            elif row.get("pending_state") != CANCELLED:
+            elif row.get("pending_state") in (None, QUEUED):
+                # A gang already failing for good keeps its failure as the reason.
                 self.store.update_job(job_id, pending_state=CANCELLED, reason=reason)
                 self._stop_replicas(job_id, row["attempt"])
-        return job_view(
-            self.store.job(job_id), self._nodes_by_name, self._queue_positions().get(job_id)
-        )
+        return self._view(self.store.job(job_id))
 
-    def _cluster(self) -> dict[str, Any]:
-        holders = {}
-        for row in self.store.jobs(ACTIVE_STATES):
-            for slot in row.get("placement") or []:
-                for g in slot["gpus"]:
-                    holders[(slot["node"], g)] = {"job_id": row["id"], "rank": slot["rank"]}
-        uuids = [g.uuid for n in self.nodes for g in n.gpus if not g.simulated]
-        return cluster_view(self.executor.name, self.nodes, holders, nvml_utilisation(uuids))
-
-    def _log_files(self, job_id: str, user: str, admin: bool, attempt: int | None):
-        row = self._visible(job_id, user, admin)
-        attempt = row["attempt"] if attempt is None else attempt
-        if attempt > row["attempt"]:
-            msg = f"job {job_id} has attempts 0 to {row['attempt']}, not {attempt}"
-            raise SpecError(msg, field="attempt")
-        files = []
-        for rank in range(row["replicas"]):
-            for stream in ("stdout", "stderr"):
-                files.append((rank, stream, self._log_path(job_id, attempt, rank, stream)))
-        return job_view(row, self._nodes_by_name), files
-
-    def _result(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
-        row = self._visible(job_id, user, admin)
-        metrics = []
-        for rank in range(row["replicas"]):
-            path = self._result_dir(job_id, row["attempt"]) / f"rank-{rank}.jsonl"
-            metrics.extend(read_reports(path, rank))
-        return {
-            "job_id": job_id,
-            "state": row["state"],
-            "reason": row.get("reason"),
-            "exit_codes": row.get("exit_codes"),
-            "attempt": row["attempt"],
-            "metrics": metrics,
-        }
-
-    def _result_dir(self, job_id: str, attempt: int) -> Path:
-        return self.state_dir / "results" / job_id / str(attempt)
-
-    def _log_path(self, job_id: str, attempt: int, rank: int, stream: str) -> Path:
-        return self.state_dir / "logs" / job_id / str(attempt) / f"rank-{rank}.{stream}"
-
-    # -- the loop --------------------------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------------
 
     def _tick(self) -> None:
         self._handle_exits(self.executor.poll())
@@ -350,9 +313,10 @@ class Master:
             self._handle_exits(exits)
             self._schedule()
 
-    def _handle_exits(self, exits: list) -> None:
+    def _handle_exits(self, exits: list[ReplicaExit]) -> None:
         for exit_ in exits:
-            self._on_exit(exit_.replica_id, exit_.exit_code)
+            with self.store.write():
+                self._on_exit(exit_.replica_id, exit_.exit_code)
         self._live_replicas = bool(self.store.replicas_in(LIVE_REPLICA))
 
     def _snapshot(self) -> Snapshot:
@@ -366,17 +330,17 @@ class Master:
         queued = self.store.jobs((QUEUED,))
         if not queued:
             return
-        for launch in schedule_round(
-            self.policy, [self._request(r) for r in queued], self._snapshot()
-        ):
+        requests = [self._request(r) for r in queued]
+        for launch in schedule_round(self.policy, requests, self._snapshot()):
             self._apply(launch)
 
     def _apply(self, launch: Launch) -> None:
+        """Record the placement, then start every replica; a failed start fails the gang."""
         row = self.store.job(launch.job_id)
         assert row is not None
         spec, attempt, job_id = row["spec"], row["attempt"], row["id"]
         slots = launch.placement.slots
-        addr, port = self.executor.rendezvous(slots[0].node)
+        rendezvous = self.executor.rendezvous(slots[0].node)
         requests = []
         with self.store.write():
             self._set_state(
@@ -386,25 +350,47 @@ class Master:
                 started_at=time.time(),
                 pending_state=None,
             )
-            replicas = []
             for slot in slots:
-                req = self._launch_request(row, launch.placement, slot, addr, port)
-                requests.append(req)
-                replicas.append(
+                stdout = self.files.log(job_id, attempt, slot.rank, "stdout")
+                requests.append(
+                    LaunchRequest(
+                        replica_id=f"{job_id}.{attempt}.{slot.rank}",
+                        job_id=job_id,
+                        attempt=attempt,
+                        rank=slot.rank,
+                        node=slot.node,
+                        argv=(),
+                        env=replica_env(
+                            row,
+                            launch.placement,
+                            slot,
+                            self._nodes_by_name[slot.node],
+                            rendezvous,
+                            self.files.results(job_id, attempt),
+                        ),
+                        workdir=spec.get("workdir", ""),
+                        stdout_path=str(stdout),
+                        stderr_path=str(stdout.with_suffix(".stderr")),
+                        exit_path=str(stdout.with_suffix(".exit")),
+                    )
+                )
+            self.store.insert_replicas(
+                [
                     {
-                        "id": req.replica_id,
+                        "id": r.replica_id,
                         "job_id": job_id,
                         "attempt": attempt,
-                        "rank": slot.rank,
-                        "local_rank": slot.local_rank,
-                        "node": slot.node,
-                        "gpu_indices": list(slot.gpus),
+                        "rank": s.rank,
+                        "local_rank": s.local_rank,
+                        "node": s.node,
+                        "gpu_indices": list(s.gpus),
                         "state": "launching",
-                        "exit_path": req.exit_path,
-                        "log_dir": str(Path(req.stdout_path).parent),
+                        "exit_path": r.exit_path,
+                        "log_dir": str(Path(r.stdout_path).parent),
                     }
-                )
-            self.store.insert_replicas(replicas)
+                    for r, s in zip(requests, slots, strict=True)
+                ]
+            )
             self._outbox.append(
                 (
                     events.JOB_PLACEMENT,
@@ -430,11 +416,12 @@ class Master:
                     req, spec.get("code"), spec.get("args", []), spec.get("command")
                 )
             except ExecutorError as e:
-                for never in requests[i:]:
-                    self.store.update_replica(
-                        never.replica_id, state="exited", finished_at=time.time()
-                    )
-                self._fail_gang(job_id, f"rank {req.rank} could not start: {e}", retry=False)
+                with self.store.write():
+                    for never in requests[i:]:
+                        self.store.update_replica(
+                            never.replica_id, state="exited", finished_at=time.time()
+                        )
+                    self._fail_gang(job_id, f"rank {req.rank} could not start: {e}", retry=False)
                 return
             self.store.update_replica(
                 req.replica_id,
@@ -449,54 +436,6 @@ class Master:
     def _simulated(self, node: str) -> bool:
         n = self._nodes_by_name.get(node)
         return bool(n and any(g.simulated for g in n.gpus))
-
-    def _launch_request(
-        self, row: dict[str, Any], placement: Placement, slot: Slot, addr: str, port: int
-    ) -> LaunchRequest:
-        spec, job_id, attempt = row["spec"], row["id"], row["attempt"]
-        node = self._nodes_by_name[slot.node]
-        gpus = [g for g in node.gpus if g.index in slot.gpus]
-        simulated = any(g.simulated for g in gpus)
-        local_world = sum(1 for s in placement.slots if s.node == slot.node)
-        node_rank = placement.nodes.index(slot.node)
-        env = {k: v for k, v in os.environ.items() if not _secret(k)}
-        env.update(spec.get("env", {}))
-        env.update(
-            {
-                "RANK": str(slot.rank),
-                "LOCAL_RANK": str(slot.local_rank),
-                "WORLD_SIZE": str(row["replicas"]),
-                "LOCAL_WORLD_SIZE": str(local_world),
-                "GROUP_RANK": str(node_rank),
-                "MASTER_ADDR": addr,
-                "MASTER_PORT": str(port),
-                # Simulated GPUs are CPU slots: hide every real device from the job.
-                "CUDA_VISIBLE_DEVICES": "" if simulated else ",".join(g.uuid for g in gpus),
-                "AIGRID_GPUS": ",".join(str(g.index) for g in gpus),
-                "AIGRID_SIMULATED_GPUS": "1" if simulated else "0",
-                "AIGRID_JOB_ID": job_id,
-                "AIGRID_ATTEMPT": str(attempt),
-                "AIGRID_NODE": slot.node,
-                "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_id),
-                "AIGRID_DATA": str(Path(node.scratch) / "data"),
-                "AIGRID_RESULT_DIR": str(self._result_dir(job_id, attempt)),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        logs = self._log_path(job_id, attempt, slot.rank, "stdout")
-        return LaunchRequest(
-            replica_id=f"{job_id}.{attempt}.{slot.rank}",
-            job_id=job_id,
-            attempt=attempt,
-            rank=slot.rank,
-            node=slot.node,
-            argv=(),
-            env=env,
-            workdir=spec.get("workdir", ""),
-            stdout_path=str(logs),
-            stderr_path=str(logs.with_suffix(".stderr")),
-            exit_path=str(logs.with_suffix(".exit")),
-        )
 
     def _handle(self, rep: dict[str, Any]) -> ReplicaHandle:
         return ReplicaHandle(rep["id"], rep.get("pid"), rep.get("pid_start"), rep["exit_path"])
@@ -515,16 +454,18 @@ class Master:
             replica_id, state="exited", exit_code=code, finished_at=time.time()
         )
         row = self.store.job(rep["job_id"])
-        if row is None or row["state"] in FINAL_STATES:
-            return
-        if row["attempt"] != rep["attempt"]:
+        if row is None or row["state"] in FINAL_STATES or row["attempt"] != rep["attempt"]:
             return
         if code != 0 and row.get("pending_state") is None:
             # Stops the rest of the gang, and settles the job if nothing else runs.
             self._fail_gang(row["id"], self._failure_reason(rep, code), retry=True)
-            return
-        reps = self.store.replicas(row["id"], rep["attempt"])
-        if all(r["state"] == "exited" for r in reps):
+        else:
+            self._settle_if_done(row)
+
+    def _settle_if_done(self, row: dict[str, Any]) -> None:
+        """Finish the job once every replica of its current attempt has exited."""
+        reps = self.store.replicas(row["id"], row["attempt"])
+        if reps and all(r["state"] == "exited" for r in reps):
             self._finish(row, {str(r["rank"]): r["exit_code"] for r in reps})
 
     def _failure_reason(self, rep: dict[str, Any], code: int | None) -> str:
@@ -537,51 +478,45 @@ class Master:
         if code > 128:
             with contextlib.suppress(ValueError):
                 text += f" ({signal.Signals(code - 128).name})"
-        tail = _tail(self._log_path(rep["job_id"], rep["attempt"], rep["rank"], "stderr"))
+        tail = self.files.stderr_tail(rep["job_id"], rep["attempt"], rep["rank"])
         return text + (f"; last stderr lines:\n{tail}" if tail else "")
 
     def _fail_gang(self, job_id: str, reason: str, retry: bool) -> None:
         row = self.store.job(job_id)
-        spec = row["spec"]
-        again = retry and row["restarts"] < spec.get("max_restarts", 0)
+        again = retry and row["restarts"] < row["spec"].get("max_restarts", 0)
         self.store.update_job(job_id, pending_state=QUEUED if again else FAILED, reason=reason)
         self._stop_replicas(job_id, row["attempt"])
-        reps = self.store.replicas(job_id, row["attempt"])
-        if all(r["state"] == "exited" for r in reps):
-            self._finish(self.store.job(job_id), {str(r["rank"]): r["exit_code"] for r in reps})
+        self._settle_if_done(self.store.job(job_id))
 
     def _finish(self, row: dict[str, Any], codes: dict[str, int | None]) -> None:
         pending = row.get("pending_state")
-        with self.store.write():
-            if pending == QUEUED:
-                self._set_state(
-                    row,
-                    QUEUED,
-                    exit_codes=codes,
-                    placement=None,
-                    restarts=row["restarts"] + 1,
-                    attempt=row["attempt"] + 1,
-                    pending_state=None,
-                    started_at=None,
-                    reason=f"restarting after: {row['reason']}",
-                )
-            elif pending in (FAILED, CANCELLED):
-                self._set_state(row, pending, exit_codes=codes, finished_at=time.time())
-            elif all(c == 0 for c in codes.values()):
-                self._set_state(row, SUCCEEDED, exit_codes=codes, finished_at=time.time())
-            else:
-                self._set_state(row, FAILED, exit_codes=codes, finished_at=time.time())
+        now = time.time()
+        if pending == QUEUED:
+            self._set_state(
+                row,
+                QUEUED,
+                exit_codes=codes,
+                placement=None,
+                pending_state=None,
+                restarts=row["restarts"] + 1,
+                attempt=row["attempt"] + 1,
+                started_at=None,
+                reason=f"restarting after: {row['reason']}",
+            )
+        elif pending in (FAILED, CANCELLED):
+            self._set_state(row, pending, exit_codes=codes, finished_at=now)
+        elif all(c == 0 for c in codes.values()):
+            self._set_state(row, SUCCEEDED, exit_codes=codes, finished_at=now)
+        else:  # pragma: no cover - a non-zero exit always sets pending_state first
+            self._set_state(row, FAILED, exit_codes=codes, finished_at=now)
 
     def _enforce_time_limits(self, now: float) -> None:
         for row in self.store.jobs((RUNNING,)):
             limit = row["spec"].get("time_limit_s")
-            if (
-                limit
-                and row["started_at"]
-                and not row.get("pending_state")
-                and now - row["started_at"] > limit
-            ):
-                self._fail_gang(row["id"], f"time limit of {limit:g} s exceeded", retry=False)
+            started = row["started_at"]
+            if limit and started and not row.get("pending_state") and now - started > limit:
+                with self.store.write():
+                    self._fail_gang(row["id"], f"time limit of {limit:g} s exceeded", retry=False)
 
     def _set_state(self, row: dict[str, Any], state: str, **fields: Any) -> None:
         with self.store.write():
@@ -604,7 +539,7 @@ class Master:
         self._outbox.append((events.JOB_STATE, data))
 
     def _recover(self) -> None:
-        """Pick up where a previous master left off: adopt live replicas, settle lost ones."""
+        """Pick up where a previous master left off: adopt live replicas, settle the rest."""
         self.store.replace_inventory(self.executor.name, self.nodes)
         live = self.store.replicas_in(LIVE_REPLICA)
         adopted = set(self.executor.reconcile([self._handle(r) for r in live]))
@@ -617,45 +552,8 @@ class Master:
                 len(self._lost_on_restart),
             )
         for row in self.store.jobs(ACTIVE_STATES):
-            if row.get("pending_state") is not None:
-                self._stop_replicas(row["id"], row["attempt"])
-
-
-def read_reports(path: Path, rank: int) -> list[dict[str, Any]]:
-    """The metrics a rank reported with ``runtime.report()``; a torn last line is skipped."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict):
-            out.append({**data, "rank": rank})
-    return out
-
-
-def _secret(name: str) -> bool:
-    """Variables that must not leak from the server into job processes."""
-    upper = name.upper()
-    return upper in {
-        "JUPYTER_TOKEN",
-        "JPY_API_TOKEN",
-        "JUPYTERHUB_API_TOKEN",
-        "AIGRID_TOKEN",
-    } or upper.startswith("JUPYTERHUB_")
-
-
-def _tail(path: Path, lines: int = STDERR_TAIL_LINES, max_bytes: int = 16384) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
+            with self.store.write():
+                if row.get("pending_state") is not None:
+                    self._stop_replicas(row["id"], row["attempt"])
+                # A crash between the last exit and the job's end leaves nothing to wait for.
+                self._settle_if_done(row)

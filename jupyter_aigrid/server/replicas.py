@@ -1,0 +1,105 @@
+"""What a replica is given and what it leaves behind: its environment, logs and results."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .model import Node, Placement, Slot
+
+STDERR_TAIL_LINES = 20
+#: Server variables that must never reach job processes.
+_SECRETS = frozenset({"JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN", "AIGRID_TOKEN"})
+
+
+def is_secret(name: str) -> bool:
+    upper = name.upper()
+    return upper in _SECRETS or upper.startswith("JUPYTERHUB_")
+
+
+class JobFiles:
+    """Where the master keeps each attempt's per-rank logs, exit codes and reported metrics."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def log(self, job_id: str, attempt: int, rank: int, stream: str) -> Path:
+        """``stream`` is stdout, stderr or exit (the status the local wrapper records)."""
+        return self.state_dir / "logs" / job_id / str(attempt) / f"rank-{rank}.{stream}"
+
+    def results(self, job_id: str, attempt: int) -> Path:
+        return self.state_dir / "results" / job_id / str(attempt)
+
+    def reports(self, job_id: str, attempt: int, rank: int) -> list[dict[str, Any]]:
+        """What a rank reported with ``runtime.report()``; a torn or odd line is skipped."""
+        try:
+            text = (self.results(job_id, attempt) / f"rank-{rank}.jsonl").read_text()
+        except OSError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                out.append({**data, "rank": rank})
+        return out
+
+    def stderr_tail(
+        self,
+        job_id: str,
+        attempt: int,
+        rank: int,
+        lines: int = STDERR_TAIL_LINES,
+        max_bytes: int = 16384,
+    ) -> str:
+        try:
+            with open(self.log(job_id, attempt, rank, "stderr"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - max_bytes))
+                data = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(data.splitlines()[-lines:])
+
+
+def replica_env(
+    row: dict[str, Any],
+    placement: Placement,
+    slot: Slot,
+    node: Node,
+    rendezvous: tuple[str, int],
+    results: Path,
+) -> dict[str, str]:
+    """torchrun's environment plus ours, over the server's own minus its secrets."""
+    spec, job_id = row["spec"], row["id"]
+    gpus = [g for g in node.gpus if g.index in slot.gpus]
+    simulated = any(g.simulated for g in gpus)
+    env = {k: v for k, v in os.environ.items() if not is_secret(k)}
+    env.update(spec.get("env", {}))
+    env.update(
+        {
+            "RANK": str(slot.rank),
+            "LOCAL_RANK": str(slot.local_rank),
+            "WORLD_SIZE": str(len(placement.slots)),
+            "LOCAL_WORLD_SIZE": str(sum(1 for s in placement.slots if s.node == slot.node)),
+            "GROUP_RANK": str(placement.nodes.index(slot.node)),
+            "MASTER_ADDR": rendezvous[0],
+            "MASTER_PORT": str(rendezvous[1]),
+            # Simulated GPUs are CPU slots: hide every real device from the job.
+            "CUDA_VISIBLE_DEVICES": "" if simulated else ",".join(g.uuid for g in gpus),
+            "AIGRID_GPUS": ",".join(str(g.index) for g in gpus),
+            "AIGRID_SIMULATED_GPUS": "1" if simulated else "0",
+            "AIGRID_JOB_ID": job_id,
+            "AIGRID_ATTEMPT": str(row["attempt"]),
+            "AIGRID_NODE": slot.node,
+            "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_id),
+            "AIGRID_DATA": str(Path(node.scratch) / "data"),
+            "AIGRID_RESULT_DIR": str(results),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
