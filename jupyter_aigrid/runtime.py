@@ -12,6 +12,7 @@ In [4]: runtime.report(loss=0.12, step=100)  # shows in GET /jobs/{id}/result
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import time
@@ -52,7 +53,9 @@ def device():
 def init_distributed(backend: str | None = None, timeout_s: float = 300.0):
     """Join the job's process group (idempotent) and return ``torch.distributed``.
 
-    The backend defaults to nccl when this replica has a real GPU, gloo otherwise.
+    The backend defaults to nccl when this replica has a real GPU, gloo otherwise. The
+    process group is destroyed at exit: a gloo group left alive aborts the interpreter's
+    shutdown ("terminate called without an active exception"), failing a job that succeeded.
     """
     import datetime
 
@@ -67,7 +70,15 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.0):
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(_destroy_process_group)
     return dist
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def report(**metrics: Any) -> None:

@@ -78,7 +78,8 @@ def test_submit_follow_list(server, tmp_path):
     listing = aigrid(server, "list").stdout.splitlines()
     assert listing[0].split()[:4] == ["ID", "NAME", "STATE", "GPUS"]
     row = next(line.split() for line in listing[1:] if line.split()[0] == job_id)
-    assert row[1:4] == ["train.py", "succeeded", "2"]
+    status = json.loads(aigrid(server, "status", job_id).stdout)
+    assert row[1:4] == ["train.py", "succeeded", "2"], status["reason"]
     status = json.loads(aigrid(server, "status", job_id).stdout)
     assert status["state"] == "succeeded" and status["exit_codes"] == {"0": 0, "1": 0}
 

@@ -161,9 +161,13 @@ async def test_max_restarts_requeues_the_gang(api):
         sys.exit(0 if attempt == 1 else 3)
     """)
     job = await api.submit({"code": code, "max_restarts": 2})
+    # One following stream shows every attempt of a restarting gang.
+    followed = await api.logs(job["id"], follow=1)
+    assert [e["line"] for e in followed if e["stream"] == "stdout"] == ["attempt 0", "attempt 1"]
     done = await api.wait(job["id"])
     assert done["state"] == "succeeded"
     assert done["restarts"] == 1 and done["attempt"] == 1
+    assert "restarting after: rank 0 on" in done["reason"]
     first = await api.logs(job["id"], attempt=0)
     assert [e["line"] for e in first if e["stream"] == "stdout"] == ["attempt 0"]
 

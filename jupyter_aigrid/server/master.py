@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from . import events
 from .admission import check_admissible
 from .executors.base import ExecutorError
-from .inventory import nvml_utilisation
 from .model import (
     ACTIVE_STATES,
     CANCELLED,
@@ -34,16 +33,12 @@ from .model import (
     SUCCEEDED,
     Launch,
     LaunchRequest,
-    Placement,
     ReplicaExit,
     ReplicaHandle,
-    Request,
-    Snapshot,
 )
 from .policies import schedule_round
+from .queries import JobQueries
 from .replicas import JobFiles, replica_env
-from .spec import SpecError, to_request
-from .views import cluster_view, job_view
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -53,15 +48,11 @@ EXIT_POLL_S = 0.05
 LIVE_REPLICA = ("launching", "running", "stopping")
 
 
-class NotFound(LookupError):
-    """No such job, or not one the caller may see."""
-
-
 class Conflict(RuntimeError):
     """The job is not in a state that allows the request."""
 
 
-class Master:
+class Master(JobQueries):
     """Owns the store and the executor; the REST handlers call its coroutines."""
 
     def __init__(
@@ -188,82 +179,6 @@ class Master:
         """The job, and (rank, stream, path) for each log file of the attempt."""
         return await self._call(self._log_files, job_id, user, admin, attempt)
 
-    # -- queries -------------------------------------------------------------------------------
-
-    def _visible(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
-        row = self.store.job(job_id)
-        if row is None or (row["owner"] != user and not admin):
-            msg = f"no job {job_id!r}"
-            raise NotFound(msg)
-        return row
-
-    def _view(self, row: dict[str, Any], positions: dict[str, int] | None = None) -> dict[str, Any]:
-        positions = self._queue_positions() if positions is None else positions
-        return job_view(row, self._nodes_by_name, positions.get(row["id"]))
-
-    def _view_one(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
-        return self._view(self._visible(job_id, user, admin))
-
-    def _view_many(
-        self, user: str, admin: bool, state: str | None, owner: str | None
-    ) -> list[dict[str, Any]]:
-        if not admin:
-            if owner not in (None, user):
-                return []
-            owner = user
-        positions = self._queue_positions()
-        return [
-            self._view(r, positions) for r in self.store.jobs((state,) if state else None, owner)
-        ]
-
-    def _queue_positions(self) -> dict[str, int]:
-        queued = self.store.jobs((QUEUED,))
-        if not queued:
-            return {}
-        ordered = self.policy.order([self._request(r) for r in queued], self._snapshot())
-        return {r.job_id: i + 1 for i, r in enumerate(ordered)}
-
-    def _request(self, row: dict[str, Any]) -> Request:
-        return to_request(row["id"], row["owner"], row["spec"], row["submitted_at"], row["seq"])
-
-    def _cluster(self) -> dict[str, Any]:
-        holders = {}
-        for row in self.store.jobs(ACTIVE_STATES):
-            for slot in row.get("placement") or []:
-                for g in slot["gpus"]:
-                    holders[(slot["node"], g)] = {"job_id": row["id"], "rank": slot["rank"]}
-        uuids = [g.uuid for n in self.nodes for g in n.gpus if not g.simulated]
-        return cluster_view(self.executor.name, self.nodes, holders, nvml_utilisation(uuids))
-
-    def _result(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
-        row = self._visible(job_id, user, admin)
-        metrics = [
-            m
-            for rank in range(row["replicas"])
-            for m in self.files.reports(job_id, row["attempt"], rank)
-        ]
-        return {
-            "job_id": job_id,
-            "state": row["state"],
-            "reason": row.get("reason"),
-            "exit_codes": row.get("exit_codes"),
-            "attempt": row["attempt"],
-            "metrics": metrics,
-        }
-
-    def _log_files(self, job_id: str, user: str, admin: bool, attempt: int | None):
-        row = self._visible(job_id, user, admin)
-        attempt = row["attempt"] if attempt is None else attempt
-        if attempt > row["attempt"]:
-            msg = f"job {job_id} has attempts 0 to {row['attempt']}, not {attempt}"
-            raise SpecError(msg, field="attempt")
-        files = [
-            (rank, stream, self.files.log(job_id, attempt, rank, stream))
-            for rank in range(row["replicas"])
-            for stream in ("stdout", "stderr")
-        ]
-        return self._view(row), files
-
     # -- commands ------------------------------------------------------------------------------
 
     def _submit(self, spec: dict[str, Any], owner: str) -> dict[str, Any]:
@@ -318,13 +233,6 @@ class Master:
             with self.store.write():
                 self._on_exit(exit_.replica_id, exit_.exit_code)
         self._live_replicas = bool(self.store.replicas_in(LIVE_REPLICA))
-
-    def _snapshot(self) -> Snapshot:
-        snap = Snapshot.empty(self.nodes, now=time.time())
-        for row in self.store.jobs(ACTIVE_STATES):
-            if row.get("placement"):
-                snap = snap.allocate(self._request(row), Placement.from_json(row["placement"]))
-        return snap
 
     def _schedule(self) -> None:
         queued = self.store.jobs((QUEUED,))
