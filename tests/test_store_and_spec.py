@@ -47,6 +47,14 @@ def test_a_failed_write_changes_nothing(tmp_path):
     store.close()
 
 
+def test_one_master_per_database(tmp_path):
+    first = Store(tmp_path / "db.sqlite")
+    with pytest.raises(RuntimeError, match=r"another AI Grid master \(pid \d+\) is using"):
+        Store(tmp_path / "db.sqlite")
+    first.close()
+    Store(tmp_path / "db.sqlite").close()
+
+
 def test_newer_schema_is_refused(tmp_path):
     Store(tmp_path / "db.sqlite").close()
     conn = sqlite3.connect(tmp_path / "db.sqlite")
@@ -76,6 +84,7 @@ def test_spec_defaults_and_derivation():
         ({"command": ["x"], "args": ["y"]}, "args"),
         ({"code": "pass", "template": "single", "replicas": 2}, "template"),
         ({"code": "pass", "slo": {"latency_ms": 5, "p99": 1}}, "slo.p99"),
+        ({"code": "pass", "workdir": "relative/dir"}, "workdir"),
     ],
 )
 def test_spec_rules_name_the_field(raw, field):

@@ -110,6 +110,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     _derive_replicas(spec, gpus_given="gpus" in raw)
     _check_env(spec)
     _check_template(spec)
+    if "workdir" in spec and not spec["workdir"].startswith("/"):
+        msg = f"workdir must be an absolute path on the node, got {spec['workdir']!r}"
+        raise SpecError(msg, field="workdir")
     return spec
 
 

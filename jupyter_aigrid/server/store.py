@@ -8,7 +8,9 @@ additive; the version is recorded in ``meta``.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -37,12 +39,36 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _exclusive_lock(path: Path):
+    """Hold ``path`` locked for as long as the store is open: one master per database.
+
+    The lock dies with the process, so a master killed with -9 never blocks its successor.
+    """
+    f = open(path, "a+")  # noqa: SIM115 - held open until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        msg = (
+            f"another AI Grid master ({holder}) is using {path.with_suffix('')}; "
+            "stop it, or give this server its own c.AIGridApp.state_dir"
+        )
+        raise RuntimeError(msg) from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
 class Store:
     """All persistent state. Not thread-safe by design: one thread owns it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _exclusive_lock(self.path.with_name(self.path.name + ".lock"))
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -54,6 +80,7 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        self._lock.close()
 
     @contextmanager
     def write(self) -> Iterator[Store]:
