@@ -35,10 +35,12 @@ from .model import (
     LaunchRequest,
     ReplicaExit,
     ReplicaHandle,
+    Request,
 )
 from .policies import schedule_round
-from .queries import JobQueries
+from .queries import JobQueries, NotFound
 from .replicas import JobFiles, replica_env
+from .spec import SpecError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ class Master(JobQueries):
         self._live_replicas = False
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._queue: dict[str, Request] = {}
+        self._positions: dict[str, int] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -132,10 +136,21 @@ class Master(JobQueries):
                 log.exception("AI Grid master tick failed; retrying on the next tick")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+            return await loop.run_in_executor(self._db, fn, *args)
+        except (SpecError, NotFound, Conflict):
+            raise
+        except Exception:
+            # A write may have rolled back after the in-memory queue was updated.
+            await loop.run_in_executor(self._db, self._load_queue)
+            raise
         finally:
             self._flush()
+
+    def _load_queue(self) -> None:
+        self._queue = {r["id"]: self._request(r) for r in self.store.jobs((QUEUED,))}
+        self._positions = None
 
     def _flush(self) -> None:
         while self._outbox:
@@ -198,6 +213,8 @@ class Master(JobQueries):
                 }
             )
             self._event_state(row, None)
+        self._queue[row["id"]] = self._request(row)
+        self._positions = None
         return self._view(row)
 
     def _cancel(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
@@ -235,11 +252,9 @@ class Master(JobQueries):
         self._live_replicas = bool(self.store.replicas_in(LIVE_REPLICA))
 
     def _schedule(self) -> None:
-        queued = self.store.jobs((QUEUED,))
-        if not queued:
+        if not self._queue:
             return
-        requests = [self._request(r) for r in queued]
-        for launch in schedule_round(self.policy, requests, self._snapshot()):
+        for launch in schedule_round(self.policy, list(self._queue.values()), self._snapshot()):
             self._apply(launch)
 
     def _apply(self, launch: Launch) -> None:
@@ -431,6 +446,11 @@ class Master(JobQueries):
             self.store.update_job(row["id"], state=state, **fields)
             new = {**row, **fields, "state": state}
             self._event_state(new, row["state"] if row["state"] != state else None)
+        if state == QUEUED:
+            self._queue[row["id"]] = self._request(new)
+        else:
+            self._queue.pop(row["id"], None)
+        self._positions = None
 
     def _event_state(self, row: dict[str, Any], previous: str | None) -> None:
         data = {
@@ -449,6 +469,7 @@ class Master(JobQueries):
     def _recover(self) -> None:
         """Pick up where a previous master left off: adopt live replicas, settle the rest."""
         self.store.replace_inventory(self.executor.name, self.nodes)
+        self._load_queue()
         live = self.store.replicas_in(LIVE_REPLICA)
         adopted = set(self.executor.reconcile([self._handle(r) for r in live]))
         self._lost_on_restart = {r["id"] for r in live} - adopted

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .inventory import nvml_utilisation
-from .model import ACTIVE_STATES, QUEUED, Placement, Request, Snapshot
+from .model import ACTIVE_STATES, Placement, Request, Snapshot
 from .spec import SpecError, to_request
 from .views import cluster_view, job_view
 
@@ -19,7 +19,14 @@ class NotFound(LookupError):
 
 
 class JobQueries:
-    """Mixed into :class:`~jupyter_aigrid.server.master.Master`, which provides the state."""
+    """Mixed into :class:`~jupyter_aigrid.server.master.Master`, which provides the state.
+
+    ``_queue`` mirrors the queued jobs of the store (the master thread is the only writer, and
+    it updates both together); ``_positions`` caches their order until the next change.
+    """
+
+    _queue: dict[str, Request]
+    _positions: dict[str, int] | None
 
     def _visible(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self.store.job(job_id)
@@ -48,11 +55,11 @@ class JobQueries:
         ]
 
     def _queue_positions(self) -> dict[str, int]:
-        queued = self.store.jobs((QUEUED,))
-        if not queued:
-            return {}
-        ordered = self.policy.order([self._request(r) for r in queued], self._snapshot())
-        return {r.job_id: i + 1 for i, r in enumerate(ordered)}
+        """Each queued job's place in the policy's order (1 = next), computed once per change."""
+        if self._positions is None:
+            ordered = self.policy.order(list(self._queue.values()), self._snapshot())
+            self._positions = {r.job_id: i + 1 for i, r in enumerate(ordered)}
+        return self._positions
 
     def _request(self, row: dict[str, Any]) -> Request:
         return to_request(row["id"], row["owner"], row["spec"], row["submitted_at"], row["seq"])
