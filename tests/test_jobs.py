@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import textwrap
 
 import psutil
@@ -33,7 +31,7 @@ async def test_two_replica_gloo_all_reduce(api):
     assert (0, "rank 0 of 2: sum=3") in lines
     assert (1, "rank 1 of 2: sum=3") in lines
     # Packed onto the fewest nodes: one node holds both simulated GPUs.
-    assert {s["node"] for s in done["placement"]} == {"node-0"} or len(done["placement"]) == 2
+    assert [s["node"] for s in done["placement"]] == ["node-0", "node-0"]
     assert all(g["simulated"] for s in done["placement"] for g in s["gpus"])
 
 
@@ -105,7 +103,7 @@ async def test_cancel_stops_every_process(api, aigrid_state):
         await asyncio.sleep(0.1)
     for e in children:
         pids.add(int(e["line"].split()[1]))
-    for pidfile in aigrid_state.rglob(f"logs/{job['id']}/**/*.exit.pid"):
+    for pidfile in aigrid_state.glob(f"jobs/*/{job['id']}/0/*.exit.pid"):
         pids.add(int(pidfile.read_text()))
     assert len(pids) == 4
     assert all(psutil.pid_exists(p) for p in pids)
@@ -235,9 +233,3 @@ async def test_created_job_has_location(api):
 async def test_unknown_job_is_404(api):
     status, body = await api.error("GET", "jobs", "nope")
     assert status == 404 and "no job 'nope'" in body["message"]
-
-
-def test_no_orphan_process_group_leak_helper_is_real():
-    # The autouse cleanup kills by process group; make sure killpg on a dead group is harmless.
-    with pytest.raises(ProcessLookupError):
-        os.killpg(2**22 + 12345, signal.SIGKILL)

@@ -18,7 +18,7 @@ from .executors.local import LocalExecutor
 from .handlers import ROUTES
 from .master import Master
 from .policies import load_policy
-from .store import Store
+from .store import Store, exclusive_lock
 
 EXECUTORS = ("local",)
 
@@ -107,6 +107,8 @@ class AIGridApp(ExtensionApp):
     def initialize_settings(self) -> None:
         state = Path(self.state_dir)
         state.mkdir(parents=True, exist_ok=True)
+        # One master per state directory (its logs and nodes' scratch), as per database.
+        self._state_lock = exclusive_lock(state / "master.lock", "state directory")
         executor = LocalExecutor(
             state,
             nodes=self.local_nodes,
@@ -149,3 +151,4 @@ class AIGridApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         await self.master.stop()
+        self._state_lock.close()

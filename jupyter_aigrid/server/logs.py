@@ -102,6 +102,11 @@ class LogStream:
         self.rank, self.attempt, self.tail, self.follow = rank, attempt, tail, follow
         self.cursors: list[LogCursor] = []
         self.current_attempt = -1
+        self.closed = False
+
+    def close(self) -> None:
+        """The reader went away: stop at the next poll instead of when the job ends."""
+        self.closed = True
 
     async def open(self) -> dict:
         """Check the request against the job (raising SpecError/NotFound), return the job."""
@@ -127,7 +132,7 @@ class LogStream:
         while True:
             for batch in self._drain(final or not self.follow):
                 yield batch
-            if final or not self.follow:
+            if final or not self.follow or self.closed:
                 return
             await asyncio.sleep(FOLLOW_POLL_S)
             now = asyncio.get_running_loop().time()

@@ -71,7 +71,7 @@ class Master(JobQueries):
         self.store = store
         self.executor = executor
         self.policy = policy
-        self.files = JobFiles(Path(state_dir))
+        self.files = JobFiles(Path(state_dir), store.cluster_id())
         self.tick_s = tick_s
         self.stop_grace_s = stop_grace_s
         self.nodes = executor.nodes()
@@ -290,7 +290,9 @@ class Master(JobQueries):
                             self._nodes_by_name[slot.node],
                             rendezvous,
                             self.files.results(job_id, attempt),
+                            self.files.key(job_id),
                         ),
+                        job_key=self.files.key(job_id),
                         workdir=spec.get("workdir", ""),
                         stdout_path=str(stdout),
                         stderr_path=str(stdout.with_suffix(".stderr")),
@@ -338,7 +340,9 @@ class Master(JobQueries):
                 handle = self.executor.launch(
                     req, spec.get("code"), spec.get("args", []), spec.get("command")
                 )
-            except ExecutorError as e:
+            except Exception as e:
+                if not isinstance(e, ExecutorError):
+                    log.exception("AI Grid: starting rank %d of job %s failed", req.rank, job_id)
                 with self.store.write():
                     for never in requests[i:]:
                         self.store.update_replica(
@@ -364,9 +368,15 @@ class Master(JobQueries):
         return ReplicaHandle(rep["id"], rep.get("pid"), rep.get("pid_start"), rep["exit_path"])
 
     def _stop_replicas(self, job_id: str, attempt: int) -> None:
+        """SIGTERM every live replica of the attempt, SIGKILL after the grace period.
+
+        Replicas already stopping are asked again: after a master restart the executor has
+        forgotten the first request and its deadline.
+        """
         for rep in self.store.replicas(job_id, attempt):
-            if rep["state"] in ("launching", "running"):
-                self.store.update_replica(rep["id"], state="stopping")
+            if rep["state"] in LIVE_REPLICA:
+                if rep["state"] != "stopping":
+                    self.store.update_replica(rep["id"], state="stopping")
                 self.executor.stop(self._handle(rep), self.stop_grace_s)
 
     def _on_exit(self, replica_id: str, code: int | None) -> None:

@@ -214,6 +214,8 @@ class LaunchRequest:
     stdout_path: str = ""
     stderr_path: str = ""
     exit_path: str = ""
+    #: The job's unique name on disk (ids restart with a new database; keys do not).
+    job_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,23 @@ def is_secret(name: str) -> bool:
 class JobFiles:
     """Where the master keeps each attempt's per-rank logs, exit codes and reported metrics."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
+    def __init__(self, state_dir: Path, cluster_id: str) -> None:
+        self.root = state_dir / "jobs" / cluster_id
+        self.cluster_id = cluster_id
+
+    def key(self, job_id: str) -> str:
+        """A job's name on disk everywhere (nodes' scratch and checkpoints too)."""
+        return f"{self.cluster_id}-{job_id}"
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        return self.root / job_id / str(attempt)
 
     def log(self, job_id: str, attempt: int, rank: int, stream: str) -> Path:
         """``stream`` is stdout, stderr or exit (the status the local wrapper records)."""
-        return self.state_dir / "logs" / job_id / str(attempt) / f"rank-{rank}.{stream}"
+        return self.attempt_dir(job_id, attempt) / f"rank-{rank}.{stream}"
 
     def results(self, job_id: str, attempt: int) -> Path:
-        return self.state_dir / "results" / job_id / str(attempt)
+        return self.attempt_dir(job_id, attempt) / "results"
 
     def reports(self, job_id: str, attempt: int, rank: int) -> list[dict[str, Any]]:
         """What a rank reported with ``runtime.report()``; a torn or odd line is skipped."""
@@ -73,6 +81,7 @@ def replica_env(
     node: Node,
     rendezvous: tuple[str, int],
     results: Path,
+    job_key: str,
 ) -> dict[str, str]:
     """torchrun's environment plus ours, over the server's own minus its secrets."""
     spec, job_id = row["spec"], row["id"]
@@ -96,7 +105,7 @@ def replica_env(
             "AIGRID_JOB_ID": job_id,
             "AIGRID_ATTEMPT": str(row["attempt"]),
             "AIGRID_NODE": slot.node,
-            "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_id),
+            "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_key),
             "AIGRID_DATA": str(Path(node.scratch) / "data"),
             "AIGRID_RESULT_DIR": str(results),
             "PYTHONUNBUFFERED": "1",

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -77,10 +78,18 @@ def _message_of(error: jsonschema.ValidationError, field: str | None) -> str:
     return f"{where}: {error.message}"
 
 
+def _no_constant(name: str) -> None:
+    msg = f"{name} is not a number JSON allows; use a finite number"
+    raise ValueError(msg)
+
+
 def parse_body(body: bytes | str) -> dict[str, Any]:
     """Decode a request body into a JSON object, or raise SpecError."""
     try:
-        data = json.loads(body or b"null")
+        data = json.loads(body or b"null", parse_constant=_no_constant)
+    except RecursionError as e:
+        msg = "the request body is nested too deeply"
+        raise SpecError(msg, field="body") from e
     except (ValueError, UnicodeDecodeError) as e:
         msg = f"the request body is not valid JSON: {e}"
         raise SpecError(msg, field="body") from e
@@ -90,8 +99,38 @@ def parse_body(body: bytes | str) -> dict[str, Any]:
     return data
 
 
+def _check_values(value: Any, field: str) -> Any:
+    """Refuse what JSON carries but a job cannot use; turn 2.0 into 2. Returns the value."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            msg = f"{field!r} must be a finite number, got {value}"
+            raise SpecError(msg, field=field)
+        return int(value) if value.is_integer() else value
+    if isinstance(value, str):
+        if "\x00" in value:
+            msg = f"{field!r} contains a NUL character, which no process argument can carry"
+            raise SpecError(msg, field=field)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            msg = f"{field!r} is not valid Unicode text (a lone surrogate at {e.start})"
+            raise SpecError(msg, field=field) from e
+        return value
+    if isinstance(value, list):
+        return [_check_values(v, f"{field}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            _check_values(k, f"{field}.{k}" if field else str(k)): _check_values(
+                v, f"{field}.{k}" if field else str(k)
+            )
+            for k, v in value.items()
+        }
+    return value
+
+
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Validate ``raw`` and return the full JobSpec with defaults and derived fields."""
+    raw = _check_values(raw, "")
     if "code" in raw and "command" in raw:
         msg = "give exactly one of 'code' (Python source) or 'command' (an argv list), not both"
         raise SpecError(msg, field="code")

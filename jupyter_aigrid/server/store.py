@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _exclusive_lock(path: Path):
+def exclusive_lock(path: Path, what: str = "database"):
     """Hold ``path`` locked for as long as the store is open: one master per database.
 
     The lock dies with the process, so a master killed with -9 never blocks its successor.
@@ -52,7 +53,7 @@ def _exclusive_lock(path: Path):
         holder = f.read().strip() or "another process"
         f.close()
         msg = (
-            f"another AI Grid master ({holder}) is using {path.with_suffix('')}; "
+            f"another AI Grid master ({holder}) is using the {what} {path.with_suffix('')}; "
             "stop it, or give this server its own c.AIGridApp.state_dir"
         )
         raise RuntimeError(msg) from None
@@ -68,7 +69,7 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _exclusive_lock(self.path.with_name(self.path.name + ".lock"))
+        self._lock = exclusive_lock(self.path.with_name(self.path.name + ".lock"))
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -185,13 +186,24 @@ class Store:
             db["events"].create_index(["job_id"], if_not_exists=True)
             current = self.schema_version()
             if current is None:
-                db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+                db["meta"].insert_all(
+                    [
+                        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                        # Job ids restart at 1 in a new database: files are kept under this id so
+                        # a new job 1 never meets an old job 1's logs, code or checkpoints.
+                        {"key": "cluster_id", "value": uuid.uuid4().hex[:12]},
+                    ]
+                )
             elif current > SCHEMA_VERSION:
                 msg = (
                     f"the database {self.path} has schema version {current}, newer than this "
                     f"jupyter-aigrid understands ({SCHEMA_VERSION}); upgrade jupyter-aigrid"
                 )
                 raise RuntimeError(msg)
+
+    def cluster_id(self) -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key='cluster_id'").fetchone()
+        return row[0]
 
     def schema_version(self) -> int | None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()

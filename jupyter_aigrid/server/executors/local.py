@@ -145,14 +145,13 @@ class LocalExecutor:
         if node is None:
             msg = f"no node named {request.node!r} on the local executor"
             raise ExecutorError(msg)
-        job_dir = Path(node.scratch) / "jobs" / request.job_id
+        job_dir = Path(node.scratch) / "jobs" / (request.job_key or request.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         if code is not None:
             script = job_dir / f"main-{request.attempt}.py"
-            if not script.exists():
-                tmp = script.with_suffix(".tmp")
-                tmp.write_text(code)
-                tmp.replace(script)
+            tmp = script.with_name(f"{script.name}.{request.rank}.tmp")
+            tmp.write_text(code, encoding="utf-8")
+            tmp.replace(script)
             argv = [self.python, "-u", str(script), *args]
         else:
             argv = list(command or [])
@@ -164,7 +163,10 @@ class LocalExecutor:
         env = {**request.env, "AIGRID_SCRATCH": str(job_dir)}
         for path in (request.stdout_path, request.stderr_path, request.exit_path):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(request.stdout_path, "ab") as out, open(request.stderr_path, "ab") as err:
+        # Nothing of an earlier process may pass for this one's status.
+        for stale in (request.exit_path, request.exit_path + ".pid"):
+            Path(stale).unlink(missing_ok=True)
+        with open(request.stdout_path, "wb") as out, open(request.stderr_path, "wb") as err:
             try:
                 popen = subprocess.Popen(
                     ["/bin/sh", "-c", _WRAPPER, request.exit_path, *argv],

@@ -25,7 +25,7 @@ class LogsHandler(AIGridHandler):
         ``follow=1`` keeps the response open until the job has ended and every line has
         been sent, moving on to the next attempt when the gang restarts.
         """
-        stream = LogStream(
+        self._stream = stream = LogStream(
             self.master,
             job_id,
             self.owner,
@@ -46,3 +46,8 @@ class LogsHandler(AIGridHandler):
         except StreamClosedError:
             return
         self.finish(set_content_type=NDJSON)
+
+    def on_connection_close(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.close()
