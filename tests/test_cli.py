@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,17 @@ def test_spec_from_args():
     }
     with pytest.raises(SystemExit):
         build_parser().parse_args(["submit", "--env", "novalue", "-c", "pass"])
+
+
+@pytest.mark.slow
+def test_example_ddp_training_converges_with_identical_weights(server):
+    example = Path(__file__).parent.parent / "examples" / "train_ddp.py"
+    out = aigrid(
+        server, "submit", "-f", "--gpus", "2", "--nodes", "2", str(example), "--epochs", "4"
+    ).stdout.splitlines()
+    losses = [float(line.split()[-1]) for line in out if "loss" in line]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0] / 10
+    sums = {line.split()[2]: line.split()[-1] for line in out if "checksum" in line}
+    assert sorted(sums) == ["0", "1"]
+    assert sums["0"] == sums["1"]  # DDP kept both ranks' weights identical
