@@ -4,6 +4,6 @@
 set -euo pipefail
 EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 echo "==> ruff"
-"$PYTHON" -m ruff check jupyter_aigrid tests benchmarks
+"$PYTHON" -m ruff check jupyter_aigrid tests benchmarks examples
 echo "==> pytest"
 exec "$PYTHON" -m pytest "$@"
