@@ -282,7 +282,6 @@ class Master(JobQueries):
                         attempt=attempt,
                         rank=slot.rank,
                         node=slot.node,
-                        argv=(),
                         env=replica_env(
                             row,
                             launch.placement,
@@ -311,7 +310,6 @@ class Master(JobQueries):
                         "gpu_indices": list(s.gpus),
                         "state": "launching",
                         "exit_path": r.exit_path,
-                        "log_dir": str(Path(r.stdout_path).parent),
                     }
                     for r, s in zip(requests, slots, strict=True)
                 ]

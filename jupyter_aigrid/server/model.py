@@ -208,7 +208,6 @@ class LaunchRequest:
     attempt: int
     rank: int
     node: str
-    argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = ""
     stdout_path: str = ""

@@ -143,7 +143,6 @@ class Store:
                     "pid_start": float,
                     "exit_code": int,
                     "exit_path": str,
-                    "log_dir": str,
                     "started_at": float,
                     "finished_at": float,
                 },
@@ -247,13 +246,10 @@ class Store:
         with self.write():
             self.db["replicas"].insert_all([_encode(r) for r in rows])
 
-    def replicas(self, job_id: str, attempt: int | None = None) -> list[dict[str, Any]]:
-        if attempt is None:
-            rows = self.db["replicas"].rows_where("job_id = ?", [job_id], order_by="attempt, rank")
-        else:
-            rows = self.db["replicas"].rows_where(
-                "job_id = ? AND attempt = ?", [job_id, attempt], order_by="rank"
-            )
+    def replicas(self, job_id: str, attempt: int) -> list[dict[str, Any]]:
+        rows = self.db["replicas"].rows_where(
+            "job_id = ? AND attempt = ?", [job_id, attempt], order_by="rank"
+        )
         return [_decode(r) for r in rows]  # type: ignore[misc]
 
     def replica(self, replica_id: str) -> dict[str, Any] | None:

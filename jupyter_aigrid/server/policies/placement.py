@@ -21,7 +21,7 @@ def place_gang(req: Request, snapshot: Snapshot) -> Placement | None:
     return _assign(req, shares)
 
 
-def _leftover(node: NodeView, req: Request) -> tuple[int, float]:
+def _leftover(node: NodeView) -> tuple[int, float]:
     return (len(node.free_gpus), node.free_cpus)
 
 
@@ -30,7 +30,7 @@ def _pack_fewest(
 ) -> list[tuple[NodeView, int]] | None:
     whole = [(n, k) for n, k in fits if k >= req.replicas]
     if whole:
-        best = min(whole, key=lambda nk: (_leftover(nk[0], req), nk[0].name))
+        best = min(whole, key=lambda nk: (_leftover(nk[0]), nk[0].name))
         return [(best[0], req.replicas)]
     roomiest = sorted(fits, key=lambda nk: (-nk[1], nk[0].name))
     chosen: list[tuple[NodeView, int]] = []
@@ -39,7 +39,7 @@ def _pack_fewest(
         if k >= left:
             # Tightest node among the rest that still takes the remainder.
             rest = [(n, m) for n, m in roomiest[i:] if m >= left]
-            tight = min(rest, key=lambda nk: (nk[1], _leftover(nk[0], req), nk[0].name))
+            tight = min(rest, key=lambda nk: (nk[1], _leftover(nk[0]), nk[0].name))
             chosen.append((tight[0], left))
             return chosen
         chosen.append((node, k))
