@@ -6,6 +6,7 @@ import json
 
 import pytest
 from jupyter_server.auth.authorizer import Authorizer
+from test_errors_and_auth import concrete
 from tornado.httpclient import HTTPClientError
 
 from jupyter_aigrid.server.handlers import ROUTES
@@ -34,7 +35,7 @@ def jp_server_config(jp_server_config):
     ],
 )
 async def test_authorizer_is_asked_on_every_route(jp_fetch, aigrid_master, route, method):
-    parts = route.replace("(?P<job_id>[^/]+)", "1").lstrip("/").split("/")
+    parts = concrete(route).split("/")
     with pytest.raises(HTTPClientError) as info:
         await jp_fetch(
             *parts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from tornado.httpclient import HTTPClientError
@@ -91,8 +92,9 @@ async def test_bad_query_arguments(api):
     assert (status, error["field"]) == (400, "attempt")
 
 
-def _concrete(route: str) -> str:
-    return route.replace("(?P<job_id>[^/]+)", "1").lstrip("/")
+def concrete(route: str) -> str:
+    """A route with every path parameter filled in (with "1")."""
+    return re.sub(r"\(\?P<\w+>[^)]*\)", "1", route).lstrip("/")
 
 
 ROUTE_VERBS = [
@@ -109,7 +111,7 @@ async def test_no_token_is_403_on_every_route(api, jp_fetch, route, method):
     for header in ("", "token wrong"):
         with pytest.raises(HTTPClientError) as info:
             await jp_fetch(
-                *_concrete(route).split("/"),
+                *concrete(route).split("/"),
                 method=method,
                 body=json.dumps({"code": "pass"}) if method == "POST" else None,
                 headers={"Authorization": header},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from functools import cache
 from importlib.resources import files
@@ -360,7 +361,8 @@ def test_error_responses():
     for path, verb, op in operations(doc):
         codes = set(op["responses"])
         assert "403" in codes, (path, verb)
-        assert ("404" in codes) == ("{job_id}" in path), (path, verb)
+        # Job paths, and the events of one job (?job=), can name a job that is not yours.
+        assert ("404" in codes) == ("{job_id}" in path or path.endswith("/events")), (path, verb)
         assert ("409" in codes) == ((path, verb) == ("/aigrid/api/jobs/{job_id}", "delete"))
         for code in codes & {"400", "403", "404", "409"}:
             response = resolve(doc, op["responses"][code])
@@ -372,6 +374,7 @@ def test_error_responses():
         ("/aigrid/api/jobs", "get"),
         ("/aigrid/api/jobs", "post"),
         ("/aigrid/api/jobs/{job_id}/logs", "get"),
+        ("/aigrid/api/events", "get"),
     }
 
 
@@ -508,6 +511,24 @@ async def test_real_responses_match_the_schemas(api):
     assert_exact_keys("Result", result)
     assert_valid("Result", result)
     assert sorted(m["rank"] for m in result["metrics"]) == [0, 1]
+
+    raised = await api.submit({"code": "x = 1\nraise KeyError('k')", "outputs": ["x"]})
+    pulled = await api.submit({"code": "x = [1, 2]", "outputs": ["x"]})
+    for job in (raised, pulled):
+        await api.wait(job["id"])
+        result = await api.call("GET", "jobs", job["id"], "result")
+        assert_exact_keys("Result", result)
+        assert_valid("Result", result)
+    assert_exact_keys(
+        "RemoteError",
+        result_error := (await api.call("GET", "jobs", raised["id"], "result"))["error"],
+    )
+    assert result_error["type"] == "KeyError"
+    assert result["outputs"][0]["name"] == "x"
+    events = await api.call("GET", "events", params={"since": 0}, raw=True)
+    for line in events.body.decode().splitlines():
+        assert_exact_keys("Event", json.loads(line))
+        assert_valid("Event", json.loads(line))
 
     lines = await api.logs(created["id"])
     assert {(e["stream"], e["line"]) for e in lines} == {("stdout", "out"), ("stderr", "ü")}

@@ -83,6 +83,7 @@ class Master(JobQueries):
         self._live_replicas = False
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._new_events: asyncio.Event | None = None
         self._queue: dict[str, Request] = {}
         self._positions: dict[str, int] | None = None
 
@@ -90,6 +91,7 @@ class Master(JobQueries):
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
+        self._new_events = asyncio.Event()
         await self._call(self._recover)
         self._task = asyncio.create_task(self._run(), name="aigrid-master-loop")
 
@@ -153,6 +155,10 @@ class Master(JobQueries):
         self._positions = None
 
     def _flush(self) -> None:
+        if self._outbox and self._new_events is not None:
+            # Wake everyone following events; later waiters get a fresh Event.
+            self._new_events.set()
+            self._new_events = asyncio.Event()
         while self._outbox:
             schema_id, data = self._outbox.popleft()
             if self._emit_fn is None:
@@ -164,8 +170,11 @@ class Master(JobQueries):
 
     # -- public API (coroutines; the work runs on the master thread) --------------------------
 
-    async def submit(self, spec: dict[str, Any], owner: str) -> dict[str, Any]:
-        job = await self._call(self._submit, spec, owner)
+    async def submit(
+        self, spec: dict[str, Any], owner: str, inputs: dict[str, bytes] | None = None
+    ) -> dict[str, Any]:
+        """Store a validated spec (and its pushed values) as a queued job; return its view."""
+        job = await self._call(self._submit, spec, owner, inputs or {})
         self.wake()
         return job
 
@@ -188,6 +197,21 @@ class Master(JobQueries):
     async def result(self, job_id: str, user: str, admin: bool = False) -> dict[str, Any]:
         return await self._call(self._result, job_id, user, admin)
 
+    async def output_path(self, job_id: str, name: str, user: str, admin: bool = False) -> Path:
+        """Where rank 0's pickled global ``name`` of a finished job is kept."""
+        return await self._call(self._output_path, job_id, name, user, admin)
+
+    async def events(
+        self, user: str, admin: bool = False, since: int | None = None, job_id: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Stored events after ``since`` that ``user`` may see, and the seq to continue from."""
+        return await self._call(self._events, user, admin, since, job_id)
+
+    def new_events(self) -> asyncio.Event:
+        """Set at the next event; take it *before* reading, so nothing falls in between."""
+        assert self._new_events is not None, "the master has not started"
+        return self._new_events
+
     async def log_files(
         self, job_id: str, user: str, admin: bool = False, attempt: int | None = None
     ) -> tuple[dict[str, Any], list[tuple[int, str, Path]]]:
@@ -196,7 +220,7 @@ class Master(JobQueries):
 
     # -- commands ------------------------------------------------------------------------------
 
-    def _submit(self, spec: dict[str, Any], owner: str) -> dict[str, Any]:
+    def _submit(self, spec: dict[str, Any], owner: str, inputs: dict[str, bytes]) -> dict[str, Any]:
         check_admissible(spec, self.nodes, self.executor.name)
         with self.store.write():
             row = self.store.insert_job(
@@ -212,6 +236,7 @@ class Master(JobQueries):
                     "submitted_at": time.time(),
                 }
             )
+            self.files.write_inputs(row["id"], inputs)
             self._event_state(row, None)
         self._queue[row["id"]] = self._request(row)
         self._positions = None
@@ -290,6 +315,7 @@ class Master(JobQueries):
                             rendezvous,
                             self.files.results(job_id, attempt),
                             self.files.key(job_id),
+                            self.files.inputs(job_id),
                         ),
                         job_key=self.files.key(job_id),
                         workdir=spec.get("workdir", ""),
@@ -314,24 +340,23 @@ class Master(JobQueries):
                     for r, s in zip(requests, slots, strict=True)
                 ]
             )
-            self._outbox.append(
-                (
-                    events.JOB_PLACEMENT,
-                    {
-                        "job_id": job_id,
-                        "attempt": attempt,
-                        "placement": [
-                            {
-                                "rank": s.rank,
-                                "node": s.node,
-                                "local_rank": s.local_rank,
-                                "gpus": list(s.gpus),
-                                "simulated": self._simulated(s.node),
-                            }
-                            for s in slots
-                        ],
-                    },
-                )
+            self._record(
+                events.JOB_PLACEMENT,
+                job_id,
+                {
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "placement": [
+                        {
+                            "rank": s.rank,
+                            "node": s.node,
+                            "local_rank": s.local_rank,
+                            "gpus": list(s.gpus),
+                            "simulated": self._simulated(s.node),
+                        }
+                        for s in slots
+                    ],
+                },
             )
         for i, req in enumerate(requests):
             try:
@@ -471,8 +496,12 @@ class Master(JobQueries):
             "gpus": row["gpus"],
             "attempt": row.get("attempt") or 0,
         }
-        self.store.record_event(events.JOB_STATE, row["id"], data)
-        self._outbox.append((events.JOB_STATE, data))
+        self._record(events.JOB_STATE, row["id"], data)
+
+    def _record(self, schema_id: str, job_id: str, data: dict[str, Any]) -> None:
+        """Keep an event in the store (inside the caller's transaction) and emit it after."""
+        self.store.record_event(schema_id, job_id, data)
+        self._outbox.append((schema_id, data))
 
     def _recover(self) -> None:
         """Pick up where a previous master left off: adopt live replicas, settle the rest."""

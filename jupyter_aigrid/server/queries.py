@@ -11,7 +11,7 @@ from typing import Any
 from .inventory import nvml_utilisation
 from .model import ACTIVE_STATES, Placement, Request, Snapshot
 from .spec import SpecError, to_request
-from .views import cluster_view, job_view
+from .views import cluster_view, event_view, job_view
 
 
 class NotFound(LookupError):
@@ -80,6 +80,7 @@ class JobQueries:
             for rank in range(row["replicas"])
             for m in self.files.reports(job_id, row["attempt"], rank)
         ]
+        errors = self.files.errors(job_id, row["attempt"], row["replicas"])
         return {
             "job_id": job_id,
             "state": row["state"],
@@ -87,7 +88,33 @@ class JobQueries:
             "exit_codes": row.get("exit_codes"),
             "attempt": row["attempt"],
             "metrics": metrics,
+            "error": errors[0] if errors else None,
+            "outputs": self.files.output_sizes(job_id, row["attempt"]),
         }
+
+    def _output_path(self, job_id: str, name: str, user: str, admin: bool):
+        row = self._visible(job_id, user, admin)
+        path = self.files.outputs(job_id, row["attempt"]) / f"{name}.pkl"
+        if not name.isidentifier() or not path.is_file():
+            kept = ", ".join(o["name"] for o in self.files.output_sizes(job_id, row["attempt"]))
+            msg = f"job {job_id} has no output {name!r}; it has: {kept or 'none'}"
+            raise NotFound(msg)
+        return path
+
+    def _events(
+        self, user: str, admin: bool, since: int | None, job_id: str | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Events after ``since`` (default: none, only the position) and the last seq sent.
+
+        Other users' jobs appear with their id and state only.
+        """
+        if job_id is not None:
+            self._visible(job_id, user, admin)
+        if since is None:
+            return [], self.store.last_event_seq()
+        rows = self.store.events_since(since, job_id)
+        views = [event_view(r, full=admin or r["owner"] == user) for r in rows]
+        return views, rows[-1]["seq"] if rows else since
 
     def _log_files(self, job_id: str, user: str, admin: bool, attempt: int | None):
         row = self._visible(job_id, user, admin)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from ..durable import fsync_dir, write_atomic
 from .model import Node, Placement, Slot
 
 STDERR_TAIL_LINES = 20
@@ -39,6 +41,46 @@ class JobFiles:
 
     def results(self, job_id: str, attempt: int) -> Path:
         return self.attempt_dir(job_id, attempt) / "results"
+
+    def inputs(self, job_id: str) -> Path:
+        """The values pushed with the job, one ``<name>.pkl`` each, shared by every attempt."""
+        return self.root / job_id / "inputs"
+
+    def write_inputs(self, job_id: str, values: dict[str, bytes]) -> None:
+        """Store pushed values durably (before the job is acknowledged)."""
+        folder = self.inputs(job_id)
+        # An id handed out again after a crash must not inherit an older job's values.
+        shutil.rmtree(folder, ignore_errors=True)
+        if not values:
+            return
+        folder.mkdir(parents=True)
+        for name, data in values.items():
+            write_atomic(folder / f"{name}.pkl", data)
+        fsync_dir(folder.parent)
+
+    def outputs(self, job_id: str, attempt: int) -> Path:
+        """Rank 0's pulled values, ``<name>.pkl`` each, written by the runner on success."""
+        return self.results(job_id, attempt) / "outputs"
+
+    def output_sizes(self, job_id: str, attempt: int) -> list[dict[str, Any]]:
+        try:
+            found = sorted(self.outputs(job_id, attempt).glob("*.pkl"))
+        except OSError:
+            return []
+        return [{"name": p.stem, "bytes": p.stat().st_size} for p in found]
+
+    def errors(self, job_id: str, attempt: int, replicas: int) -> list[dict[str, Any]]:
+        """The uncaught exceptions the runner recorded, earliest first."""
+        out = []
+        for rank in range(replicas):
+            path = self.results(job_id, attempt) / f"rank-{rank}.error.json"
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                out.append({**data, "rank": rank})
+        return sorted(out, key=lambda e: (e.get("time") or 0, e["rank"]))
 
     def reports(self, job_id: str, attempt: int, rank: int) -> list[dict[str, Any]]:
         """What a rank reported with ``runtime.report()``; a torn or odd line is skipped."""
@@ -82,6 +124,7 @@ def replica_env(
     rendezvous: tuple[str, int],
     results: Path,
     job_key: str,
+    inputs: Path,
 ) -> dict[str, str]:
     """torchrun's environment plus ours, over the server's own minus its secrets."""
     spec, job_id = row["spec"], row["id"]
@@ -108,6 +151,8 @@ def replica_env(
             "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_key),
             "AIGRID_DATA": str(Path(node.scratch) / "data"),
             "AIGRID_RESULT_DIR": str(results),
+            "AIGRID_INPUTS_DIR": str(inputs),
+            "AIGRID_OUTPUTS": ",".join(spec.get("outputs", [])),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import keyword
 import math
 from functools import cache
 from importlib.resources import files
@@ -31,6 +34,8 @@ RESERVED_ENV = frozenset(
 )
 #: Templates the local executor can honour today.
 TEMPLATES = ("single", "pytorch-ddp")
+#: Most bytes of pushed values (decoded) one job may carry.
+MAX_INPUT_BYTES = 256 * 1024 * 1024
 
 
 class SpecError(ValueError):
@@ -73,7 +78,8 @@ def _message_of(error: jsonschema.ValidationError, field: str | None) -> str:
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         return f"unknown field {field!r}; allowed fields are: {allowed}"
     if error.validator == "propertyNames":
-        return f"environment variable name {error.instance!r} must match [A-Za-z_][A-Za-z0-9_]*"
+        what = "environment variable name" if field and field.startswith("env.") else "name"
+        return f"{what} {error.instance!r} must match [A-Za-z_][A-Za-z0-9_]*"
     where = f"{field!r}" if field else "the job description"
     return f"{where}: {error.message}"
 
@@ -145,6 +151,12 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if "args" in raw and "code" not in raw:
         msg = "'args' goes with 'code'; with 'command', put the arguments in the argv list"
         raise SpecError(msg, field="args")
+    for name in ("inputs", "outputs"):
+        if name in raw and "code" not in raw:
+            msg = f"{name!r} goes with 'code': only a Python job has globals to exchange"
+            raise SpecError(msg, field=name)
+    for i, name in enumerate(raw.get("outputs", [])):
+        _check_identifier(name, f"outputs.{i}")
     spec = _with_defaults(raw)
     _derive_replicas(spec, gpus_given="gpus" in raw)
     _check_env(spec)
@@ -153,6 +165,35 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         msg = f"workdir must be an absolute path on the node, got {spec['workdir']!r}"
         raise SpecError(msg, field="workdir")
     return spec
+
+
+def _check_identifier(name: str, field: str) -> None:
+    if keyword.iskeyword(name):
+        msg = f"{name!r} is a Python keyword, not a variable name"
+        raise SpecError(msg, field=field)
+
+
+def decode_inputs(spec: dict[str, Any]) -> dict[str, bytes]:
+    """Take the pushed values out of a validated spec and decode them, or raise SpecError."""
+    encoded = spec.pop("inputs", None) or {}
+    decoded, total = {}, 0
+    for name, text in encoded.items():
+        field = f"inputs.{name}"
+        _check_identifier(name, field)
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as e:
+            msg = f"{field} must be base64 (of a pickle): {e}"
+            raise SpecError(msg, field=field) from e
+        total += len(data)
+        if total > MAX_INPUT_BYTES:
+            msg = (
+                f"the pushed values exceed {MAX_INPUT_BYTES // 2**20} MiB at {field}; "
+                "put large data in a dataset instead"
+            )
+            raise SpecError(msg, field=field)
+        decoded[name] = data
+    return decoded
 
 
 def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,17 @@ SCHEMA_VERSION = 1
 _JSON_COLUMNS = frozenset({"spec", "placement", "exit_codes", "gpu_indices", "data", "labels"})
 
 
+_EVENTS_SINCE = (
+    "SELECT e.seq, e.time, e.schema_id, e.job_id, e.data, j.owner FROM events e "
+    "LEFT JOIN jobs j ON j.id = e.job_id WHERE e.seq > ? ORDER BY e.seq LIMIT ?"
+)
+_JOB_EVENTS_SINCE = (
+    "SELECT e.seq, e.time, e.schema_id, e.job_id, e.data, j.owner FROM events e "
+    "LEFT JOIN jobs j ON j.id = e.job_id WHERE e.seq > ? AND e.job_id = ? "
+    "ORDER BY e.seq LIMIT ?"
+)
+
+
 def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -309,6 +320,20 @@ class Store:
                     {"time": time.time(), "schema_id": schema_id, "job_id": job_id, "data": data}
                 )
             )
+
+    def events_since(
+        self, since: int, job_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Events after ``since``, oldest first, each with the ``owner`` of its job."""
+        if job_id is None:
+            rows = self.db.execute(_EVENTS_SINCE, [since, limit]).fetchall()
+        else:
+            rows = self.db.execute(_JOB_EVENTS_SINCE, [since, job_id, limit]).fetchall()
+        keys = ("seq", "time", "schema_id", "job_id", "data", "owner")
+        return [{**dict(zip(keys, r, strict=True)), "data": json.loads(r[4])} for r in rows]
+
+    def last_event_seq(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         rows = self.db["events"].rows_where("job_id = ?", [job_id], order_by="seq")

@@ -64,8 +64,33 @@ def job_view(
         "started_at": iso(started),
         "finished_at": iso(row.get("finished_at")),
         "elapsed_s": round(end - started, 3) if started else None,
+        "qos": qos_class(row["kind"], row["priority"], spec.get("preemptible", False)),
         "migration": None,
         "spec": spec,
+    }
+
+
+def qos_class(kind: str, priority: str, preemptible: bool) -> str:
+    """The class a job is served in, as people read it: its priority, and if it can be evicted."""
+    return f"{priority}, preemptible" if preemptible else priority
+
+
+#: Fields of other users' events that anyone may see (the cluster view shows as much).
+_PUBLIC_EVENT_FIELDS = ("job_id", "state", "previous_state", "attempt", "gpus")
+
+
+def event_view(row: dict[str, Any], full: bool) -> dict[str, Any]:
+    """A stored event as ``GET /events`` sends it; ``full`` for the job's owner and admins."""
+    data = row["data"]
+    if not full:
+        data = {k: data[k] for k in _PUBLIC_EVENT_FIELDS if k in data}
+    return {
+        "seq": row["seq"],
+        "time": iso(row["time"]),
+        "type": row["schema_id"].rsplit("/", 2)[-2],
+        "schema_id": row["schema_id"],
+        "job_id": row["job_id"],
+        "data": data,
     }
 
 

@@ -152,7 +152,7 @@ class LocalExecutor:
             tmp = script.with_name(f"{script.name}.{request.rank}.tmp")
             tmp.write_text(code, encoding="utf-8")
             tmp.replace(script)
-            argv = [self.python, "-u", str(script), *args]
+            argv = [self.python, "-u", "-m", "jupyter_aigrid.runner", str(script), *args]
         else:
             argv = list(command or [])
         workdir = Path(request.workdir) if request.workdir else job_dir / f"rank-{request.rank}"

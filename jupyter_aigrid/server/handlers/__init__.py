@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .cluster import ClusterHandler
+from .events import EventsHandler
 from .jobs import JobHandler, JobsHandler
 from .logs import LogsHandler
 from .openapi import OpenAPIHandler
-from .results import ResultHandler
+from .results import OutputHandler, ResultHandler
 
 API = "/aigrid/api"
 _JOB = r"(?P<job_id>[^/]+)"
@@ -17,6 +18,8 @@ ROUTES = [
     (rf"{API}/jobs/{_JOB}", JobHandler),
     (rf"{API}/jobs/{_JOB}/logs", LogsHandler),
     (rf"{API}/jobs/{_JOB}/result", ResultHandler),
+    (rf"{API}/jobs/{_JOB}/outputs/(?P<name>[^/]+)", OutputHandler),
+    (rf"{API}/events", EventsHandler),
     (rf"{API}/cluster", ClusterHandler),
     (rf"{API}/openapi.yaml", OpenAPIHandler),
 ]

@@ -6,7 +6,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..model import JOB_STATES
-from ..spec import SpecError, parse_body, validate
+from ..spec import SpecError, decode_inputs, parse_body, validate
 from .base import AIGridHandler
 
 
@@ -26,7 +26,8 @@ class JobsHandler(AIGridHandler):
     @authorized
     async def post(self) -> None:
         spec = validate(parse_body(self.request.body))
-        job = await self.master.submit(spec, self.owner)
+        inputs = decode_inputs(spec)
+        job = await self.master.submit(spec, self.owner, inputs)
         self.set_header("Location", self.reverse_url_for(job["id"]))
         self.write_json(job, status=201)
 

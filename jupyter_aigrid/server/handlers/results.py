@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
@@ -13,3 +15,21 @@ class ResultHandler(AIGridHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         self.write_json(await self.master.result(job_id, self.owner, self.is_admin))
+
+
+class OutputHandler(AIGridHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str, name: str) -> None:
+        """Rank 0's global ``name`` as pickled by the runner (``outputs`` of the JobSpec)."""
+        path = await self.master.output_path(job_id, name, self.owner, self.is_admin)
+        self.set_header("Content-Type", "application/vnd.python.pickle")
+        self.set_header("Content-Length", str(path.stat().st_size))
+        f = await asyncio.to_thread(path.open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                self.write(chunk)
+                await self.flush()
+        finally:
+            f.close()
+        self.finish()
