@@ -15,4 +15,11 @@ def _jupyter_labextension_paths() -> list[dict]:
     return [{"src": "labextension", "dest": "jupyter-aigrid"}]
 
 
-__all__ = ["__version__"]
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext jupyter_aigrid``: registers ``%%aigrid`` and ``%aigrid``."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+__all__ = ["__version__", "load_ipython_extension"]

@@ -18,16 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .client import AIGridError, Client
+from .options import add_job_options, spec_fields
 
 FAILED_EXIT = 1
-
-
-def _env_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        msg = f"--env takes KEY=VALUE, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,19 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("submit", help="submit a job: a .py script, -c CODE, or a command")
-    s.add_argument("--gpus", type=int, help="total GPUs (default 0)")
-    s.add_argument("--gpus-per-replica", type=int)
-    s.add_argument("--replicas", type=int)
-    s.add_argument("--nodes", type=int, help="spread over exactly this many nodes")
-    s.add_argument("--cpus-per-replica", type=float)
-    s.add_argument("--memory-mb-per-replica", type=int)
-    s.add_argument("--gpu-type")
-    s.add_argument("--name")
-    s.add_argument("--priority", choices=["high", "normal", "low"])
-    s.add_argument("--time-limit", type=float, dest="time_limit_s", metavar="SECONDS")
-    s.add_argument("--max-restarts", type=int)
-    s.add_argument("--workdir")
-    s.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
+    add_job_options(s)
     s.add_argument("-c", "--code", help="Python source to run instead of a script")
     s.add_argument(
         "-f",
@@ -98,25 +79,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     else:
         msg = "nothing to run: give a script.py, -c CODE, or a command"
         raise AIGridError(msg, field="program")
-    for name in (
-        "gpus",
-        "gpus_per_replica",
-        "replicas",
-        "nodes",
-        "cpus_per_replica",
-        "memory_mb_per_replica",
-        "gpu_type",
-        "name",
-        "priority",
-        "time_limit_s",
-        "max_restarts",
-        "workdir",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            spec[name] = value
-    if args.env:
-        spec["env"] = dict(args.env)
+    spec.update(spec_fields(args))
     if "args" in spec and not spec["args"]:
         del spec["args"]
     return spec
@@ -149,7 +112,46 @@ def _nodes(job: dict[str, Any]) -> str:
     return ",".join(f"{n}x{c}" for n, c in per.items())
 
 
-def _print_logs(client: Client, job_id: str, **kwargs: Any) -> None:
+def jobs_table(jobs: list[dict[str, Any]]) -> str:
+    return _table(
+        [
+            [
+                j["id"],
+                j["name"],
+                j["state"],
+                j["gpus"],
+                j["qos"],
+                j["owner"],
+                _age(j["submitted_at"]),
+                _nodes(j),
+            ]
+            for j in jobs
+        ],
+        ["ID", "NAME", "STATE", "GPUS", "QOS", "OWNER", "AGE", "WHERE"],
+    )
+
+
+def cluster_table(cluster: dict[str, Any]) -> str:
+    rows = [
+        [
+            n["name"],
+            g["index"],
+            g["model"] + (" (SIMULATED)" if g["simulated"] else ""),
+            g.get("job_id") or "-",
+            "-" if g.get("rank") is None else g["rank"],
+            f"{g['utilization_pct']}%" if "utilization_pct" in g else "-",
+        ]
+        for n in cluster["nodes"]
+        for g in n["gpus"]
+    ]
+    return (
+        _table(rows, ["NODE", "GPU", "MODEL", "JOB", "RANK", "UTIL"])
+        + f"\n{cluster['gpus_free']}/{cluster['gpus_total']} GPUs free "
+        + f"({cluster['executor']} executor)"
+    )
+
+
+def print_logs(client: Client, job_id: str, **kwargs: Any) -> None:
     for entry in client.logs(job_id, **kwargs):
         stream = sys.stderr if entry["stream"] == "stderr" else sys.stdout
         print(f"[{entry['rank']}] {entry['line']}", file=stream, flush=True)
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.follow:
             return 0
-        _print_logs(client, job["id"], follow=True)
+        print_logs(client, job["id"], follow=True)
         job = client.wait(job["id"])
         print(
             f"job {job['id']} {job['state']}" + (f": {job['reason']}" if job["reason"] else ""),
@@ -175,31 +177,13 @@ def run(args: argparse.Namespace) -> int:
         return 0 if job["state"] == "succeeded" else FAILED_EXIT
     if args.command == "list":
         jobs = client.jobs(state=args.state)
-        if args.json:
-            out = json.dumps(jobs)
-        else:
-            out = _table(
-                [
-                    [
-                        j["id"],
-                        j["name"],
-                        j["state"],
-                        j["gpus"],
-                        j["priority"],
-                        j["owner"],
-                        _age(j["submitted_at"]),
-                        _nodes(j),
-                    ]
-                    for j in jobs
-                ],
-                ["ID", "NAME", "STATE", "GPUS", "PRIORITY", "OWNER", "AGE", "WHERE"],
-            )
+        out = json.dumps(jobs) if args.json else jobs_table(jobs)
         print(out)
     elif args.command == "status":
         job = client.job(args.job_id)
         print(json.dumps(job, indent=2))
     elif args.command == "logs":
-        _print_logs(client, args.job_id, rank=args.rank, follow=args.follow, tail=args.tail)
+        print_logs(client, args.job_id, rank=args.rank, follow=args.follow, tail=args.tail)
     elif args.command == "cancel":
         job = client.cancel(args.job_id)
         print(
@@ -210,23 +194,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(cluster))
         else:
-            rows = [
-                [
-                    n["name"],
-                    g["index"],
-                    g["model"] + (" (SIMULATED)" if g["simulated"] else ""),
-                    g.get("job_id") or "-",
-                    "-" if g.get("rank") is None else g["rank"],
-                    f"{g['utilization_pct']}%" if "utilization_pct" in g else "-",
-                ]
-                for n in cluster["nodes"]
-                for g in n["gpus"]
-            ]
-            print(_table(rows, ["NODE", "GPU", "MODEL", "JOB", "RANK", "UTIL"]))
-            print(
-                f"{cluster['gpus_free']}/{cluster['gpus_total']} GPUs free "
-                f"({cluster['executor']} executor)"
-            )
+            print(cluster_table(cluster))
     return 0
 
 

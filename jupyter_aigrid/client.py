@@ -36,11 +36,22 @@ class AIGridError(RuntimeError):
         return f"{self.message} (field: {self.field})" if self.field else self.message
 
 
+def _ancestor_pids() -> list[int]:
+    """This process's parent, grandparent, ...: a kernel's parent is the server that started it."""
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process().parents()]
+    except psutil.Error:
+        return [os.getppid()]
+
+
 def discover_server() -> tuple[str, str]:
     """The URL and token of a running Jupyter server with the AI Grid extension.
 
-    ``AIGRID_URL`` / ``AIGRID_TOKEN`` win; otherwise the newest running server of this user
-    found in Jupyter's runtime directory.
+    ``AIGRID_URL`` / ``AIGRID_TOKEN`` win. Otherwise, in a kernel, the server that started it
+    (found among this user's running servers in Jupyter's runtime directory by its pid); else
+    the newest running server.
     """
     url = os.environ.get("AIGRID_URL")
     if url:
@@ -54,8 +65,42 @@ def discover_server() -> tuple[str, str]:
             "--token (or set AIGRID_URL and AIGRID_TOKEN)"
         )
         raise AIGridError(msg)
-    info = servers[0]
+    by_pid = {s.get("pid"): s for s in servers}
+    parent = next((by_pid[p] for p in _ancestor_pids() if p in by_pid), None)
+    info = parent or servers[0]
     return info["url"], info.get("token", "")
+
+
+class EventStream:
+    """Events of ``GET /events`` as they arrive; blank heartbeat lines are skipped."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+        self.seq = int(response.headers.get("X-AIGrid-Seq", "0"))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (r for r in self.records() if r is not None)
+
+    def records(self, heartbeats: bool = False) -> Iterator[dict[str, Any] | None]:
+        """Events; with ``heartbeats``, also ``None`` for each heartbeat of a quiet stream."""
+        try:
+            for raw in self.response.iter_lines():
+                if raw.strip():
+                    yield json.loads(raw)
+                elif heartbeats:
+                    yield None
+        except (requests.RequestException, AttributeError, ValueError):
+            # Closed from another thread, or the server went away: the stream just ends.
+            return
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Client:
@@ -115,6 +160,24 @@ class Client:
     def result(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", "jobs", str(job_id), "result").json()
 
+    def output(self, job_id: str, name: str) -> bytes:
+        """The pickle of rank 0's global ``name`` (one of the JobSpec's ``outputs``)."""
+        return self._request("GET", "jobs", str(job_id), "outputs", name).content
+
+    def events(
+        self, since: int | None = None, job_id: str | None = None, follow: bool = False
+    ) -> EventStream:
+        """Job events as an iterator; ``.seq`` says where it starts (see ``GET /events``).
+
+        Use it as a context manager, or call ``close()``, to end a followed stream early.
+        """
+        params: dict[str, Any] = {"follow": int(follow)}
+        if since is not None:
+            params["since"] = since
+        if job_id is not None:
+            params["job"] = job_id
+        return EventStream(self._request("GET", "events", params=params, stream=True))
+
     def cluster(self) -> dict[str, Any]:
         return self._request("GET", "cluster").json()
 
@@ -132,16 +195,20 @@ class Client:
                 if raw:
                     yield json.loads(raw)
 
-    def wait(
-        self, job_id: str, poll_s: float = 0.5, timeout_s: float | None = None
-    ) -> dict[str, Any]:
-        """Block until the job has ended; return it."""
+    def wait(self, job_id: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Block until the job has ended; return it. Follows the job's events: no polling."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
+            # The stream opens first, so no change between it and the read below is missed;
+            # it ends when the job has ended, and sends a heartbeat line every few seconds.
+            with self.events(job_id=str(job_id), follow=True) as stream:
+                if self.job(job_id)["state"] not in FINAL_STATES:
+                    for _ in stream.records(heartbeats=True):
+                        if deadline is not None and time.monotonic() > deadline:
+                            break
             job = self.job(job_id)
             if job["state"] in FINAL_STATES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 msg = f"job {job_id} is still {job['state']} after {timeout_s:g} s"
                 raise TimeoutError(msg)
-            time.sleep(poll_s)

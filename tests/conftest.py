@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from jupyter_aigrid.testing import ServerProcess
+
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -114,3 +116,17 @@ def aigrid_master(jp_serverapp, jp_asyncio_loop):
 @pytest.fixture
 def api(jp_fetch, aigrid_master) -> Api:
     return Api(jp_fetch)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real server in a subprocess (2 logical nodes x 2 simulated GPUs), one per module."""
+    root = tmp_path_factory.mktemp("server")
+    with ServerProcess(
+        root,
+        "--AIGridApp.local_nodes=2",
+        "--AIGridApp.simulated_gpus=2",
+        "--AIGridApp.local_cpus_per_node=4",
+        "--AIGridApp.tick_interval_s=0.2",
+    ) as srv:
+        yield srv

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from jupyter_aigrid.cli import build_parser, spec_from_args
-from jupyter_aigrid.testing import ServerProcess
 
 TRAIN = textwrap.dedent("""
     import sys
@@ -23,19 +22,6 @@ TRAIN = textwrap.dedent("""
     dist.all_reduce(t)
     print(f"rank {runtime.rank()} sum {t.item():g} args {sys.argv[1:]}")
 """)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    with ServerProcess(
-        root,
-        "--AIGridApp.local_nodes=2",
-        "--AIGridApp.simulated_gpus=2",
-        "--AIGridApp.local_cpus_per_node=4",
-        "--AIGridApp.tick_interval_s=0.2",
-    ) as srv:
-        yield srv
 
 
 def aigrid(server, *args, discover=False, check=True, cwd=None):

@@ -1,0 +1,316 @@
+"""``%%aigrid run`` and the ``%aigrid`` line magics.
+
+Every command is parsed by an IPython ``MagicArgumentParser``, so misuse is a UsageError that
+says what to write instead; the master is reached only through :mod:`jupyter_aigrid.client`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import display
+
+from ..cli import cluster_table, jobs_table, print_logs
+from ..client import AIGridError, Client
+from ..options import add_job_options, spec_fields
+from ..server.model import JOB_STATES
+from .jobs import OUTPUT_MODES, JobHandle, run_blocking
+from .transfer import check_pull, encode_push, split_names
+from .widgets import ClusterWidget, JobWidget
+
+CELL_FILE = "<aigrid cell>"
+
+
+class _Parser(MagicArgumentParser):
+    """Turns argparse's complaints into a UsageError that suggests the right spelling."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # No abbreviations: --gpu is a typo to point out, not a prefix to guess from.
+        super().__init__(**kwargs)
+        self.allow_abbrev = False
+
+    def error(self, message: str) -> None:
+        unknown = re.search(r"unrecognized arguments: (\S+)", message)
+        hint = ""
+        if unknown:
+            options = [o for a in self._actions for o in a.option_strings]
+            close = difflib.get_close_matches(unknown.group(1).split("=")[0], options, n=1)
+            if close:
+                hint = f"; did you mean {close[0]}?"
+        raise UsageError(f"%aigrid {self.prog}: {message}{hint} (see %aigrid {self.prog} --help)")
+
+
+def _run_parser() -> _Parser:
+    p = _Parser(
+        prog="run",
+        usage="%%aigrid run [options]   (cell)\n       %aigrid run [options] script.py [args]",
+        description="Run a cell (or a script) as one gang-scheduled job on the cluster.",
+    )
+    add_job_options(p)
+    data = p.add_argument_group("data exchange")
+    data.add_argument(
+        "--push",
+        action="append",
+        default=[],
+        metavar="a,b",
+        help="notebook variables sent (cloudpickled) to every rank's globals",
+    )
+    data.add_argument(
+        "--pull",
+        action="append",
+        default=[],
+        metavar="x,y",
+        help="rank 0's variables brought back into the notebook when the job succeeds",
+    )
+    how = p.add_argument_group("behaviour")
+    how.add_argument(
+        "--detach",
+        action="store_true",
+        help="return a handle at once instead of waiting (then: %%aigrid wait ID)",
+    )
+    how.add_argument(
+        "--output",
+        choices=OUTPUT_MODES,
+        default="all",
+        help="whose output streams into the cell (default: all ranks, prefixed [rank])",
+    )
+    p.add_argument("program", nargs="...", help="line form only: script.py and its arguments")
+    return p
+
+
+def _command_parsers() -> dict[str, _Parser]:
+    parsers = {"run": _run_parser()}
+    p = parsers["jobs"] = _Parser(prog="jobs", description="List your jobs.")
+    p.add_argument("--state", choices=JOB_STATES)
+    for name, what in (
+        ("status", "A live widget of one job."),
+        ("cancel", "Cancel a job (a running gang is stopped)."),
+    ):
+        parsers[name] = _Parser(prog=name, description=what)
+        parsers[name].add_argument("job_id", metavar="ID")
+    p = parsers["logs"] = _Parser(prog="logs", description="Print a job's output, [rank] line.")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
+    p.add_argument("--rank", type=int)
+    p.add_argument("--tail", type=int, metavar="N", help="start with the last N lines of each")
+    p = parsers["wait"] = _Parser(
+        prog="wait",
+        description="Wait for a job to end and pull its values into the notebook.",
+    )
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--timeout", type=float, metavar="SECONDS")
+    parsers["cluster"] = _Parser(prog="cluster", description="A live grid of nodes and GPUs.")
+    p = parsers["connect"] = _Parser(
+        prog="connect",
+        description="Use this master instead of the Jupyter server that started the kernel.",
+    )
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--token", default="")
+    return parsers
+
+
+PARSERS = _command_parsers()
+
+_DOC = """Run notebook cells as gang-scheduled jobs on the AI Grid cluster, and manage them.
+
+Cell magic::
+
+    %%aigrid run [options]
+
+Line magics::
+
+    %aigrid run [options] script.py [args...]
+    %aigrid jobs [--state STATE]
+    %aigrid status ID
+    %aigrid logs ID [-f] [--rank R] [--tail N]
+    %aigrid cancel ID
+    %aigrid cluster
+    %aigrid connect URL [--token TOKEN]
+    %aigrid wait ID [--timeout SECONDS]
+
+Examples
+--------
+In [1]: %load_ext jupyter_aigrid
+
+In [2]: %%aigrid run --gpus 2 --name mnist --pull losses
+   ...: from jupyter_aigrid import runtime
+   ...: dist = runtime.init_distributed()
+   ...: losses = [1.0 / (runtime.rank() + 1)]
+
+In [3]: losses                       # rank 0's value, now in the notebook
+Out[3]: [1.0]
+
+In [4]: lr = 0.1
+In [5]: %%aigrid run --gpus 4 --push lr --detach
+   ...: print(lr)                    # pushed to every rank
+Out[5]: <JobHandle 7 (cell)>         # shows the live job widget
+
+In [6]: %aigrid wait 7
+In [7]: %aigrid run --gpus 2 train.py --epochs 3
+In [8]: %aigrid cluster              # who holds which GPU, live
+
+The cell blocks while the job runs; Ctrl-C (or the stop button) cancels it. An exception on
+any rank becomes the cell's error, with the remote traceback. The kernel finds the Jupyter
+server that started it, and its token, by itself; ``%aigrid connect`` points elsewhere.
+
+"""
+
+
+def _help() -> str:
+    sections = [PARSERS[name].format_help() for name in PARSERS]
+    return _DOC + "\n".join(sections)
+
+
+@magics_class
+class AIGridMagics(Magics):
+    def __init__(self, shell=None, client: Client | None = None) -> None:
+        super().__init__(shell)
+        self._client = client
+        self.handles: dict[str, JobHandle] = {}
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            try:
+                self._client = Client()
+            except AIGridError as e:
+                msg = f"{e}; or write %aigrid connect URL --token TOKEN"
+                raise UsageError(msg) from e
+        return self._client
+
+    @line_cell_magic
+    def aigrid(self, line: str, cell: str | None = None) -> Any:
+        command, _, rest = line.strip().partition(" ")
+        if not command:
+            msg = "say what to do: %%aigrid run --gpus 2 (cell), or %aigrid jobs (see %aigrid?)"
+            raise UsageError(msg)
+        if command not in PARSERS:
+            close = difflib.get_close_matches(command, PARSERS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            msg = f"unknown command {command!r}; {hint}commands: {', '.join(PARSERS)}"
+            raise UsageError(msg)
+        if cell is not None and command != "run":
+            msg = f"only run takes a cell; write %aigrid {command} {rest}".rstrip()
+            raise UsageError(msg)
+        argv = shlex.split(rest)
+        if argv[:1] in (["-h"], ["--help"]):
+            print(PARSERS[command].format_help())
+            return None
+        args = PARSERS[command].parse_args(argv)
+        try:
+            return getattr(self, f"_{command}")(args, cell)
+        except AIGridError as e:
+            raise UsageError(f"%aigrid {command}: {e}") from e
+
+    aigrid.__doc__ = _help()
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def _run(self, args: Any, cell: str | None) -> JobHandle | None:
+        spec, filename = self._spec(args, cell)
+        job = self.client.submit(spec)
+        handle = JobHandle(
+            self.client, job, pull=spec.get("outputs", []), code_name=filename
+        )
+        self.handles[handle.id] = handle
+        if args.detach:
+            return handle
+        display(handle.widget)
+        self.shell.user_ns.update(run_blocking(handle, args.output))
+        return None
+
+    def _spec(self, args: Any, cell: str | None) -> tuple[dict[str, Any], str]:
+        """The JobSpec of a run, checked here so that bad input submits nothing, and what
+        tracebacks should call its code."""
+        program = list(args.program)
+        if cell is not None:
+            if program:
+                msg = (
+                    f"the cell is the code, so {program[0]!r} has no place here; for a "
+                    f"script, use the line form: %aigrid run {shlex.join(program)}"
+                )
+                raise UsageError(msg)
+            code, filename, name = cell, CELL_FILE, self._default_name()
+        else:
+            if not program:
+                msg = (
+                    "give a script: %aigrid run --gpus 2 train.py --epochs 3, or put the code "
+                    "in a cell under %%aigrid run --gpus 2"
+                )
+                raise UsageError(msg)
+            path = Path(program[0])
+            try:
+                code = path.read_text(encoding="utf-8")
+            except OSError as e:
+                msg = f"cannot read {program[0]}: {e.strerror}"
+                raise UsageError(msg) from e
+            filename, name = str(path), path.name
+        push = split_names(args.push, "--push")
+        pull = split_names(args.pull, "--pull")
+        if not code.strip():
+            msg = "the cell is empty: put the code to run under %%aigrid run"
+            raise UsageError(msg)
+        check_pull(code, pull, push, filename)
+        spec: dict[str, Any] = {"code": code, "name": name, **spec_fields(args)}
+        if cell is None and program[1:]:
+            spec["args"] = program[1:]
+        if push:
+            spec["inputs"] = encode_push(self.shell.user_ns, push)
+        if pull:
+            spec["outputs"] = pull
+        return spec, filename
+
+    @staticmethod
+    def _default_name() -> str:
+        session = os.environ.get("JPY_SESSION_NAME")
+        return Path(session).stem if session else "cell"
+
+    # -- line commands ------------------------------------------------------------------------
+
+    def _jobs(self, args: Any, cell: None) -> None:
+        jobs = self.client.jobs(state=args.state)
+        print(jobs_table(jobs) if jobs else "no jobs")
+
+    def _status(self, args: Any, cell: None) -> JobWidget:
+        return JobWidget(self.client, self.client.job(args.job_id))
+
+    def _logs(self, args: Any, cell: None) -> None:
+        print_logs(self.client, args.job_id, rank=args.rank, follow=args.follow, tail=args.tail)
+
+    def _cancel(self, args: Any, cell: None) -> None:
+        job = self.client.cancel(args.job_id)
+        print(f"job {job['id']}: cancel requested ({job['state']})")
+
+    def _cluster(self, args: Any, cell: None) -> ClusterWidget:
+        return ClusterWidget(self.client)
+
+    def _connect(self, args: Any, cell: None) -> None:
+        client = Client(args.url, args.token)
+        cluster = client.cluster()
+        self._client = client
+        print(f"connected to {client.url}")
+        print(cluster_table(cluster))
+
+    def _wait(self, args: Any, cell: None) -> None:
+        handle = self.handles.get(args.job_id)
+        if handle is None:
+            handle = JobHandle(self.client, self.client.job(args.job_id))
+            display(handle.widget)
+        try:
+            values = handle.wait(timeout=args.timeout)
+        except KeyboardInterrupt:
+            print(f"stopped waiting; job {handle.id} goes on (%aigrid cancel {handle.id} stops it)")
+            return
+        except TimeoutError as e:
+            raise UsageError(str(e)) from e
+        self.shell.user_ns.update(values)
+        pulled = f"; pulled {', '.join(values)}" if values else ""
+        print(f"job {handle.id} succeeded{pulled}")

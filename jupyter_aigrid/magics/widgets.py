@@ -1,0 +1,281 @@
+"""Live ipywidgets of a job and of the cluster, updated from the master's event stream.
+
+Each widget follows ``GET /events`` on a daemon thread of its own: an event about the job (or
+any event, while it waits in the queue, since others move its position) makes it read the job
+again. Nothing polls the master; only the elapsed time ticks locally, once a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+from traitlets import Any as AnyTrait
+from traitlets import Float, Int, List, Unicode
+
+from ..client import AIGridError, Client
+from ..server.model import FINAL_STATES
+
+STATE_COLOURS = {
+    "queued": "#9e9e9e",
+    "starting": "#1e88e5",
+    "running": "#43a047",
+    "succeeded": "#2e7d32",
+    "failed": "#e53935",
+    "cancelled": "#757575",
+    "preempted": "#fb8c00",
+}
+#: Distinct colours for the jobs in the cluster grid.
+JOB_COLOURS = ("#42a5f5", "#66bb6a", "#ffa726", "#ab47bc", "#26c6da", "#ef5350", "#8d6e63")
+RETRY_S = 2.0
+log = logging.getLogger(__name__)
+
+
+class EventFollower(threading.Thread):
+    """Calls ``on_change(event | None)`` for each event (``None`` once the stream is open, so
+    the state can be read after nothing can be missed); reconnects if the server goes away."""
+
+    def __init__(
+        self, client: Client, on_change: Callable[[dict | None], bool], name: str = "aigrid-events"
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        # requests' sessions are not shared across threads: this thread gets its own.
+        self.client = Client(client.url, client.token, timeout=client.timeout)
+        self.on_change = on_change
+        self._halt = threading.Event()
+        self._stream = None
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                with self.client.events(follow=True) as stream:
+                    self._stream = stream
+                    if self.on_change(None):
+                        return
+                    for event in stream:
+                        if self._halt.is_set() or self.on_change(event):
+                            return
+            except Exception:  # a widget must never take the kernel's threads down
+                log.debug("AI Grid event stream broke; reconnecting", exc_info=True)
+            self._halt.wait(RETRY_S)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        return self._halt.wait(timeout)
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._stream is not None:
+            self._stream.close()
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def _badge(text: str, colour: str) -> str:
+    return (
+        f'<span style="background:{colour};color:white;border-radius:3px;padding:0 6px">'
+        f"{html.escape(text)}</span>"
+    )
+
+
+class JobWidget(widgets.VBox):
+    """A job's state, queue position, placement, QoS class, migration state and elapsed time.
+
+    The traits mirror ``GET /jobs/{id}``; ``placement`` is its list of slots (rank, node,
+    GPUs). Created by ``%%aigrid run`` and ``%aigrid status``; ``close()`` stops following.
+    """
+
+    job_id = Unicode()
+    job_name = Unicode()
+    state = Unicode()
+    reason = Unicode(allow_none=True)
+    queue_position = Int(allow_none=True)
+    placement = List()
+    qos = Unicode()
+    migration = AnyTrait(allow_none=True)
+    elapsed_s = Float(allow_none=True)
+
+    def __init__(self, client: Client, job: dict[str, Any], follow: bool = True) -> None:
+        self._header = widgets.HTML()
+        self._grid = widgets.HTML()
+        super().__init__([self._header, self._grid])
+        self.add_class("aigrid-job")
+        self._client = Client(client.url, client.token, timeout=client.timeout)
+        self._started: float | None = None
+        self._lock = threading.Lock()
+        self.update(job)
+        self._follower: EventFollower | None = None
+        if follow and job["state"] not in FINAL_STATES:
+            self._follower = EventFollower(client, self._on_change, name=f"aigrid-job-{job['id']}")
+            self._follower.start()
+            threading.Thread(target=self._tick, name="aigrid-elapsed", daemon=True).start()
+
+    def _on_change(self, event: dict | None) -> bool:
+        """Read the job again when the change may concern it; True once it has ended."""
+        if event is None or event["job_id"] == self.job_id or self.state == "queued":
+            try:
+                self.update(self._client.job(self.job_id))
+            except AIGridError:
+                return False
+        return self.state in FINAL_STATES
+
+    def _tick(self) -> None:
+        while self.state not in FINAL_STATES:
+            time.sleep(1.0)
+            if self._started is not None and self.state not in FINAL_STATES:
+                self.elapsed_s = round(time.time() - self._started, 3)
+                self._render()
+
+    def update(self, job: dict[str, Any]) -> None:
+        """Show ``job`` (a ``GET /jobs/{id}`` body)."""
+        with self._lock:
+            self.job_id = job["id"]
+            self.job_name = job["name"]
+            self.state = job["state"]
+            self.reason = job.get("reason")
+            self.queue_position = job.get("queue_position")
+            self.placement = job.get("placement") or []
+            self.qos = job.get("qos") or job.get("priority", "")
+            self.migration = job.get("migration")
+            self.elapsed_s = job.get("elapsed_s")
+            started = job.get("started_at")
+            self._started = (
+                dt.datetime.fromisoformat(started).timestamp()
+                if started and job["state"] not in FINAL_STATES
+                else None
+            )
+            self._render()
+
+    def _render(self) -> None:
+        state = self.state
+        parts = [
+            f"<b>job {html.escape(self.job_id)}</b> {html.escape(self.job_name)}",
+            _badge(state, STATE_COLOURS.get(state, "#616161")),
+        ]
+        if self.queue_position:
+            parts.append(f"queue position {self.queue_position}")
+        parts.append(f"QoS {html.escape(self.qos)}")
+        migration = self.migration
+        if isinstance(migration, dict):
+            migration = migration.get("state")
+        parts.append(f"migration {html.escape(str(migration)) if migration else '-'}")
+        parts.append(f"elapsed {_clock(self.elapsed_s)}")
+        reason = f"<div><i>{html.escape(self.reason)}</i></div>" if self.reason else ""
+        self._header.value = " &middot; ".join(parts) + reason
+        self._grid.value = placement_table(self.placement)
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+        super().close()
+
+
+def placement_table(placement: list[dict[str, Any]]) -> str:
+    """Nodes as rows, their GPUs as cells, each cell naming the rank on it."""
+    if not placement:
+        return ""
+    rows: dict[str, list[str]] = {}
+    for slot in placement:
+        for gpu in slot["gpus"] or [{"index": None, "simulated": None}]:
+            label = "CPU" if gpu["index"] is None else f"GPU {gpu['index']}"
+            sim = " (simulated)" if gpu.get("simulated") else ""
+            rows.setdefault(slot["node"], []).append(
+                f'<td style="border:1px solid #ccc;padding:2px 6px">{label}{sim}: '
+                f"<b>rank {slot['rank']}</b></td>"
+            )
+    head = "<tr><th style='text-align:left;padding-right:8px'>"
+    body = "".join(f"{head}{html.escape(node)}</th>{''.join(c)}</tr>" for node, c in rows.items())
+    return f"<table style='border-collapse:collapse'>{body}</table>"
+
+
+class ClusterWidget(widgets.VBox):
+    """Nodes x GPUs as a grid coloured by the job holding each GPU, simulated GPUs marked,
+    utilisation shown where NVML gives it. Redrawn on every job event."""
+
+    cluster = AnyTrait()
+
+    def __init__(self, client: Client, follow: bool = True, utilisation_s: float = 5.0) -> None:
+        self._html = widgets.HTML()
+        super().__init__([self._html])
+        self.add_class("aigrid-cluster")
+        self._client = Client(client.url, client.token, timeout=client.timeout)
+        self._lock = threading.Lock()
+        self.refresh()
+        self._follower: EventFollower | None = None
+        if follow:
+            self._follower = EventFollower(client, self._on_change, name="aigrid-cluster")
+            self._follower.start()
+            threading.Thread(
+                target=self._utilisation, args=(utilisation_s,), name="aigrid-util", daemon=True
+            ).start()
+
+    def _on_change(self, event: dict | None) -> bool:
+        with contextlib.suppress(AIGridError):
+            self.refresh()
+        return False
+
+    def _utilisation(self, every_s: float) -> None:
+        # NVML's counters change without events: only then is the grid read on a timer.
+        while self._follower is not None and not self._follower.wait_stopped(every_s):
+            if any("utilization_pct" in g for n in self.cluster["nodes"] for g in n["gpus"]):
+                self._on_change(None)
+
+    def refresh(self) -> None:
+        with self._lock:
+            self.cluster = self._client.cluster()
+            self._html.value = cluster_grid(self.cluster)
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+        super().close()
+
+
+def cluster_grid(cluster: dict[str, Any]) -> str:
+    colours: dict[str, str] = {}
+    rows = []
+    for node in cluster["nodes"]:
+        cells = []
+        for g in node["gpus"]:
+            job = g.get("job_id")
+            colour = "#eeeeee"
+            if job is not None:
+                colour = colours.setdefault(job, JOB_COLOURS[len(colours) % len(JOB_COLOURS)])
+            title = f"{g['model']} {g['uuid']}"
+            text = f"GPU {g['index']}"
+            if job is not None:
+                text += f"<br>job {html.escape(job)} r{g['rank']}"
+            if "utilization_pct" in g:
+                text += f"<br>{g['utilization_pct']}%"
+            border = "2px dashed #999" if g["simulated"] else "1px solid #999"
+            cells.append(
+                f'<td title="{html.escape(title)}" style="background:{colour};border:{border};'
+                f'padding:4px 8px;text-align:center;min-width:60px">{text}</td>'
+            )
+        rows.append(
+            f"<tr><th style='text-align:left;padding-right:8px'>{html.escape(node['name'])}</th>"
+            f"{''.join(cells)}</tr>"
+        )
+    simulated = (
+        "<div><b>SIMULATED GPUs</b> (dashed): CPU slots, no real GPU on this machine.</div>"
+        if cluster.get("simulated")
+        else ""
+    )
+    summary = (
+        f"<div>{cluster['gpus_free']}/{cluster['gpus_total']} GPUs free &middot; "
+        f"{html.escape(cluster['executor'])} executor</div>"
+    )
+    return f"{summary}{simulated}<table style='border-collapse:collapse'>{''.join(rows)}</table>"
