@@ -12,13 +12,12 @@ to reading its first stdout line. One untimed warm-up of each comes first.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 
-from _server import BenchServer, percentile
+from _server import BenchServer, parse_runs, percentile, print_percentiles
 
 SERVER_ARGS = ["--AIGridApp.tick_interval_s=1.0"]
 CODE = "print('ready', flush=True)"
@@ -71,9 +70,7 @@ def aigrid_once(srv: BenchServer, s) -> tuple[float, float, float, str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=20)
-    args = ap.parse_args()
+    runs = parse_runs(__doc__)
 
     print(f"starting the Jupyter server ({' '.join(SERVER_ARGS)}) ...", flush=True)
     with BenchServer(SERVER_ARGS) as srv:
@@ -81,7 +78,7 @@ def main() -> int:
         baseline_once()
         aigrid_once(srv, s)
         base, posts, grid, ends, states = [], [], [], [], []
-        for _ in range(args.runs):
+        for _ in range(runs):
             base.append(baseline_once() * 1000)
             posted, first, done, state = aigrid_once(srv, s)
             posts.append(posted * 1000)
@@ -90,16 +87,15 @@ def main() -> int:
             states.append(state)
         s.close()
 
-    print(f"\n{args.runs} runs (interleaved, after one warm-up of each)\n")
-    print(f"{'':34}{'p50':>9}{'p90':>9}{'max':>9}  (ms)")
-    rows = (
-        ("Popen -> first stdout line", base),
-        ("POST -> 201 returned", posts),
-        ("POST -> first log line (AI Grid)", grid),
-        ("POST -> end of log stream", ends),
+    print_percentiles(
+        runs,
+        [
+            ("Popen -> first stdout line", base),
+            ("POST -> 201 returned", posts),
+            ("POST -> first log line (AI Grid)", grid),
+            ("POST -> end of log stream", ends),
+        ],
     )
-    for label, xs in rows:
-        print(f"{label:34}{percentile(xs, 50):9.1f}{percentile(xs, 90):9.1f}{max(xs):9.1f}")
     extra = percentile(grid, 50) - percentile(base, 50)
     verdict = "met" if extra < TARGET_MS else "NOT met"
     print(

@@ -84,7 +84,7 @@ class EventStream:
     def records(self, heartbeats: bool = False) -> Iterator[dict[str, Any] | None]:
         """Events; with ``heartbeats``, also ``None`` for each heartbeat of a quiet stream."""
         try:
-            for raw in self.response.iter_lines():
+            for raw in self.response.iter_lines(chunk_size=None):
                 if raw.strip():
                     yield json.loads(raw)
                 elif heartbeats:
@@ -191,7 +191,7 @@ class Client:
         if tail is not None:
             params["tail"] = tail
         with self._request("GET", "jobs", str(job_id), "logs", params=params, stream=True) as resp:
-            for raw in resp.iter_lines():
+            for raw in resp.iter_lines(chunk_size=None):
                 if raw:
                     yield json.loads(raw)
 

@@ -217,9 +217,7 @@ class AIGridMagics(Magics):
     def _run(self, args: Any, cell: str | None) -> JobHandle | None:
         spec, filename = self._spec(args, cell)
         job = self.client.submit(spec)
-        handle = JobHandle(
-            self.client, job, pull=spec.get("outputs", []), code_name=filename
-        )
+        handle = JobHandle(self.client, job, pull=spec.get("outputs", []), code_name=filename)
         self.handles[handle.id] = handle
         if args.detach:
             return handle
