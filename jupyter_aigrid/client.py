@@ -21,6 +21,8 @@ import requests
 from .server.model import FINAL_STATES
 
 API = "aigrid/api"
+#: Seconds without even a heartbeat after which an event stream counts as dead.
+EVENTS_SILENCE_S = 35.0
 
 
 class AIGridError(RuntimeError):
@@ -120,14 +122,19 @@ class Client:
     def _url(self, *parts: str) -> str:
         return self.url + API + "".join("/" + quote(p, safe="") for p in parts)
 
-    def _request(self, method: str, *parts: str, stream: bool = False, **kwargs: Any):
+    def _request(
+        self,
+        method: str,
+        *parts: str,
+        stream: bool = False,
+        read_timeout: float | None = None,
+        **kwargs: Any,
+    ):
+        """``read_timeout`` bounds the silence of a stream (default: unbounded)."""
+        timeout = (self.timeout, read_timeout) if stream else self.timeout
         try:
             resp = self.session.request(
-                method,
-                self._url(*parts),
-                stream=stream,
-                timeout=None if stream else self.timeout,
-                **kwargs,
+                method, self._url(*parts), stream=stream, timeout=timeout, **kwargs
             )
         except requests.RequestException as e:
             msg = f"cannot reach the AI Grid master at {self.url}: {e}"
@@ -176,7 +183,12 @@ class Client:
             params["since"] = since
         if job_id is not None:
             params["job"] = job_id
-        return EventStream(self._request("GET", "events", params=params, stream=True))
+        # The server sends a heartbeat every 10 s: a longer silence is a dead connection.
+        return EventStream(
+            self._request(
+                "GET", "events", params=params, stream=True, read_timeout=EVENTS_SILENCE_S
+            )
+        )
 
     def cluster(self) -> dict[str, Any]:
         return self._request("GET", "cluster").json()
@@ -191,9 +203,13 @@ class Client:
         if tail is not None:
             params["tail"] = tail
         with self._request("GET", "jobs", str(job_id), "logs", params=params, stream=True) as resp:
-            for raw in resp.iter_lines(chunk_size=None):
-                if raw:
-                    yield json.loads(raw)
+            try:
+                for raw in resp.iter_lines(chunk_size=None):
+                    if raw:
+                        yield json.loads(raw)
+            except requests.RequestException as e:
+                msg = f"lost the connection to the AI Grid master at {self.url}: {e}"
+                raise AIGridError(msg) from e
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> dict[str, Any]:
         """Block until the job has ended; return it. Follows the job's events: no polling."""

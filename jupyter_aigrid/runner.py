@@ -22,6 +22,7 @@ import pickle
 import sys
 import time
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +91,21 @@ def record_error(exc: BaseException, tb) -> str:
     return text
 
 
+def _main_module(script: str) -> dict[str, Any]:
+    """A fresh ``__main__`` module for the job's code, as ``python script.py`` would have:
+    classes defined there pickle, and spawned processes find their functions."""
+    main = types.ModuleType("__main__")
+    main.__file__ = script
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    sys.modules["__main__"] = main
+    return main.__dict__
+
+
 def run(script: str, args: list[str]) -> int:
     source = Path(script).read_text(encoding="utf-8")
     sys.argv = [script, *args]
     sys.path[0] = str(Path(script).resolve().parent)
-    namespace: dict[str, Any] = {
-        "__name__": "__main__",
-        "__file__": script,
-        "__builtins__": builtins,
-    }
+    namespace = _main_module(script)
     try:
         load_inputs(namespace)
         code = compile(source, script, "exec")
@@ -107,12 +114,18 @@ def run(script: str, args: list[str]) -> int:
         return 1
     try:
         exec(code, namespace)  # noqa: S102 (running the job's code is the point)
-    except SystemExit:
+    except SystemExit as e:
+        if e.code in (None, 0):  # sys.exit() after the work: still a success
+            return _finish(namespace)
         raise
     except Exception as e:
         # Drop this frame: the traceback starts in the job's code.
         sys.stderr.write(record_error(e, e.__traceback__.tb_next if e.__traceback__ else None))
         return 1
+    return _finish(namespace)
+
+
+def _finish(namespace: dict[str, Any]) -> int:
     try:
         save_outputs(namespace)
     except OutputError as e:

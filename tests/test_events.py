@@ -98,3 +98,47 @@ async def test_event_query_errors(api):
     assert (status, body["field"]) == (400, "since")
     status, body = await api.error("GET", "events", params={"job": "999"})
     assert status == 404
+
+
+async def test_rolled_back_events_are_never_emitted(api, aigrid_master, jp_serverapp):
+    seen: list[dict] = []
+
+    async def listener(logger, schema_id: str, data: dict) -> None:
+        seen.append(dict(data))
+
+    jp_serverapp.event_logger.add_listener(schema_id=events.JOB_STATE, listener=listener)
+    job = await api.submit({"code": "pass"})
+    await api.wait(job["id"])
+    stored = len(aigrid_master.store.events(job["id"]))
+
+    def fails_after_recording() -> None:
+        with aigrid_master.store.write():
+            data = {"job_id": job["id"], "state": "preempted"}
+            aigrid_master._record(events.JOB_STATE, job["id"], data)
+            raise RuntimeError("the transaction fails")
+
+    with pytest.raises(RuntimeError):
+        await aigrid_master._call(fails_after_recording)
+    await api.wait(job["id"])
+    assert len(aigrid_master.store.events(job["id"])) == stored
+    assert "preempted" not in [d["state"] for d in seen]
+
+
+async def test_a_long_backlog_is_sent_whole(api, aigrid_master):
+    job = await api.submit({"code": "pass"})
+    await api.wait(job["id"])
+
+    def many() -> None:
+        with aigrid_master.store.write():
+            for i in range(2500):
+                aigrid_master._record(
+                    events.JOB_STATE, job["id"], {"job_id": job["id"], "state": "queued", "n": i}
+                )
+
+    await aigrid_master._call(many)
+    followed = _ndjson(
+        await api.call(
+            "GET", "events", params={"job": job["id"], "since": 0, "follow": 1}, raw=True
+        )
+    )
+    assert len(followed) == len(aigrid_master.store.events(job["id"])) > 2500

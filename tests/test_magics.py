@@ -71,6 +71,21 @@ def test_run_pushes_pulls_and_streams_every_rank(ip, server):
     assert any("application/vnd.jupyter.widget-view+json" in o.data for o in cap.outputs)
 
 
+def test_cell_classes_pickle_and_sys_exit_keeps_pulls(ip):
+    cell = (
+        "import dataclasses, pickle, sys\n"
+        "@dataclasses.dataclass\n"
+        "class Point:\n"
+        "    x: int\n"
+        "p = pickle.loads(pickle.dumps(Point(3)))  # a class of the cell pickles, as in a script\n"
+        "sys.exit(0)\n"
+    )
+    with capture_output():
+        ip.run_cell_magic("aigrid", "run --pull p", cell)
+    point = ip.user_ns.pop("p")
+    assert (type(point).__name__, point.x) == ("Point", 3)
+
+
 def test_rank0_output_only(ip):
     with capture_output() as cap:
         ip.run_cell_magic(
@@ -198,7 +213,10 @@ def test_status_and_cluster_widgets(ip, server):
         what="cluster widget to free the GPUs",
     )
     _until(lambda: status.state == "cancelled", what="status widget to see the cancel")
-    cluster.close()
+    again = ip.run_line_magic("aigrid", "cluster")
+    # One live grid per kernel: the earlier one stopped following.
+    assert cluster._follower.stopped and not again._follower.stopped
+    again.close()
 
 
 def test_jobs_and_logs_line_magics(ip, server):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .jobs import JobHandle
+from .jobs import JobHandle, PullError
 from .magics import AIGridMagics
 from .transfer import JobFailed, RemoteError
 from .widgets import ClusterWidget, JobWidget
@@ -18,6 +18,7 @@ __all__ = [
     "JobFailed",
     "JobHandle",
     "JobWidget",
+    "PullError",
     "RemoteError",
     "load_ipython_extension",
 ]

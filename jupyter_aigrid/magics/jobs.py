@@ -6,6 +6,8 @@ import contextlib
 import sys
 from typing import Any
 
+from IPython.display import display
+
 from ..client import AIGridError, Client
 from ..server.model import FINAL_STATES
 from .transfer import JobFailed, RemoteError, decode_pull
@@ -87,12 +89,30 @@ class JobHandle:
             if error is not None and job["state"] == "failed":
                 raise RemoteError(self.id, error, job.get("reason"), self.code_name)
             raise JobFailed(job)
-        return {name: decode_pull(self.client.output(self.id, name)) for name in self.pull}
+        values, failed = {}, []
+        for name in self.pull:
+            try:
+                values[name] = decode_pull(self.client.output(self.id, name))
+            except Exception as e:  # e.g. the kernel lacks a module the value needs
+                failed.append(f"{name} ({type(e).__name__}: {e})")
+        if failed:
+            raise PullError(values, failed)
+        return values
+
+
+class PullError(RuntimeError):
+    """Some pulled values could not be unpickled here; ``values`` holds the others."""
+
+    def __init__(self, values: dict[str, Any], failed: list[str]) -> None:
+        self.values = values
+        super().__init__(f"could not bring back {', '.join(failed)}")
 
 
 def run_blocking(handle: JobHandle, output: str) -> dict[str, Any]:
     """Stream the job's output until it ends, cancelling it on a kernel interrupt."""
     try:
+        if handle.widget is not None:
+            display(handle.widget)
         handle.stream(output)
         return handle.wait()
     except KeyboardInterrupt:

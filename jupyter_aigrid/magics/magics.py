@@ -22,7 +22,7 @@ from ..cli import cluster_table, jobs_table, print_logs
 from ..client import AIGridError, Client
 from ..options import add_job_options, spec_fields
 from ..server.model import JOB_STATES
-from .jobs import OUTPUT_MODES, JobHandle, run_blocking
+from .jobs import OUTPUT_MODES, JobHandle, PullError, run_blocking
 from .transfer import check_pull, encode_push, split_names
 from .widgets import ClusterWidget, JobWidget
 
@@ -175,6 +175,7 @@ class AIGridMagics(Magics):
         super().__init__(shell)
         self._client = client
         self.handles: dict[str, JobHandle] = {}
+        self._cluster_widget: ClusterWidget | None = None
 
     @property
     def client(self) -> Client:
@@ -288,7 +289,11 @@ class AIGridMagics(Magics):
         print(f"job {job['id']}: cancel requested ({job['state']})")
 
     def _cluster(self, args: Any, cell: None) -> ClusterWidget:
-        return ClusterWidget(self.client)
+        # One live grid per kernel: the one shown before stops following.
+        if self._cluster_widget is not None:
+            self._cluster_widget.close()
+        self._cluster_widget = ClusterWidget(self.client)
+        return self._cluster_widget
 
     def _connect(self, args: Any, cell: None) -> None:
         client = Client(args.url, args.token)
@@ -304,6 +309,9 @@ class AIGridMagics(Magics):
             display(handle.widget)
         try:
             values = handle.wait(timeout=args.timeout)
+        except PullError as e:
+            self.shell.user_ns.update(e.values)
+            raise
         except KeyboardInterrupt:
             print(f"stopped waiting; job {handle.id} goes on (%aigrid cancel {handle.id} stops it)")
             return

@@ -59,15 +59,22 @@ class EventFollower(threading.Thread):
                     self._stream = stream
                     if self.on_change(None):
                         return
-                    for event in stream:
-                        if self._halt.is_set() or self.on_change(event):
+                    for event in stream.records(heartbeats=True):
+                        if self._halt.is_set():
+                            return
+                        if event is not None and self.on_change(event):
                             return
             except Exception:  # a widget must never take the kernel's threads down
                 log.debug("AI Grid event stream broke; reconnecting", exc_info=True)
             self._halt.wait(RETRY_S)
 
     def wait_stopped(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True once the follower has been stopped."""
         return self._halt.wait(timeout)
+
+    @property
+    def stopped(self) -> bool:
+        return self._halt.is_set()
 
     def stop(self) -> None:
         self._halt.set()
@@ -133,11 +140,14 @@ class JobWidget(widgets.VBox):
         return self.state in FINAL_STATES
 
     def _tick(self) -> None:
-        while self.state not in FINAL_STATES:
-            time.sleep(1.0)
-            if self._started is not None and self.state not in FINAL_STATES:
-                self.elapsed_s = round(time.time() - self._started, 3)
-                self._render()
+        follower = self._follower
+        while follower is not None and not follower.wait_stopped(1.0):
+            with self._lock:
+                if self.state in FINAL_STATES:
+                    return
+                if self._started is not None:
+                    self.elapsed_s = round(time.time() - self._started, 3)
+                    self._render()
 
     def update(self, job: dict[str, Any]) -> None:
         """Show ``job`` (a ``GET /jobs/{id}`` body)."""

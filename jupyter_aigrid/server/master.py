@@ -78,7 +78,12 @@ class Master(JobQueries):
         self._nodes_by_name = {n.name: n for n in self.nodes}
         self._emit_fn = emit
         self._db = ThreadPoolExecutor(1, thread_name_prefix="aigrid-master")
+        #: Events of committed transactions, emitted on the event loop by _flush().
         self._outbox: collections.deque[tuple[str, dict]] = collections.deque()
+        #: Events of the transaction in progress (master thread only); a rollback drops them.
+        self._uncommitted: list[tuple[str, dict]] = []
+        store.on_commit = self._commit_events
+        store.on_rollback = self._uncommitted.clear
         self._lost_on_restart: set[str] = set()
         self._live_replicas = False
         self._task: asyncio.Task | None = None
@@ -499,9 +504,14 @@ class Master(JobQueries):
         self._record(events.JOB_STATE, row["id"], data)
 
     def _record(self, schema_id: str, job_id: str, data: dict[str, Any]) -> None:
-        """Keep an event in the store (inside the caller's transaction) and emit it after."""
+        """Keep an event in the store (inside the caller's transaction); it is emitted once
+        that transaction has committed, and never if it rolls back."""
         self.store.record_event(schema_id, job_id, data)
-        self._outbox.append((schema_id, data))
+        self._uncommitted.append((schema_id, data))
+
+    def _commit_events(self) -> None:
+        self._outbox.extend(self._uncommitted)
+        self._uncommitted.clear()
 
     def _recover(self) -> None:
         """Pick up where a previous master left off: adopt live replicas, settle the rest."""

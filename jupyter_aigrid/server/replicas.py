@@ -49,8 +49,9 @@ class JobFiles:
     def write_inputs(self, job_id: str, values: dict[str, bytes]) -> None:
         """Store pushed values durably (before the job is acknowledged)."""
         folder = self.inputs(job_id)
-        # An id handed out again after a crash must not inherit an older job's values.
-        shutil.rmtree(folder, ignore_errors=True)
+        # An id handed out again after a crash must not inherit anything of an older job
+        # (values, logs, results, errors).
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
         if not values:
             return
         folder.mkdir(parents=True)
@@ -80,7 +81,12 @@ class JobFiles:
                 continue
             if isinstance(data, dict):
                 out.append({**data, "rank": rank})
-        return sorted(out, key=lambda e: (e.get("time") or 0, e["rank"]))
+
+        def order(error: dict[str, Any]) -> tuple[float, int]:
+            when = error.get("time")
+            return (when if isinstance(when, (int, float)) else 0.0, error["rank"])
+
+        return sorted(out, key=order)
 
     def reports(self, job_id: str, attempt: int, rank: int) -> list[dict[str, Any]]:
         """What a rank reported with ``runtime.report()``; a torn or odd line is skipped."""

@@ -276,3 +276,12 @@ def to_request(
         submitted_at=submitted_at,
         seq=seq,
     )
+
+
+def parse_submission(body: bytes | str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A POST /jobs body -> (the full JobSpec, the decoded pushed values); or SpecError.
+
+    Run off the event loop: a body with pushed values can be hundreds of megabytes.
+    """
+    spec = validate(parse_body(body))
+    return spec, decode_inputs(spec)

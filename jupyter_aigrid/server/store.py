@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ SCHEMA_VERSION = 1
 _JSON_COLUMNS = frozenset({"spec", "placement", "exit_codes", "gpu_indices", "data", "labels"})
 
 
+#: Most events read (and sent) in one go.
+EVENTS_BATCH = 1000
 _EVENTS_SINCE = (
     "SELECT e.seq, e.time, e.schema_id, e.job_id, e.data, j.owner FROM events e "
     "LEFT JOIN jobs j ON j.id = e.job_id WHERE e.seq > ? ORDER BY e.seq LIMIT ?"
@@ -88,6 +90,9 @@ class Store:
         conn.execute("PRAGMA busy_timeout=10000")
         self.conn = conn
         self.db = sqlite_utils.Database(conn, strict=True)
+        #: Called after the outermost transaction commits / rolls back (on the writer thread).
+        self.on_commit: Callable[[], None] | None = None
+        self.on_rollback: Callable[[], None] | None = None
         self._migrate()
 
     def close(self) -> None:
@@ -105,8 +110,12 @@ class Store:
             yield self
         except BaseException:
             self.conn.execute("ROLLBACK")
+            if self.on_rollback is not None:
+                self.on_rollback()
             raise
         self.conn.execute("COMMIT")
+        if self.on_commit is not None:
+            self.on_commit()
 
     def _migrate(self) -> None:
         db = self.db
@@ -322,7 +331,7 @@ class Store:
             )
 
     def events_since(
-        self, since: int, job_id: str | None = None, limit: int = 1000
+        self, since: int, job_id: str | None = None, limit: int = EVENTS_BATCH
     ) -> list[dict[str, Any]]:
         """Events after ``since``, oldest first, each with the ``owner`` of its job."""
         if job_id is None:

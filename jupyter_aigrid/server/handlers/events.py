@@ -11,6 +11,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..model import FINAL_STATES
+from ..store import EVENTS_BATCH
 from .base import AIGridHandler, query_bool, query_int
 from .logs import NDJSON
 
@@ -41,21 +42,29 @@ class EventsHandler(AIGridHandler):
         self.set_header("X-Accel-Buffering", "no")
         self.set_header("X-AIGrid-Seq", str(since if since is not None else seq))
         try:
-            await self._send(records)
+            seq = await self._send_all(records, seq, job_id)
             while follow and not self._closed:
                 over = await self._job_over(job_id)
                 if not over:
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(signal.wait()), HEARTBEAT_S)
+                        await asyncio.wait_for(signal.wait(), HEARTBEAT_S)
                     signal = self.master.new_events()
                 records, seq = await self.master.events(self.owner, self.is_admin, seq, job_id)
                 # The job's last events were stored before it read as ended: they are sent.
-                await self._send(records or ([] if over else [None]))
+                seq = await self._send_all(records or ([] if over else [None]), seq, job_id)
                 if over:
                     break
         except StreamClosedError:
             return
-        self.finish()
+        self.finish(set_content_type=NDJSON)
+
+    async def _send_all(self, records: list, seq: int, job_id: str | None) -> int:
+        """Send ``records`` and, while batches come back full, the ones after them."""
+        await self._send(records)
+        while len(records) >= EVENTS_BATCH and not self._closed:
+            records, seq = await self.master.events(self.owner, self.is_admin, seq, job_id)
+            await self._send(records)
+        return seq
 
     async def _send(self, records: list) -> None:
         self.write("".join("\n" if r is None else json.dumps(r) + "\n" for r in records))

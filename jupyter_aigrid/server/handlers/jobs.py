@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..model import JOB_STATES
-from ..spec import SpecError, decode_inputs, parse_body, validate
+from ..spec import SpecError, parse_submission
 from .base import AIGridHandler
 
 
@@ -25,8 +27,7 @@ class JobsHandler(AIGridHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        spec = validate(parse_body(self.request.body))
-        inputs = decode_inputs(spec)
+        spec, inputs = await asyncio.to_thread(parse_submission, self.request.body)
         job = await self.master.submit(spec, self.owner, inputs)
         self.set_header("Location", self.reverse_url_for(job["id"]))
         self.write_json(job, status=201)
