@@ -1,12 +1,17 @@
-"""FIFO and gang placement as plain snapshot -> decision tests."""
+"""Policies and gang placement as plain snapshot -> decision tests, with known answers."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from jupyter_aigrid.server.inventory import simulated_gpus
-from jupyter_aigrid.server.model import Launch, Node, Placement, Request, Slot, Snapshot
+from jupyter_aigrid.server.model import Launch, Node, Placement, Request, Slot
 from jupyter_aigrid.server.policies import load_policy, place_gang, schedule_round
+from jupyter_aigrid.server.policies.backfill import reservation
+from jupyter_aigrid.server.snapshot import History, Snapshot
+from jupyter_aigrid.sim import Simulator, TraceJob, make_nodes
 
 
 def cluster(*gpus_per_node: int, cpus: int = 64) -> Snapshot:
@@ -17,13 +22,19 @@ def cluster(*gpus_per_node: int, cpus: int = 64) -> Snapshot:
     return Snapshot.empty(nodes)
 
 
-def req(job_id="j", replicas=1, per=1, nodes=None, seq=0, cpus=1.0, mem=0) -> Request:
-    return Request(job_id, "u", replicas, per, cpus, mem, nodes=nodes, submitted_at=seq, seq=seq)
+def req(job_id="j", replicas=1, per=1, nodes=None, seq=0, cpus=1.0, mem=0, **kw) -> Request:
+    return Request(
+        job_id, kw.pop("owner", "u"), replicas, per, cpus, mem, nodes=nodes,
+        submitted_at=kw.pop("submitted_at", seq), seq=seq, **kw,
+    )  # fmt: skip
 
 
-def busy(snapshot: Snapshot, node: str, *gpus: int) -> Snapshot:
-    slot = Slot(0, node, 0, tuple(gpus))
-    return snapshot.allocate(req("busy", per=len(gpus)), Placement((slot,)))
+def busy(snapshot: Snapshot, node: str, *gpus: int, job_id="busy", **kw) -> Snapshot:
+    slots = tuple(Slot(i, node, i, (g,)) for i, g in enumerate(gpus))
+    return snapshot.allocate(req(job_id, replicas=len(gpus), **kw), Placement(slots))
+
+
+# -- gang placement -----------------------------------------------------------------------------
 
 
 def test_gang_goes_to_one_node_when_it_fits_best_fit():
@@ -33,6 +44,30 @@ def test_gang_goes_to_one_node_when_it_fits_best_fit():
     assert {s.node for s in p.slots} == {"n0"}  # the tightest node that holds it all
     assert [s.gpus for s in p.slots] == [(5,), (6,), (7,)]
     assert [(s.rank, s.local_rank) for s in p.slots] == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_best_fit_keeps_whole_nodes_for_big_gangs():
+    snap = busy(cluster(8, 8, 8), "n1", 0, 1, 2)  # n1: 5 free
+    small = place_gang(req(replicas=2), snap)
+    assert {s.node for s in small.slots} == {"n1"}  # not a fresh node
+    snap = snap.allocate(req("small", replicas=2), small)
+    big = place_gang(req(replicas=16), snap)
+    assert big is not None and set(big.nodes) == {"n0", "n2"}  # two whole nodes
+
+
+def test_eight_or_fewer_on_one_node_and_multiples_of_eight_on_whole_nodes():
+    snap = busy(cluster(8, 8, 8, 8), "n0", 0, 1, 2, 3, 4, 5)  # n0: 2 free
+    eight = place_gang(req(replicas=8), snap)
+    assert len(eight.nodes) == 1 and eight.nodes[0] != "n0"
+    sixteen = place_gang(req(replicas=16), snap)
+    assert len(sixteen.nodes) == 2 and "n0" not in sixteen.nodes
+    # When no node can take it whole, a gang may still span nodes.
+    spread = place_gang(
+        req(replicas=8), busy(busy(cluster(8, 8), "n0", 0, 1, 2, 3), "n1", 0, 1, 2, 3, job_id="b")
+    )
+    assert spread is not None and sorted(
+        sum(s.node == n for s in spread.slots) for n in spread.nodes
+    ) == [4, 4]
 
 
 def test_gang_spans_the_fewest_nodes():
@@ -47,6 +82,31 @@ def test_all_or_nothing():
     snap = busy(cluster(2, 2), "n1", 0)
     assert place_gang(req(replicas=4), snap) is None
     assert place_gang(req(replicas=3), snap) is not None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_gang_is_never_partially_placed(seed):
+    rng = random.Random(seed)
+    snap = cluster(*[rng.choice([2, 4, 8]) for _ in range(rng.randint(1, 6))])
+    for i in range(30):
+        r = req(f"j{i}", replicas=rng.choice([1, 1, 2, 3, 4, 8, 12, 16]), per=rng.choice([1, 1, 2]))
+        p = place_gang(r, snap)
+        if p is None:
+            continue
+        assert len(p.slots) == r.replicas
+        taken = [(s.node, g) for s in p.slots for g in s.gpus]
+        assert len(taken) == len(set(taken)) == r.gpus
+        assert all(g in snap.node(n).free_gpus for n, g in taken)
+        snap = snap.allocate(r, p)
+    assert snap.free_gpus == sum(len(n.free_gpus) for n in snap.nodes)
+
+
+def test_data_locality_hook_prefers_nodes_holding_the_data():
+    snap = cluster(8, 8)
+    local = Snapshot(snap.nodes, data_on={"n1": frozenset({"imagenet"})})
+    p = place_gang(req(replicas=2, datasets=("imagenet",)), local)
+    assert set(p.nodes) == {"n1"}
+    assert set(place_gang(req(replicas=2), local).nodes) == {"n0"}
 
 
 def test_nodes_k_spreads_over_exactly_k():
@@ -66,22 +126,140 @@ def test_multi_gpu_replicas_and_cpu_limits():
     assert tight is not None and len(tight.nodes) == 2
 
 
+def test_release_gives_everything_back():
+    snap = cluster(8, 8)
+    p = place_gang(req("a", replicas=12), snap)
+    after = snap.allocate(req("a", replicas=12), p).release("a")
+    assert after.nodes == snap.nodes and after.free_gpus == 16 and not after.running
+
+
+# -- policies -----------------------------------------------------------------------------------
+
+
 def test_fifo_head_of_line_blocks():
     snap = cluster(4)
     queue = [req("big", replicas=8, seq=1), req("small", replicas=1, seq=2)]
-    assert schedule_round(load_policy("fifo"), queue, snap) == []
+    assert schedule_round(load_policy("fifo"), queue, snap).launches == ()
 
 
 def test_fifo_places_in_order_and_takes_resources_as_it_goes():
     snap = cluster(4)
     queue = [req("c", replicas=2, seq=3), req("a", replicas=2, seq=1), req("b", replicas=1, seq=2)]
-    launches = schedule_round(load_policy("fifo"), queue, snap)
+    launches = schedule_round(load_policy("fifo"), queue, snap).launches
     assert [launch.job_id for launch in launches] == ["a", "b"]
     used = [g for launch in launches for s in launch.placement.slots for g in s.gpus]
     assert sorted(used) == [0, 1, 2]
     assert isinstance(launches[0], Launch)
 
 
-def test_unknown_policy_names_the_installed_ones():
+def test_priority_order_is_respected():
+    queue = [
+        req("low", priority="low", seq=1),
+        req("normal", priority="normal", seq=2),
+        req("high", priority="high", seq=3),
+        req("high2", priority="high", seq=4),
+    ]
+    decided = schedule_round(load_policy("priority"), queue, cluster(3))
+    assert [launch.job_id for launch in decided.launches] == ["high", "high2", "normal"]
+
+
+def test_priority_preempts_lower_preemptible_gangs_only():
+    snap = busy(cluster(4), "n0", 0, 1, job_id="low", priority="low", preemptible=True)
+    snap = busy(snap, "n0", 2, 3, job_id="pinned", priority="low", preemptible=False)
+    decided = schedule_round(
+        load_policy("priority"), [req("urgent", replicas=2, priority="high")], snap
+    )
+    assert decided.launches == ()
+    assert [p.job_id for p in decided.preemptions] == ["low"]
+    # Nothing worth preempting for a job of the same class.
+    same = schedule_round(load_policy("priority"), [req("n", replicas=2, priority="low")], snap)
+    assert same.preemptions == ()
+
+
+def test_fair_share_converges_to_the_weights():
+    jobs = [
+        TraceJob(f"{user}{i}", 0.0, 100.0, 1, user=user, row=i)
+        for i in range(300)
+        for user in ("alice", "bob")
+    ]
+    policy = load_policy("fairshare", weights={"alice": 2.0, "bob": 1.0})
+    result = Simulator(jobs, make_nodes(3, 4), policy, preempt_overhead_s=0).run()
+    for t in (150.0, 1050.0, 2050.0):
+        held = {"alice": 0, "bob": 0}
+        for rec in result.records:
+            if rec.first_start <= t < rec.finish:
+                held[rec.job.user] += 1
+        assert held == {"alice": 8, "bob": 4}, t
+
+
+def test_fair_share_gives_an_idle_users_share_to_others():
+    queue = [req(f"a{i}", owner="alice", seq=i) for i in range(6)]
+    decided = schedule_round(load_policy("fairshare", weights={"bob": 5}), queue, cluster(4))
+    assert len(decided.launches) == 4
+
+
+def test_las_demotes_jobs_by_attained_service():
+    policy = load_policy("las", thresholds_gpu_s=[1000.0])
+    # "old" has run 1000 s on 2 GPUs: 2000 GPU-s, past the threshold; "young" just started.
+    snap = busy(cluster(4), "n0", 0, 1, job_id="old", preemptible=True).at(1000.0)
+    snap = snap.allocate(
+        req("young", replicas=2, preemptible=True),
+        Placement((Slot(0, "n0", 0, (2,)), Slot(1, "n0", 1, (3,)))),
+        started_at=990.0,
+    )
+    assert policy.queue_of(snap.running["old"].attained_gpu_s(snap.now)) == 1
+    assert policy.queue_of(snap.running["young"].attained_gpu_s(snap.now)) == 0
+    new = req("new", replicas=2, submitted_at=999.0, seq=9)
+    decided = schedule_round(policy, [new], snap)
+    assert [p.job_id for p in decided.preemptions] == ["old"]
+    # A job that was preempted after much service waits behind a fresh one.
+    served = req("served", seq=1, attained_gpu_s=5000.0)
+    fresh = req("fresh", seq=2, submitted_at=5.0)
+    assert [r.job_id for r in policy.order([served, fresh], cluster(1))] == ["fresh", "served"]
+
+
+def test_backfill_never_delays_the_head_jobs_reserved_start():
+    # 6 of 8 GPUs are held by a job declared to end at t=100.
+    snap = busy(cluster(8), "n0", *range(6), job_id="running", time_limit_s=100.0).at(0.0)
+    head = req("head", replicas=8, seq=1, time_limit_s=50.0)
+    assert reservation(head, snap) == (100.0, 0)
+    long = req("long", replicas=2, seq=2, time_limit_s=500.0)  # would still hold GPUs at 100
+    short = req("short", replicas=2, seq=3, time_limit_s=90.0)  # done before 100
+    decided = schedule_round(load_policy("backfill"), [head, long, short], snap)
+    assert [launch.job_id for launch in decided.launches] == ["short"]
+    # FIFO would have started nothing at all.
+    assert schedule_round(load_policy("fifo"), [head, long, short], snap).launches == ()
+
+
+def test_estimates_come_from_limits_and_history_never_the_job_itself():
+    h = History()
+    job = req("x", job_type="resnet")
+    assert h.estimate_s(job) is None
+    assert h.estimate_s(req("y", time_limit_s=600.0)) == 600.0
+    h = h.add(req("done1", job_type="resnet"), 100.0).add(req("done2", job_type="resnet"), 300.0)
+    assert h.estimate_s(job) == 200.0
+    assert h.estimate_s(req("z", job_type="other", owner="u")) == 200.0  # by owner
+
+
+@pytest.mark.parametrize(
+    "name", ["fifo", "priority", "fairshare", "las", "backfill", "srtf", "aigrid"]
+)
+def test_every_builtin_policy_is_registered_and_places_gangs_whole(name):
+    policy = load_policy(name)
+    assert policy.name == name
+    queue = [req(f"j{i}", replicas=r, seq=i) for i, r in enumerate([3, 2, 4, 1, 1])]
+    decided = schedule_round(policy, queue, cluster(4, 4))
+    for launch in decided.launches:
+        r = next(q for q in queue if q.job_id == launch.job_id)
+        assert len(launch.placement.slots) == r.replicas
+
+
+def test_unknown_policy_and_bad_options_are_named():
     with pytest.raises(ValueError, match=r"unknown policy 'nope'.*fifo"):
         load_policy("nope")
+    with pytest.raises(ValueError, match="takes no options"):
+        load_policy("fifo", bogus=1)
+    with pytest.raises(TypeError):
+        load_policy("las", bogus=1)
+    with pytest.raises(ValueError, match="weight of 'bob' must be > 0"):
+        load_policy("fairshare", weights={"bob": 0})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import Node, Snapshot
+from .model import Node
 from .policies import describe_capacity, place_gang
+from .snapshot import Snapshot
 from .spec import SpecError, to_request
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, Set, TraitError, Unicode, default, validate
+from traitlets import Dict, Float, Int, Set, TraitError, Unicode, default, validate
 
 from . import events
 from .executors.local import LocalExecutor
@@ -64,9 +64,19 @@ class AIGridApp(ExtensionApp):
         help="Memory each local node offers, in MB; default the machine's memory / local_nodes.",
     )
     policy = Unicode(
-        "fifo",
+        "aigrid",
         config=True,
-        help="The scheduling policy, by name from the 'jupyter_aigrid.policies' entry points.",
+        help=(
+            "The scheduling policy, by name from the 'jupyter_aigrid.policies' entry points: "
+            "aigrid (default), fifo, priority, fairshare, las, backfill, srtf, or your own."
+        ),
+    )
+    policy_options = Dict(
+        config=True,
+        help=(
+            "Keyword options of the policy, e.g. {'weights': {'alice': 2}} for fairshare or "
+            "{'thresholds_gpu_s': [3600]} for las."
+        ),
     )
     tick_interval_s = Float(
         1.0, config=True, help="Seconds between master loop ticks when nothing wakes it."
@@ -121,7 +131,7 @@ class AIGridApp(ExtensionApp):
         self.master = Master(
             Store(self.db_path),
             executor,
-            load_policy(self.policy),
+            load_policy(self.policy, **self.policy_options),
             state_dir=state,
             emit=self._emit,
             tick_s=self.tick_interval_s,

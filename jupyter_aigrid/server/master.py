@@ -40,6 +40,7 @@ from .model import (
 from .policies import schedule_round
 from .queries import JobQueries, NotFound
 from .replicas import JobFiles, replica_env
+from .snapshot import History
 from .spec import SpecError
 
 T = TypeVar("T")
@@ -91,6 +92,7 @@ class Master(JobQueries):
         self._new_events: asyncio.Event | None = None
         self._queue: dict[str, Request] = {}
         self._positions: dict[str, int] | None = None
+        self._history = History()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -154,6 +156,16 @@ class Master(JobQueries):
             raise
         finally:
             self._flush()
+
+    def _load_history(self) -> History:
+        """Run times of the jobs that succeeded, the policies' only source of estimates."""
+        history = History()
+        for row in self.store.jobs((SUCCEEDED,)):
+            if row.get("started_at") and row.get("finished_at"):
+                ran = (row.get("attained_gpu_s") or 0.0) / max(row["gpus"], 1)
+                ran += row["finished_at"] - row["started_at"]
+                history = history.add(self._request(row), ran)
+        return history
 
     def _load_queue(self) -> None:
         self._queue = {r["id"]: self._request(r) for r in self.store.jobs((QUEUED,))}
@@ -284,8 +296,22 @@ class Master(JobQueries):
     def _schedule(self) -> None:
         if not self._queue:
             return
-        for launch in schedule_round(self.policy, list(self._queue.values()), self._snapshot()):
+        decided = schedule_round(self.policy, list(self._queue.values()), self._snapshot())
+        for launch in decided.launches:
             self._apply(launch)
+        for preempt in decided.preemptions:
+            with self.store.write():
+                self._preempt(preempt.job_id, preempt.reason)
+
+    def _preempt(self, job_id: str, reason: str) -> None:
+        """Stop a running gang (SIGTERM: its chance to checkpoint) and requeue it after."""
+        row = self.store.job(job_id)
+        if row is None or row["state"] not in ACTIVE_STATES or row.get("pending_state"):
+            return  # ended, or already on its way out: nothing to do
+        log.info("AI Grid: job %s %s", job_id, reason)
+        self.store.update_job(job_id, pending_state=PREEMPTED, reason=reason)
+        self._stop_replicas(job_id, row["attempt"])
+        self._settle_if_done(self.store.job(job_id))
 
     def _apply(self, launch: Launch) -> None:
         """Record the placement, then start every replica; a failed start fails the gang."""
@@ -452,7 +478,20 @@ class Master(JobQueries):
     def _finish(self, row: dict[str, Any], codes: dict[str, int | None]) -> None:
         pending = row.get("pending_state")
         now = time.time()
-        if pending == QUEUED:
+        ran_gpu_s = max(0.0, now - (row.get("started_at") or now)) * row["gpus"]
+        attained = (row.get("attained_gpu_s") or 0.0) + ran_gpu_s
+        if pending == PREEMPTED:
+            self._set_state(row, PREEMPTED, exit_codes=codes, attained_gpu_s=attained)
+            self._set_state(
+                self.store.job(row["id"]),
+                QUEUED,
+                placement=None,
+                pending_state=None,
+                attempt=row["attempt"] + 1,
+                started_at=None,
+                reason=f"requeued: {row['reason']}",
+            )
+        elif pending == QUEUED:
             self._set_state(
                 row,
                 QUEUED,
@@ -468,6 +507,7 @@ class Master(JobQueries):
             self._set_state(row, pending, exit_codes=codes, finished_at=now)
         elif all(c == 0 for c in codes.values()):
             self._set_state(row, SUCCEEDED, exit_codes=codes, finished_at=now)
+            self._history = self._history.add(self._request(row), attained / max(row["gpus"], 1))
         else:  # pragma: no cover - a non-zero exit always sets pending_state first
             self._set_state(row, FAILED, exit_codes=codes, finished_at=now)
 
@@ -517,6 +557,7 @@ class Master(JobQueries):
         """Pick up where a previous master left off: adopt live replicas, settle the rest."""
         self.store.replace_inventory(self.executor.name, self.nodes)
         self._load_queue()
+        self._history = self._load_history()
         live = self.store.replicas_in(LIVE_REPLICA)
         adopted = set(self.executor.reconcile([self._handle(r) for r in live]))
         self._lost_on_restart = {r["id"] for r in live} - adopted

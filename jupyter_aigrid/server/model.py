@@ -6,7 +6,7 @@ Everything here is a frozen dataclass or a string constant: no I/O, no framework
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 # Job states. ``preempted`` comes with the migration issue; it is listed so every consumer
 # already knows the full set.
@@ -93,6 +93,14 @@ class Request:
     priority: str = "normal"
     submitted_at: float = 0.0
     seq: int = 0
+    preemptible: bool = False
+    #: What the user declared (an upper bound); never the job's true duration.
+    time_limit_s: float | None = None
+    #: What history groups it with: the job's name (live) or model (traces).
+    job_type: str = ""
+    #: GPU-seconds of service in earlier runs (a preempted or restarted job keeps them).
+    attained_gpu_s: float = 0.0
+    datasets: tuple[str, ...] = ()
 
     @property
     def gpus(self) -> int:
@@ -136,67 +144,28 @@ class Placement:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """A frozen view of the cluster at one instant: the input of every policy."""
-
-    nodes: tuple[NodeView, ...]
-    now: float = 0.0
-    running: tuple[Request, ...] = ()
-
-    def node(self, name: str) -> NodeView:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
-
-    def allocate(self, req: Request, placement: Placement) -> Snapshot:
-        """The snapshot after ``placement`` took its resources."""
-        taken: dict[str, list[Slot]] = {}
-        for s in placement.slots:
-            taken.setdefault(s.node, []).append(s)
-        nodes = []
-        for n in self.nodes:
-            slots = taken.get(n.name)
-            if not slots:
-                nodes.append(n)
-                continue
-            used = {g for s in slots for g in s.gpus}
-            nodes.append(
-                replace(
-                    n,
-                    free_gpus=n.free_gpus - used,
-                    free_cpus=n.free_cpus - req.cpus_per_replica * len(slots),
-                    free_memory_mb=n.free_memory_mb - req.memory_mb_per_replica * len(slots),
-                )
-            )
-        return replace(self, nodes=tuple(nodes), running=(*self.running, req))
-
-    @classmethod
-    def empty(cls, nodes: list[Node], now: float = 0.0) -> Snapshot:
-        """Every resource of ``nodes`` free."""
-        return cls(
-            nodes=tuple(
-                NodeView(
-                    name=n.name,
-                    gpus=n.gpus,
-                    free_gpus=frozenset(g.index for g in n.gpus),
-                    cpus=n.cpus,
-                    free_cpus=float(n.cpus),
-                    memory_mb=n.memory_mb,
-                    free_memory_mb=n.memory_mb,
-                )
-                for n in nodes
-            ),
-            now=now,
-        )
-
-
-@dataclass(frozen=True)
 class Launch:
     """A policy decision: start ``job_id``'s gang at ``placement``."""
 
     job_id: str
     placement: Placement
+
+
+@dataclass(frozen=True)
+class Preempt:
+    """A policy decision: checkpoint ``job_id``'s gang, free its GPUs, and requeue it."""
+
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Migrate:
+    """A policy decision: checkpoint ``job_id`` and restore it at ``placement``."""
+
+    job_id: str
+    placement: Placement
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from .inventory import nvml_utilisation
-from .model import ACTIVE_STATES, Placement, Request, Snapshot
+from .model import ACTIVE_STATES, Placement, Request
+from .snapshot import History, Snapshot
 from .spec import SpecError, to_request
 from .views import cluster_view, event_view, job_view
 
@@ -27,6 +28,7 @@ class JobQueries:
 
     _queue: dict[str, Request]
     _positions: dict[str, int] | None
+    _history: History
 
     def _visible(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self.store.job(job_id)
@@ -62,7 +64,14 @@ class JobQueries:
         return self._positions
 
     def _request(self, row: dict[str, Any]) -> Request:
-        return to_request(row["id"], row["owner"], row["spec"], row["submitted_at"], row["seq"])
+        return to_request(
+            row["id"],
+            row["owner"],
+            row["spec"],
+            row["submitted_at"],
+            row["seq"],
+            row.get("attained_gpu_s") or 0.0,
+        )
 
     def _cluster(self) -> dict[str, Any]:
         holders = {}
@@ -130,8 +139,12 @@ class JobQueries:
         return self._view(row), files
 
     def _snapshot(self) -> Snapshot:
-        snap = Snapshot.empty(self.nodes, now=time.time())
+        snap = Snapshot.empty(self.nodes, now=time.time(), history=self._history)
         for row in self.store.jobs(ACTIVE_STATES):
             if row.get("placement"):
-                snap = snap.allocate(self._request(row), Placement.from_json(row["placement"]))
+                snap = snap.allocate(
+                    self._request(row),
+                    Placement.from_json(row["placement"]),
+                    started_at=row.get("started_at") or snap.now,
+                )
         return snap

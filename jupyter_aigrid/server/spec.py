@@ -260,7 +260,12 @@ def _check_template(spec: dict[str, Any]) -> None:
 
 
 def to_request(
-    job_id: str, owner: str, spec: dict[str, Any], submitted_at: float, seq: int
+    job_id: str,
+    owner: str,
+    spec: dict[str, Any],
+    submitted_at: float,
+    seq: int,
+    attained_gpu_s: float = 0.0,
 ) -> Request:
     """The scheduler's view of a validated spec."""
     return Request(
@@ -275,6 +280,11 @@ def to_request(
         priority=spec["priority"],
         submitted_at=submitted_at,
         seq=seq,
+        preemptible=bool(spec.get("preemptible")),
+        time_limit_s=spec.get("time_limit_s"),
+        job_type=spec.get("name", ""),
+        attained_gpu_s=attained_gpu_s,
+        datasets=tuple(spec.get("datasets", ())),
     )
 
 

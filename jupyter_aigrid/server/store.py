@@ -23,7 +23,7 @@ import sqlite_utils
 
 from .model import Node
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Columns stored as JSON text, decoded on the way out.
 _JSON_COLUMNS = frozenset({"spec", "placement", "exit_codes", "gpu_indices", "data", "labels"})
 
@@ -142,6 +142,7 @@ class Store:
                     "restarts": int,
                     "attempt": int,
                     "pending_state": str,
+                    "attained_gpu_s": float,
                 },
                 pk="id",
                 not_null={"seq", "owner", "state", "spec", "submitted_at"},
@@ -213,6 +214,11 @@ class Store:
                         {"key": "cluster_id", "value": uuid.uuid4().hex[:12]},
                     ]
                 )
+            elif current < SCHEMA_VERSION:
+                # Version 2 added jobs.attained_gpu_s (service before a preemption).
+                if "attained_gpu_s" not in db["jobs"].columns_dict:
+                    db["jobs"].add_column("attained_gpu_s", float)
+                db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
             elif current > SCHEMA_VERSION:
                 msg = (
                     f"the database {self.path} has schema version {current}, newer than this "

@@ -2,23 +2,81 @@
 
 from __future__ import annotations
 
-from ..model import NodeView, Placement, Request, Slot, Snapshot
+from ..model import NodeView, Placement, Request, Slot
+from ..snapshot import Snapshot
 
 
 def place_gang(req: Request, snapshot: Snapshot) -> Placement | None:
-    """Place every replica of ``req`` at once, or return None.
+    """Place every replica of ``req`` at once, or return None (never a part of a gang).
 
-    Without ``req.nodes`` the gang goes to the fewest nodes: one node when one can take it
-    (the one left with the fewest free GPUs, i.e. best fit), else the roomiest nodes first,
-    with the last one chosen as the tightest that still fits the remainder. With
-    ``req.nodes = K`` the replicas are spread as evenly as possible over exactly K nodes.
+    - A gang that fits in one node goes to one node: the best fit (fewest free GPUs left),
+      preferring nodes that hold the job's datasets.
+    - A gang of whole nodes' worth of GPUs (16 on 8-GPU nodes) takes whole free nodes.
+    - Otherwise the fewest nodes: the roomiest first, the last one the tightest that fits.
+    - ``req.nodes = K`` spreads the replicas as evenly as possible over exactly K nodes.
+
+    Best fit keeps free nodes whole for the big gangs that need them (less fragmentation).
     """
-    fits = [(n, n.replicas_that_fit(req)) for n in snapshot.nodes]
-    fits = [(n, k) for n, k in fits if k > 0]
-    shares = _spread_exactly(req, fits) if req.nodes is not None else _pack_fewest(req, fits)
-    if shares is None:
+    if req.gpus > snapshot.free_gpus:
         return None
-    return _assign(req, shares)
+    size = snapshot.max_gpus_per_node
+    if req.nodes is None and req.gpu_type is None and req.gpus > 0:
+        if req.gpus <= size:
+            node = _best_single_node(req, snapshot)
+            if node is not None:
+                return _assign(req, [(node, req.replicas)])
+        elif req.gpus % size == 0:
+            shares = _whole_nodes(req, snapshot, size)
+            if shares is not None:
+                return _assign(req, shares)
+        fits = _fits(
+            req,
+            (
+                snapshot.nodes[i]
+                for k in range(size, 0, -1)
+                for i in snapshot.positions_with_free(k)
+            ),
+        )
+        shares = _pack_fewest(req, fits)
+    else:
+        fits = _fits(req, snapshot.nodes)
+        shares = _spread_exactly(req, fits) if req.nodes is not None else _pack_fewest(req, fits)
+    return None if shares is None else _assign(req, shares)
+
+
+def _fits(req: Request, nodes) -> list[tuple[NodeView, int]]:
+    fits = [(n, n.replicas_that_fit(req)) for n in nodes]
+    return [(n, k) for n, k in fits if k > 0]
+
+
+def _best_single_node(req: Request, snapshot: Snapshot) -> NodeView | None:
+    local = bool(req.datasets) and bool(snapshot.data_on)
+    fallback = None
+    for k in range(req.gpus, snapshot.max_gpus_per_node + 1):
+        for i in snapshot.positions_with_free(k):
+            node = snapshot.nodes[i]
+            if node.replicas_that_fit(req) < req.replicas:
+                continue
+            if not local or set(req.datasets) <= snapshot.data_on.get(node.name, frozenset()):
+                return node
+            if fallback is None:
+                fallback = node
+    return fallback
+
+
+def _whole_nodes(req: Request, snapshot: Snapshot, size: int) -> list[tuple[NodeView, int]] | None:
+    wanted = req.gpus // size
+    per = req.replicas // wanted if req.replicas % wanted == 0 else None
+    if per is None:
+        return None
+    chosen = []
+    for i in snapshot.positions_with_free(size):
+        node = snapshot.nodes[i]
+        if len(node.gpus) == size and node.replicas_that_fit(req) >= per:
+            chosen.append((node, per))
+            if len(chosen) == wanted:
+                return chosen
+    return None
 
 
 def _leftover(node: NodeView) -> tuple[int, float]:
@@ -28,6 +86,8 @@ def _leftover(node: NodeView) -> tuple[int, float]:
 def _pack_fewest(
     req: Request, fits: list[tuple[NodeView, int]]
 ) -> list[tuple[NodeView, int]] | None:
+    if sum(k for _, k in fits) < req.replicas:
+        return None
     whole = [(n, k) for n, k in fits if k >= req.replicas]
     if whole:
         best = min(whole, key=lambda nk: (_leftover(nk[0]), nk[0].name))

@@ -1,0 +1,72 @@
+"""Tiresias-style discretised two-dimensional least attained service (2D-LAS).
+
+A job's attained service is GPUs x seconds run. Queue 0 holds jobs below the first
+threshold, queue 1 those below the second, and so on; lower queues go first, first come
+first served within a queue. A job waiting in a lower queue preempts running gangs of higher
+queues. A job starved for ``starve_factor`` times its own run time goes back to queue 0.
+"""
+
+from __future__ import annotations
+
+from ..model import Preempt, Request
+from ..snapshot import Snapshot
+from .base import QueuePolicy
+from .preemption import preemptible, victims_for
+
+#: Waiting jobs (in order) for which a round looks for gangs to preempt.
+MAX_TRIES = 8
+
+
+class LasPolicy(QueuePolicy):
+    name = "las"
+
+    def __init__(
+        self,
+        thresholds_gpu_s: tuple[float, ...] | list[float] = (3600.0,),
+        starve_factor: float = 0.0,
+        min_run_s: float = 0.0,
+        tick_s: float | None = None,
+    ) -> None:
+        self.thresholds = tuple(sorted(float(t) for t in thresholds_gpu_s))
+        #: How often the simulator (and the master's timer) re-runs the policy while jobs wait.
+        self.tick_s = tick_s
+        self.starve_factor = starve_factor
+        self.min_run_s = min_run_s
+
+    def queue_of(self, attained_gpu_s: float) -> int:
+        for i, limit in enumerate(self.thresholds):
+            if attained_gpu_s < limit:
+                return i
+        return len(self.thresholds)
+
+    def _queue_of_waiting(self, r: Request, now: float) -> int:
+        q = self.queue_of(r.attained_gpu_s)
+        if self.starve_factor and q and r.attained_gpu_s:
+            ran_s = r.attained_gpu_s / max(r.gpus, 1)
+            if now - r.submitted_at - ran_s > self.starve_factor * ran_s:
+                return 0
+        return q
+
+    def order(self, queue: list[Request], snapshot: Snapshot) -> list[Request]:
+        now = snapshot.now
+        return sorted(queue, key=lambda r: (self._queue_of_waiting(r, now), r.submitted_at, r.seq))
+
+    def preempt(self, snapshot: Snapshot, pending: list[Request]) -> list[Preempt]:
+        now = snapshot.now
+        candidates = preemptible(snapshot, self.min_run_s)
+        if not candidates:
+            return []
+        ranked = [(self.queue_of(g.attained_gpu_s(now)), g) for g in candidates]
+        for waiting in pending[:MAX_TRIES]:
+            q = self._queue_of_waiting(waiting, now)
+            lower = [(rq, g) for rq, g in ranked if rq > q]
+            if not lower:
+                continue
+            # The lowest-priority queue first, and within it the gang that started last.
+            lower.sort(key=lambda qg: (-qg[0], -qg[1].started_at))
+            chosen = victims_for(
+                waiting, snapshot, [g for _, g in lower], f"preempted for job {waiting.job_id}"
+            )
+            if chosen:
+                return chosen
+        return []

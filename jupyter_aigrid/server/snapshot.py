@@ -1,0 +1,206 @@
+"""The frozen input of every policy: nodes and what is free, running gangs, time, history.
+
+A snapshot never changes. :meth:`Snapshot.allocate` and :meth:`Snapshot.release` return new
+ones that share everything they did not touch, and keep an index of nodes by free GPU count,
+so a policy finds a best-fit node without scanning the cluster. That is what lets the
+simulator replay 100k jobs on 10k GPUs through the same code the master runs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from .model import Node, NodeView, Placement, Request
+
+_EMPTY: Mapping = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Running:
+    """A gang that holds resources now; ``started_at`` is when this run began."""
+
+    request: Request
+    placement: Placement
+    started_at: float
+
+    def attained_gpu_s(self, now: float) -> float:
+        """GPU-seconds of service so far, earlier runs included."""
+        return self.request.attained_gpu_s + max(0.0, now - self.started_at) * self.request.gpus
+
+
+@dataclass(frozen=True)
+class History:
+    """Run times of finished jobs, by job type, owner and GPU count: the only source, with a
+    declared time limit, of duration estimates. A job's own true duration is never here
+    before it has ended."""
+
+    by_type: Mapping[str, tuple[int, float]] = field(default_factory=lambda: _EMPTY)
+    by_owner: Mapping[str, tuple[int, float]] = field(default_factory=lambda: _EMPTY)
+    by_gpus: Mapping[int, tuple[int, float]] = field(default_factory=lambda: _EMPTY)
+    total: tuple[int, float] = (0, 0.0)
+
+    def add(self, request: Request, run_s: float) -> History:
+        """This history plus one finished job that ran ``run_s`` seconds in all."""
+
+        def plus(table: Mapping, key) -> Mapping:
+            n, total = table.get(key, (0, 0.0))
+            return MappingProxyType({**table, key: (n + 1, total + run_s)})
+
+        return History(
+            by_type=plus(self.by_type, request.job_type) if request.job_type else self.by_type,
+            by_owner=plus(self.by_owner, request.owner),
+            by_gpus=plus(self.by_gpus, request.gpus),
+            total=(self.total[0] + 1, self.total[1] + run_s),
+        )
+
+    def estimate_s(self, request: Request) -> float | None:
+        """Expected run time: the mean of the closest group with history, capped by the
+        declared time limit; the time limit alone; or None when nothing is known."""
+        for table, key in (
+            (self.by_type, request.job_type),
+            (self.by_owner, request.owner),
+            (self.by_gpus, request.gpus),
+        ):
+            found = table.get(key) if key else None
+            if found:
+                mean = found[1] / found[0]
+                return min(mean, request.time_limit_s) if request.time_limit_s else mean
+        if request.time_limit_s:
+            return request.time_limit_s
+        return self.total[1] / self.total[0] if self.total[0] else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A frozen view of the cluster at one instant: the input of every policy."""
+
+    nodes: tuple[NodeView, ...]
+    now: float = 0.0
+    #: job id -> its running gang.
+    running: Mapping[str, Running] = field(default_factory=lambda: _EMPTY)
+    history: History = field(default_factory=History)
+    #: node name -> datasets it holds (the data-locality hook of placement).
+    data_on: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
+    # Derived indexes, shared between snapshots that do not change them.
+    _position: Mapping[str, int] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
+    _by_free: tuple[tuple[int, ...], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self._position and self.nodes:
+            object.__setattr__(
+                self, "_position", MappingProxyType({n.name: i for i, n in enumerate(self.nodes)})
+            )
+        if not self._by_free and self.nodes:
+            buckets: list[list[int]] = [[] for _ in range(self.max_gpus_per_node + 1)]
+            for i, n in enumerate(self.nodes):
+                buckets[len(n.free_gpus)].append(i)
+            object.__setattr__(self, "_by_free", tuple(tuple(b) for b in buckets))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def max_gpus_per_node(self) -> int:
+        return max((len(n.gpus) for n in self.nodes), default=0)
+
+    @property
+    def free_gpus(self) -> int:
+        return sum(k * len(b) for k, b in enumerate(self._by_free))
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(len(n.gpus) for n in self.nodes)
+
+    def node(self, name: str) -> NodeView:
+        return self.nodes[self._position[name]]
+
+    def nodes_with_free(self, count: int) -> tuple[NodeView, ...]:
+        """Nodes with exactly ``count`` free GPUs, in the cluster's node order."""
+        if count >= len(self._by_free):
+            return ()
+        return tuple(self.nodes[i] for i in self._by_free[count])
+
+    def positions_with_free(self, count: int) -> tuple[int, ...]:
+        return self._by_free[count] if count < len(self._by_free) else ()
+
+    def estimate_s(self, request: Request) -> float | None:
+        return self.history.estimate_s(request)
+
+    # -- new snapshots -----------------------------------------------------------------------
+
+    def at(self, now: float) -> Snapshot:
+        return replace(self, now=now)
+
+    def with_history(self, history: History) -> Snapshot:
+        return replace(self, history=history)
+
+    def allocate(
+        self, req: Request, placement: Placement, started_at: float | None = None
+    ) -> Snapshot:
+        """The snapshot after ``placement`` took its resources for ``req``."""
+        started = self.now if started_at is None else started_at
+        running = dict(self.running)
+        running[req.job_id] = Running(req, placement, started)
+        return self._change(req, placement, -1, running)
+
+    def release(self, job_id: str) -> Snapshot:
+        """The snapshot after the running gang ``job_id`` gave its resources back."""
+        running = dict(self.running)
+        gang = running.pop(job_id)
+        return self._change(gang.request, gang.placement, +1, running)
+
+    def _change(
+        self, req: Request, placement: Placement, sign: int, running: dict[str, Running]
+    ) -> Snapshot:
+        per_node: dict[str, list[int]] = {}
+        for s in placement.slots:
+            per_node.setdefault(s.node, []).extend(s.gpus)
+        nodes = list(self.nodes)
+        buckets = list(self._by_free)
+        for name, gpus in per_node.items():
+            i = self._position[name]
+            n = nodes[i]
+            count = sum(1 for s in placement.slots if s.node == name)
+            free = n.free_gpus | frozenset(gpus) if sign > 0 else n.free_gpus - frozenset(gpus)
+            nodes[i] = replace(
+                n,
+                free_gpus=free,
+                free_cpus=n.free_cpus + sign * req.cpus_per_replica * count,
+                free_memory_mb=n.free_memory_mb + sign * req.memory_mb_per_replica * count,
+            )
+            before, after = len(n.free_gpus), len(free)
+            if before != after:
+                old = buckets[before]
+                j = bisect.bisect_left(old, i)
+                buckets[before] = old[:j] + old[j + 1 :]
+                new = buckets[after]
+                j = bisect.bisect_left(new, i)
+                buckets[after] = (*new[:j], i, *new[j:])
+        return replace(
+            self,
+            nodes=tuple(nodes),
+            running=MappingProxyType(running),
+            _by_free=tuple(buckets),
+        )
+
+    @classmethod
+    def empty(cls, nodes: list[Node], now: float = 0.0, history: History | None = None) -> Snapshot:
+        """Every resource of ``nodes`` free."""
+        return cls(
+            nodes=tuple(
+                NodeView(
+                    name=n.name,
+                    gpus=n.gpus,
+                    free_gpus=frozenset(g.index for g in n.gpus),
+                    cpus=n.cpus,
+                    free_cpus=float(n.cpus),
+                    memory_mb=n.memory_mb,
+                    free_memory_mb=n.memory_mb,
+                )
+                for n in nodes
+            ),
+            now=now,
+            history=history or History(),
+        )

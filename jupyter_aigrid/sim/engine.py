@@ -1,0 +1,228 @@
+"""A discrete-event simulator that replays a trace through a policy object, unchanged.
+
+Events are arrivals, completions and (for policies that ask for it) periodic ticks. After
+the events of one instant, rounds of :func:`schedule_round` run until the policy decides
+nothing more: launches take resources at once; a preempted gang gives them back at once and
+pays ``preempt_overhead_s`` (checkpoint + restore) when it next starts, holding its GPUs
+without progress for that long. Policies see :class:`Request` objects only: never a job's
+true duration, except in ``oracle`` mode, which declares it as the job's time limit (and is
+named as such in every output).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..server.inventory import simulated_gpus
+from ..server.model import Node, Placement, Request
+from ..server.policies import Policy, schedule_round
+from ..server.snapshot import History, Snapshot
+from .trace import TraceJob, check_fits
+
+_FINISH, _ARRIVAL, _TICK = 0, 1, 2
+#: Rounds at one instant before the simulator moves on (a policy that keeps preempting).
+MAX_ROUNDS_PER_INSTANT = 16
+
+
+def make_nodes(count: int, gpus_per_node: int, model: str = "V100") -> list[Node]:
+    """``count`` identical nodes; CPUs and memory never limit a trace's jobs."""
+    return [
+        Node(
+            name=f"node-{i:04d}",
+            gpus=tuple(
+                replace(g, model=model) for g in simulated_gpus(f"node-{i:04d}", gpus_per_node)
+            ),
+            cpus=1 << 16,
+            memory_mb=1 << 30,
+        )
+        for i in range(count)
+    ]
+
+
+@dataclass
+class JobRecord:
+    job: TraceJob
+    request: Request
+    remaining_s: float
+    first_start: float | None = None
+    finish: float | None = None
+    preemptions: int = 0
+    held_s: float = 0.0
+    run_start: float = 0.0
+    run_overhead_s: float = 0.0
+    run_id: int = 0
+    placements: list[Placement] = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    policy: str
+    metrics: dict[str, Any]
+    records: list[JobRecord]
+    #: (time, GPUs allocated) at every change.
+    timeline: list[tuple[float, int]]
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    k = (len(ordered) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class Simulator:
+    def __init__(
+        self,
+        jobs: list[TraceJob],
+        nodes: list[Node],
+        policy: Policy,
+        preempt_overhead_s: float = 40.0,
+        oracle: bool = False,
+        source: str = "trace",
+    ) -> None:
+        self.nodes = nodes
+        total = sum(len(n.gpus) for n in nodes)
+        check_fits(jobs, total, source)
+        self.policy = policy
+        self.overhead = preempt_overhead_s
+        self.oracle = oracle
+        self.records = {j.job_id: self._record(j, seq) for seq, j in enumerate(jobs)}
+        self.tick_s: float | None = getattr(policy, "tick_s", None)
+
+    def _record(self, job: TraceJob, seq: int) -> JobRecord:
+        request = Request(
+            job_id=job.job_id,
+            owner=job.user,
+            replicas=job.gpus,
+            gpus_per_replica=1,
+            cpus_per_replica=0.0,
+            memory_mb_per_replica=0,
+            submitted_at=job.submit_s,
+            seq=seq,
+            preemptible=True,
+            time_limit_s=job.duration_s if self.oracle else None,
+            job_type=job.job_type,
+        )
+        return JobRecord(job, request, job.duration_s)
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        events: list[tuple[float, int, int, str, int]] = []
+        seq = 0
+        for rec in self.records.values():
+            events.append((rec.job.submit_s, _ARRIVAL, seq, rec.job.job_id, 0))
+            seq += 1
+        heapq.heapify(events)
+        snapshot = Snapshot.empty(self.nodes)
+        history = History()
+        queue: dict[str, Request] = {}
+        timeline: list[tuple[float, int]] = [(0.0, 0)]
+        used = decisions = preemptions = rounds = 0
+        next_tick = None
+        while events:
+            now = events[0][0]
+            while events and events[0][0] == now:
+                _, kind, _, job_id, run_id = heapq.heappop(events)
+                rec = self.records.get(job_id)
+                if kind == _ARRIVAL and rec is not None:
+                    queue[job_id] = rec.request
+                elif kind == _FINISH and rec is not None and run_id == rec.run_id:
+                    snapshot = snapshot.release(job_id)
+                    used -= rec.request.gpus
+                    rec.held_s += now - rec.run_start
+                    rec.finish = now
+                    history = history.add(rec.request, rec.job.duration_s)
+                elif kind == _TICK:
+                    next_tick = None
+            snapshot = snapshot.at(now).with_history(history)
+            for _ in range(MAX_ROUNDS_PER_INSTANT):
+                if not queue:
+                    break
+                result = schedule_round(self.policy, list(queue.values()), snapshot)
+                rounds += 1
+                snapshot = result.snapshot
+                for launch in result.launches:
+                    rec = self.records[launch.job_id]
+                    del queue[launch.job_id]
+                    rec.run_id += 1
+                    rec.run_start = now
+                    rec.run_overhead_s = self.overhead if rec.preemptions else 0.0
+                    if rec.first_start is None:
+                        rec.first_start = now
+                    rec.placements.append(launch.placement)
+                    used += rec.request.gpus
+                    end = now + rec.run_overhead_s + rec.remaining_s
+                    heapq.heappush(events, (end, _FINISH, seq, launch.job_id, rec.run_id))
+                    seq += 1
+                for pre in result.preemptions:
+                    rec = self.records[pre.job_id]
+                    ran = now - rec.run_start
+                    rec.remaining_s -= max(0.0, ran - rec.run_overhead_s)
+                    rec.held_s += ran
+                    rec.run_id += 1  # its finish event no longer counts
+                    rec.preemptions += 1
+                    rec.request = replace(
+                        rec.request,
+                        attained_gpu_s=rec.request.attained_gpu_s + ran * rec.request.gpus,
+                    )
+                    snapshot = snapshot.release(pre.job_id)
+                    used -= rec.request.gpus
+                    queue[pre.job_id] = rec.request
+                decisions += len(result.launches) + len(result.preemptions)
+                preemptions += len(result.preemptions)
+                if result.launches or result.preemptions:
+                    timeline.append((now, used))
+                if not result.preemptions:
+                    break
+            if self.tick_s and queue and next_tick is None:
+                next_tick = now + self.tick_s
+                heapq.heappush(events, (next_tick, _TICK, seq, "", 0))
+                seq += 1
+        wall = time.perf_counter() - started
+        return SimResult(
+            self.policy.name + ("+oracle" if self.oracle else ""),
+            self._metrics(wall, decisions, preemptions, rounds, timeline),
+            list(self.records.values()),
+            timeline,
+        )
+
+    def _metrics(
+        self,
+        wall: float,
+        decisions: int,
+        preemptions: int,
+        rounds: int,
+        timeline: list[tuple[float, int]],
+    ) -> dict[str, Any]:
+        done = [r for r in self.records.values() if r.finish is not None]
+        unfinished = len(self.records) - len(done)
+        if unfinished:
+            msg = f"{unfinished} job(s) never finished under {self.policy.name}"
+            raise RuntimeError(msg)
+        jct = [r.finish - r.job.submit_s for r in done]
+        queued = [r.finish - r.job.submit_s - r.held_s for r in done]
+        first = min(r.job.submit_s for r in done)
+        makespan = max(r.finish for r in done) - first
+        total = sum(len(n.gpus) for n in self.nodes)
+        gpu_s = sum(g * (t1 - t0) for (t0, g), (t1, _) in itertools.pairwise(timeline))
+        return {
+            "avg_jct_s": round(statistics.fmean(jct), 1),
+            "median_jct_s": round(statistics.median(jct), 1),
+            "p99_jct_s": round(_percentile(jct, 99), 1),
+            "avg_queue_s": round(statistics.fmean(queued), 1),
+            "p99_queue_s": round(_percentile(queued, 99), 1),
+            "makespan_s": round(makespan, 1),
+            "gpu_utilization": round(gpu_s / (total * makespan), 4) if makespan else 0.0,
+            "preemptions": preemptions,
+            "jobs": len(done),
+            "wall_s": round(wall, 3),
+            "decisions_per_s": round(decisions / wall, 1) if wall else 0.0,
+        }
