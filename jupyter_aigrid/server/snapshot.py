@@ -9,13 +9,70 @@ simulator replay 100k jobs on 10k GPUs through the same code the master runs.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+import heapq
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from .model import Node, NodeView, Placement, Request
 
 _EMPTY: Mapping = MappingProxyType({})
+
+
+class FrozenMap(Mapping):
+    """An immutable mapping whose ``set``/``delete`` return new maps cheaply: changes sit in
+    a small overlay over a shared base dict, folded into a new base once they pile up. A
+    simulated cluster with thousands of running gangs would otherwise copy them all at
+    every launch and every exit."""
+
+    __slots__ = ("_added", "_base", "_removed")
+    _FOLD_AT = 64
+
+    def __init__(self, base=None, added=None, removed=frozenset()) -> None:
+        self._base: dict = base if base is not None else {}
+        self._added: dict = added if added is not None else {}
+        self._removed: frozenset = removed
+
+    def __getitem__(self, key):
+        if key in self._added:
+            return self._added[key]
+        if key in self._removed:
+            raise KeyError(key)
+        return self._base[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._added or (key not in self._removed and key in self._base)
+
+    def __iter__(self):
+        removed, added = self._removed, self._added
+        for key in self._base:
+            if key not in removed and key not in added:
+                yield key
+        yield from added
+
+    def __len__(self) -> int:
+        overlap = sum(1 for k in self._added if k in self._base and k not in self._removed)
+        return len(self._base) - len(self._removed) + len(self._added) - overlap
+
+    def set(self, key, value) -> FrozenMap:
+        return self._maybe_fold(
+            FrozenMap(self._base, {**self._added, key: value}, self._removed - {key})
+        )
+
+    def delete(self, key) -> FrozenMap:
+        if key not in self:
+            raise KeyError(key)
+        added = {k: v for k, v in self._added.items() if k != key}
+        removed = self._removed | {key} if key in self._base else self._removed
+        return self._maybe_fold(FrozenMap(self._base, added, removed))
+
+    def _maybe_fold(self, m: FrozenMap) -> FrozenMap:
+        if len(m._added) + len(m._removed) < self._FOLD_AT:
+            return m
+        return FrozenMap(dict(m.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({dict(self.items())!r})"
 
 
 @dataclass(frozen=True)
@@ -29,6 +86,12 @@ class Running:
     def attained_gpu_s(self, now: float) -> float:
         """GPU-seconds of service so far, earlier runs included."""
         return self.request.attained_gpu_s + max(0.0, now - self.started_at) * self.request.gpus
+
+
+def _service_key(gang: Running, job_id: str) -> tuple[float, str]:
+    # attained(now) = now x gpus - key: for one GPU count, the order never changes.
+    req = gang.request
+    return (gang.started_at * req.gpus - req.attained_gpu_s, job_id)
 
 
 @dataclass(frozen=True)
@@ -80,18 +143,36 @@ class Snapshot:
     nodes: tuple[NodeView, ...]
     now: float = 0.0
     #: job id -> its running gang.
-    running: Mapping[str, Running] = field(default_factory=lambda: _EMPTY)
+    running: FrozenMap = field(default_factory=FrozenMap)
     history: History = field(default_factory=History)
     #: node name -> datasets it holds (the data-locality hook of placement).
     data_on: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
     # Derived indexes, shared between snapshots that do not change them.
     _position: Mapping[str, int] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
     _by_free: tuple[tuple[int, ...], ...] = field(default=(), compare=False, repr=False)
+    #: GPUs per gang -> (start x GPUs - earlier service, job id), ascending: most served first.
+    _by_service: Mapping[int, tuple[tuple[float, str], ...]] = field(
+        default_factory=lambda: _EMPTY, compare=False, repr=False
+    )
+    _max_gpus: int = field(default=-1, compare=False, repr=False)
+    _total_gpus: int = field(default=-1, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self._max_gpus < 0:
+            object.__setattr__(self, "_max_gpus", max((len(n.gpus) for n in self.nodes), default=0))
+            object.__setattr__(self, "_total_gpus", sum(len(n.gpus) for n in self.nodes))
         if not self._position and self.nodes:
             object.__setattr__(
                 self, "_position", MappingProxyType({n.name: i for i, n in enumerate(self.nodes)})
+            )
+        if not self._by_service and self.running:
+            groups: dict[int, list[tuple[float, str]]] = {}
+            for job_id, gang in self.running.items():
+                groups.setdefault(gang.request.gpus, []).append(_service_key(gang, job_id))
+            object.__setattr__(
+                self,
+                "_by_service",
+                MappingProxyType({g: tuple(sorted(v)) for g, v in groups.items()}),
             )
         if not self._by_free and self.nodes:
             buckets: list[list[int]] = [[] for _ in range(self.max_gpus_per_node + 1)]
@@ -103,7 +184,7 @@ class Snapshot:
 
     @property
     def max_gpus_per_node(self) -> int:
-        return max((len(n.gpus) for n in self.nodes), default=0)
+        return self._max_gpus
 
     @property
     def free_gpus(self) -> int:
@@ -111,7 +192,7 @@ class Snapshot:
 
     @property
     def total_gpus(self) -> int:
-        return sum(len(n.gpus) for n in self.nodes)
+        return self._total_gpus
 
     def node(self, name: str) -> NodeView:
         return self.nodes[self._position[name]]
@@ -128,6 +209,17 @@ class Snapshot:
     def estimate_s(self, request: Request) -> float | None:
         return self.history.estimate_s(request)
 
+    def most_served(self) -> Iterator[Running]:
+        """Running gangs, the most attained service (GPU-seconds) first, lazily."""
+        now = self.now
+
+        def stream(gpus: int, group: tuple[tuple[float, str], ...]):
+            return ((key - now * gpus, job_id) for key, job_id in group)
+
+        streams = [stream(gpus, group) for gpus, group in self._by_service.items()]
+        for _, job_id in heapq.merge(*streams):
+            yield self.running[job_id]
+
     # -- new snapshots -----------------------------------------------------------------------
 
     def at(self, now: float) -> Snapshot:
@@ -141,19 +233,26 @@ class Snapshot:
     ) -> Snapshot:
         """The snapshot after ``placement`` took its resources for ``req``."""
         started = self.now if started_at is None else started_at
-        running = dict(self.running)
-        running[req.job_id] = Running(req, placement, started)
+        running = self.running.set(req.job_id, Running(req, placement, started))
         return self._change(req, placement, -1, running)
 
     def release(self, job_id: str) -> Snapshot:
         """The snapshot after the running gang ``job_id`` gave its resources back."""
-        running = dict(self.running)
-        gang = running.pop(job_id)
-        return self._change(gang.request, gang.placement, +1, running)
+        gang = self.running[job_id]
+        return self._change(gang.request, gang.placement, +1, self.running.delete(job_id))
 
     def _change(
-        self, req: Request, placement: Placement, sign: int, running: dict[str, Running]
+        self, req: Request, placement: Placement, sign: int, running: FrozenMap
     ) -> Snapshot:
+        gang = running.get(req.job_id) if sign < 0 else self.running[req.job_id]
+        service = dict(self._by_service)
+        group = service.get(req.gpus, ())
+        key = _service_key(gang, req.job_id)
+        j = bisect.bisect_left(group, key)
+        if sign < 0:
+            service[req.gpus] = (*group[:j], key, *group[j:])
+        else:
+            service[req.gpus] = group[:j] + group[j + 1 :]
         per_node: dict[str, list[int]] = {}
         for s in placement.slots:
             per_node.setdefault(s.node, []).extend(s.gpus)
@@ -181,8 +280,9 @@ class Snapshot:
         return replace(
             self,
             nodes=tuple(nodes),
-            running=MappingProxyType(running),
+            running=running,
             _by_free=tuple(buckets),
+            _by_service=MappingProxyType(service),
         )
 
     @classmethod

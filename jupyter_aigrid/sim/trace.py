@@ -112,17 +112,17 @@ _TYPES = ("ResNet-50", "Transformer", "LM", "Recommendation", "CycleGAN", "A3C")
 
 
 def synthetic_trace(
-    jobs: int, total_gpus: int, load: float = 0.7, seed: int = 0, users: int = 20
+    jobs: int, total_gpus: int, load: float = 0.9, seed: int = 0, users: int = 20
 ) -> list[TraceJob]:
-    """``jobs`` jobs with Philly-like GPU counts and heavy-tailed (log-normal) durations,
-    arriving as a Poisson process that offers ``load`` of ``total_gpus`` on average."""
+    """``jobs`` jobs with Philly-like GPU counts and heavy-tailed (log-normal, at most a day)
+    durations, arriving as a Poisson process that offers ``load`` of ``total_gpus``."""
     rng = random.Random(seed)  # noqa: S311 (a workload, not a secret)
     sizes = [g for g, _ in _GPU_MIX if g <= total_gpus]
     weights = [w for g, w in _GPU_MIX if g <= total_gpus]
     drawn = []
     for i in range(jobs):
         gpus = rng.choices(sizes, weights)[0]
-        duration = min(rng.lognormvariate(8.0, 1.8), 30 * 86400.0)
+        duration = min(rng.lognormvariate(7.0, 1.5), 86400.0)
         drawn.append((gpus, round(duration, 1), rng.choice(_TYPES), f"u{i % users}"))
     mean_work = sum(g * d for g, d, _, _ in drawn) / jobs
     rate = load * total_gpus / mean_work  # jobs per second

@@ -8,13 +8,17 @@ queues. A job starved for ``starve_factor`` times its own run time goes back to 
 
 from __future__ import annotations
 
+from itertools import islice, takewhile
+
 from ..model import Preempt, Request
 from ..snapshot import Snapshot
 from .base import QueuePolicy
-from .preemption import preemptible, victims_for
+from .preemption import victims_for
 
 #: Waiting jobs (in order) for which a round looks for gangs to preempt.
 MAX_TRIES = 8
+#: Most-served gangs considered as victims for one waiting job.
+MAX_CANDIDATES = 256
 
 
 class LasPolicy(QueuePolicy):
@@ -53,16 +57,20 @@ class LasPolicy(QueuePolicy):
 
     def preempt(self, snapshot: Snapshot, pending: list[Request]) -> list[Preempt]:
         now = snapshot.now
-        candidates = preemptible(snapshot, self.min_run_s)
-        if not candidates:
-            return []
-        ranked = [(self.queue_of(g.attained_gpu_s(now)), g) for g in candidates]
         for waiting in pending[:MAX_TRIES]:
             q = self._queue_of_waiting(waiting, now)
-            lower = [(rq, g) for rq, g in ranked if rq > q]
-            if not lower:
-                continue
-            # The lowest-priority queue first, and within it the gang that started last.
+            if q >= len(self.thresholds):
+                continue  # in the last queue: nobody runs at a lower priority
+            floor = self.thresholds[q]  # gangs with this much service sit in a later queue
+            served = takewhile(
+                lambda g, floor=floor: g.attained_gpu_s(now) >= floor, snapshot.most_served()
+            )
+            lower = [
+                (self.queue_of(g.attained_gpu_s(now)), g)
+                for g in islice(served, MAX_CANDIDATES)
+                if g.request.preemptible and now - g.started_at >= self.min_run_s
+            ]
+            # The lowest-priority queue first; within it, the gang that started last.
             lower.sort(key=lambda qg: (-qg[0], -qg[1].started_at))
             chosen = victims_for(
                 waiting, snapshot, [g for _, g in lower], f"preempted for job {waiting.job_id}"

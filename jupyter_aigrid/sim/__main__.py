@@ -1,0 +1,186 @@
+"""``python -m jupyter_aigrid.sim``: replay a trace through one or more policies.
+
+    python -m jupyter_aigrid.sim --trace traces/slice-a.csv --nodes 16 --gpus-per-node 8 \\
+        --policy aigrid [--policy fifo ...] [--preempt-overhead-s 40] [--json] [--plots DIR]
+
+``--policy all`` runs every installed policy. ``--oracle`` declares each job's true duration as
+its time limit (an oracle baseline, named ``<policy>+oracle``). ``--synthetic N`` replays N
+generated jobs instead of a file. Without ``--json`` it prints a table and writes two PNG
+plots: a JCT CDF per policy, and GPU utilisation over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..server.policies import available_policies, load_policy
+from .engine import SimResult, Simulator, make_nodes
+from .trace import TraceError, load_trace, synthetic_trace
+
+COLUMNS = (
+    ("avg_jct_s", "avg JCT (s)"),
+    ("median_jct_s", "median JCT (s)"),
+    ("p99_jct_s", "p99 JCT (s)"),
+    ("avg_queue_s", "avg queue (s)"),
+    ("p99_queue_s", "p99 queue (s)"),
+    ("makespan_s", "makespan (s)"),
+    ("gpu_utilization", "GPU util"),
+    ("preemptions", "preempt"),
+    ("jobs", "jobs"),
+    ("wall_s", "wall (s)"),
+    ("decisions_per_s", "decisions/s"),
+)
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        msg = f"takes KEY=VALUE (VALUE as JSON), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jupyter_aigrid.sim",
+        description="Replay a job trace through the master's scheduling policies.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--trace", type=Path, help="a CSV trace (job_id, submit_time_s, ...)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N generated Philly-like jobs")
+    p.add_argument("--load", type=float, default=0.9, help="offered load of --synthetic")
+    p.add_argument("--seed", type=int, default=0, help="seed of --synthetic")
+    p.add_argument("--nodes", type=int, default=16)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument(
+        "--policy", action="append", default=[], help="a policy name (repeatable), or all"
+    )
+    p.add_argument(
+        "--policy-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the policy, e.g. thresholds_gpu_s=[3600]",
+    )
+    p.add_argument("--preempt-overhead-s", type=float, default=40.0)
+    p.add_argument("--oracle", action="store_true", help="declare true durations (a baseline)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plots", type=Path, default=Path(), metavar="DIR", help="where PNGs go")
+    return p
+
+
+def run(args: argparse.Namespace) -> list[SimResult]:
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        msg = "--nodes and --gpus-per-node must be at least 1"
+        raise TraceError(msg)
+    total = args.nodes * args.gpus_per_node
+    if args.trace is not None:
+        jobs, source = load_trace(args.trace), str(args.trace)
+    else:
+        if args.synthetic < 1:
+            msg = f"--synthetic must be at least 1, got {args.synthetic}"
+            raise TraceError(msg)
+        jobs = synthetic_trace(args.synthetic, total, load=args.load, seed=args.seed)
+        source = f"synthetic-{args.synthetic}"
+    names = args.policy or ["aigrid"]
+    if "all" in names:
+        names = sorted(available_policies())
+    options = dict(args.policy_option)
+    results = []
+    for name in names:
+        policy = load_policy(name, **options)
+        sim = Simulator(
+            jobs,
+            make_nodes(args.nodes, args.gpus_per_node),
+            policy,
+            preempt_overhead_s=args.preempt_overhead_s,
+            oracle=args.oracle,
+            source=source,
+        )
+        results.append(sim.run())
+        if not args.json:
+            print(f"  {results[-1].policy}: {results[-1].metrics['wall_s']:.2f} s", file=sys.stderr)
+    return results
+
+
+def table(results: list[SimResult]) -> str:
+    header = ["policy", *(label for _, label in COLUMNS)]
+    rows = [[r.policy, *(f"{r.metrics[k]:,}" for k, _ in COLUMNS)] for r in results]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    )
+
+
+def plot(results: list[SimResult], folder: Path, stem: str) -> list[Path]:
+    """A JCT CDF per policy, and GPU utilisation over time; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        jct = sorted(rec.finish - rec.job.submit_s for rec in r.records)
+        ax.plot(jct, [(i + 1) / len(jct) for i in range(len(jct))], label=r.policy)
+    ax.set_xscale("log")
+    ax.set_xlabel("job completion time (s)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_title(f"JCT CDF: {stem}")
+    ax.legend()
+    cdf = folder / f"{stem}-jct-cdf.png"
+    fig.tight_layout()
+    fig.savefig(cdf, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        times = [t / 86400 for t, _ in r.timeline]
+        used = [g for _, g in r.timeline]
+        ax.step(times, used, where="post", label=r.policy, linewidth=0.8)
+    ax.set_xlabel("days")
+    ax.set_ylabel("GPUs allocated")
+    ax.set_title(f"GPU utilisation: {stem}")
+    ax.legend()
+    util = folder / f"{stem}-utilization.png"
+    fig.tight_layout()
+    fig.savefig(util, dpi=100)
+    plt.close(fig)
+    return [cdf, util]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        results = run(args)
+    except (TraceError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        if len(results) == 1:
+            print(json.dumps(results[0].metrics))
+        else:
+            print(json.dumps({r.policy: r.metrics for r in results}))
+        return 0
+    print(table(results))
+    stem = args.trace.stem if args.trace is not None else f"synthetic-{args.synthetic}"
+    for path in plot(results, args.plots, stem):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
