@@ -151,6 +151,17 @@ def cluster_table(cluster: dict[str, Any]) -> str:
     )
 
 
+def simulation_table(found: dict[str, Any]) -> str:
+    """The live run next to its replay under another policy (``POST /simulate``)."""
+    from .sim.engine import METRICS
+
+    rows = [
+        [label, f"{found['live'][key]:,}", f"{found['simulated'][key]:,}"] for key, label in METRICS
+    ]
+    header = ["", f"live ({found['live_policy']})", f"simulated ({found['policy']})"]
+    return _table(rows, header)
+
+
 def print_logs(client: Client, job_id: str, **kwargs: Any) -> None:
     for entry in client.logs(job_id, **kwargs):
         stream = sys.stderr if entry["stream"] == "stderr" else sys.stdout

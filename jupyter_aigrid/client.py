@@ -190,6 +190,17 @@ class Client:
             )
         )
 
+    def simulate(
+        self, policy: str, options: dict[str, Any] | None = None, preempt_overhead_s: float = 40.0
+    ) -> dict[str, Any]:
+        """Replay the master's finished jobs under ``policy`` (admins only)."""
+        body = {
+            "policy": policy,
+            "options": options or {},
+            "preempt_overhead_s": preempt_overhead_s,
+        }
+        return self._request("POST", "simulate", data=json.dumps(body)).json()
+
     def cluster(self) -> dict[str, Any]:
         return self._request("GET", "cluster").json()
 

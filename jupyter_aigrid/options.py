@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from typing import Any
 
@@ -122,3 +123,15 @@ def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "env", None):
         spec["env"] = dict(args.env)
     return spec
+
+
+def policy_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it is JSON (``weights={"a": 2}``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        msg = f"takes KEY=VALUE (VALUE as JSON), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value

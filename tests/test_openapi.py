@@ -363,7 +363,9 @@ def test_error_responses():
         assert "403" in codes, (path, verb)
         # Job paths, and the events of one job (?job=), can name a job that is not yours.
         assert ("404" in codes) == ("{job_id}" in path or path.endswith("/events")), (path, verb)
-        assert ("409" in codes) == ((path, verb) == ("/aigrid/api/jobs/{job_id}", "delete"))
+        # Cancelling what has ended, and replaying an empty history, are state conflicts.
+        conflicts = {("/aigrid/api/jobs/{job_id}", "delete"), ("/aigrid/api/simulate", "post")}
+        assert ("409" in codes) == ((path, verb) in conflicts)
         for code in codes & {"400", "403", "404", "409"}:
             response = resolve(doc, op["responses"][code])
             schema = response["content"]["application/json"]["schema"]
@@ -375,6 +377,7 @@ def test_error_responses():
         ("/aigrid/api/jobs", "post"),
         ("/aigrid/api/jobs/{job_id}/logs", "get"),
         ("/aigrid/api/events", "get"),
+        ("/aigrid/api/simulate", "post"),
     }
 
 

@@ -91,3 +91,23 @@ def test_spec_rules_name_the_field(raw, field):
     with pytest.raises(SpecError) as info:
         validate(raw)
     assert info.value.field == field
+
+
+def test_a_version_1_database_gains_the_new_column(tmp_path):
+    path = tmp_path / "db.sqlite"
+    store = Store(path)
+    job = store.insert_job(
+        {"name": "old", "owner": "u", "kind": "training", "state": "queued", "priority": "normal",
+         "gpus": 0, "replicas": 1, "spec": {"code": "pass"}, "submitted_at": 1.0}
+    )  # fmt: skip
+    store.close()
+    raw = sqlite3.connect(path)
+    raw.execute("ALTER TABLE jobs DROP COLUMN attained_gpu_s")
+    raw.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    raw.commit()
+    raw.close()
+    store = Store(path)
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert "attained_gpu_s" in store.db["jobs"].columns_dict
+    assert store.job(job["id"])["name"] == "old"  # nothing lost
+    store.close()

@@ -18,9 +18,9 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
-from ..cli import cluster_table, jobs_table, print_logs
+from ..cli import cluster_table, jobs_table, print_logs, simulation_table
 from ..client import AIGridError, Client
-from ..options import add_job_options, spec_fields
+from ..options import add_job_options, policy_option, spec_fields
 from ..server.model import JOB_STATES
 from .jobs import OUTPUT_MODES, JobHandle, PullError, run_blocking
 from .transfer import check_pull, encode_push, split_names
@@ -108,6 +108,20 @@ def _command_parsers() -> dict[str, _Parser]:
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
     parsers["cluster"] = _Parser(prog="cluster", description="A live grid of nodes and GPUs.")
+    p = parsers["simulate"] = _Parser(
+        prog="simulate",
+        description="Replay the jobs that ran here under another policy (admins).",
+    )
+    p.add_argument("--policy", required=True, help="fifo, priority, fairshare, las, ...")
+    p.add_argument(
+        "--option",
+        type=policy_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a policy option, VALUE as JSON",
+    )
+    p.add_argument("--preempt-overhead-s", type=float, default=40.0, metavar="SECONDS")
     p = parsers["connect"] = _Parser(
         prog="connect",
         description="Use this master instead of the Jupyter server that started the kernel.",
@@ -133,6 +147,7 @@ Line magics::
     %aigrid logs ID [-f] [--rank R] [--tail N]
     %aigrid cancel ID
     %aigrid cluster
+    %aigrid simulate --policy NAME [--option KEY=VALUE] [--preempt-overhead-s S]
     %aigrid connect URL [--token TOKEN]
     %aigrid wait ID [--timeout SECONDS]
 
@@ -294,6 +309,11 @@ class AIGridMagics(Magics):
             self._cluster_widget.close()
         self._cluster_widget = ClusterWidget(self.client)
         return self._cluster_widget
+
+    def _simulate(self, args: Any, cell: None) -> dict[str, Any]:
+        found = self.client.simulate(args.policy, dict(args.option), args.preempt_overhead_s)
+        print(simulation_table(found))
+        return found
 
     def _connect(self, args: Any, cell: None) -> None:
         client = Client(args.url, args.token)

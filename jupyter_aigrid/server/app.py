@@ -126,12 +126,17 @@ class AIGridApp(ExtensionApp):
             cpus_per_node=self.local_cpus_per_node,
             memory_mb_per_node=self.local_memory_mb_per_node,
         )
+        try:
+            policy = load_policy(self.policy, **self.policy_options)
+        except (ValueError, TypeError) as e:
+            msg = f"c.AIGridApp.policy / policy_options: {e}"
+            raise TraitError(msg) from e
         for path in events.schema_paths():
             self.serverapp.event_logger.register_event_schema(path)
         self.master = Master(
             Store(self.db_path),
             executor,
-            load_policy(self.policy, **self.policy_options),
+            policy,
             state_dir=state,
             emit=self._emit,
             tick_s=self.tick_interval_s,

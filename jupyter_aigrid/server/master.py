@@ -37,7 +37,7 @@ from .model import (
     ReplicaHandle,
     Request,
 )
-from .policies import schedule_round
+from .policies import load_policy, schedule_round
 from .queries import JobQueries, NotFound
 from .replicas import JobFiles, replica_env
 from .snapshot import History
@@ -223,6 +223,41 @@ class Master(JobQueries):
     ) -> tuple[list[dict[str, Any]], int]:
         """Stored events after ``since`` that ``user`` may see, and the seq to continue from."""
         return await self._call(self._events, user, admin, since, job_id)
+
+    async def simulate(
+        self, policy: str, options: dict[str, Any], overhead_s: float
+    ) -> dict[str, Any]:
+        """Replay the jobs that ran here under ``policy``; the live figures come alongside."""
+        from ..sim.engine import Simulator, summarize
+
+        jobs, rows = await self._call(self._replay_jobs)
+        if not jobs:
+            msg = "no job has run to the end here yet: there is no history to replay"
+            raise Conflict(msg)
+        try:
+            chosen = load_policy(policy, **options)
+        except (ValueError, TypeError) as e:
+            raise SpecError(str(e), field="options" if options else "policy") from e
+        sim = Simulator(jobs, self.nodes, chosen, overhead_s, source="the job history")
+        result = await asyncio.to_thread(sim.run)
+        ran = {j.job_id: j.duration_s for j in jobs}
+        preempted = await self._call(self.store.count_events, events.JOB_STATE, PREEMPTED)
+        live = summarize(
+            [(r["submitted_at"], r["finished_at"], ran[r["id"]]) for r in rows],
+            sum(ran[r["id"]] * r["gpus"] for r in rows),
+            sum(len(n.gpus) for n in self.nodes),
+            preempted,
+        )
+        return {
+            "policy": result.policy,
+            "live_policy": self.policy.name,
+            "preempt_overhead_s": overhead_s,
+            "simulated": result.metrics,
+            "live": live,
+            "placements": {
+                r.job.job_id: r.placements[0].to_json() for r in result.records if r.placements
+            },
+        }
 
     def new_events(self) -> asyncio.Event:
         """Set at the next event; take it *before* reading, so nothing falls in between."""

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .inventory import nvml_utilisation
-from .model import ACTIVE_STATES, Placement, Request
+from .model import ACTIVE_STATES, FINAL_STATES, Placement, Request
 from .snapshot import History, Snapshot
 from .spec import SpecError, to_request
 from .views import cluster_view, event_view, job_view
@@ -137,6 +137,33 @@ class JobQueries:
             for stream in ("stdout", "stderr")
         ]
         return self._view(row), files
+
+    def _replay_jobs(self) -> tuple[list[Any], list[dict[str, Any]]]:
+        """The jobs that ran here, as a trace for the simulator (each with its full request,
+        its submit time and how long it ran), and their rows."""
+        from ..sim.trace import TraceJob
+
+        jobs, rows = [], []
+        for row in self.store.jobs(FINAL_STATES):
+            if not row.get("started_at") or not row.get("finished_at"):
+                continue  # ended before it ever ran
+            ran = (row.get("attained_gpu_s") or 0.0) / max(row["gpus"], 1)
+            ran += row["finished_at"] - row["started_at"]
+            request = self._request(row)
+            jobs.append(
+                TraceJob(
+                    job_id=row["id"],
+                    submit_s=row["submitted_at"],
+                    duration_s=ran,
+                    gpus=row["gpus"],
+                    job_type=request.job_type,
+                    user=row["owner"],
+                    row=row["seq"],
+                    request=request,
+                )
+            )
+            rows.append(row)
+        return jobs, rows
 
     def _snapshot(self) -> Snapshot:
         snap = Snapshot.empty(self.nodes, now=time.time(), history=self._history)

@@ -347,6 +347,13 @@ class Store:
         keys = ("seq", "time", "schema_id", "job_id", "data", "owner")
         return [{**dict(zip(keys, r, strict=True)), "data": json.loads(r[4])} for r in rows]
 
+    def count_events(self, schema_id: str, state: str) -> int:
+        """How many stored events of ``schema_id`` entered ``state``."""
+        return self.db.execute(
+            "SELECT COUNT(*) FROM events WHERE schema_id = ? AND json_extract(data, '$.state') = ?",
+            [schema_id, state],
+        ).fetchone()[0]
+
     def last_event_seq(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
 

@@ -15,36 +15,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
+from ..options import policy_option
 from ..server.policies import available_policies, load_policy
-from .engine import SimResult, Simulator, make_nodes
+from .engine import METRICS, SimResult, Simulator, make_nodes
 from .trace import TraceError, load_trace, synthetic_trace
 
-COLUMNS = (
-    ("avg_jct_s", "avg JCT (s)"),
-    ("median_jct_s", "median JCT (s)"),
-    ("p99_jct_s", "p99 JCT (s)"),
-    ("avg_queue_s", "avg queue (s)"),
-    ("p99_queue_s", "p99 queue (s)"),
-    ("makespan_s", "makespan (s)"),
-    ("gpu_utilization", "GPU util"),
-    ("preemptions", "preempt"),
-    ("jobs", "jobs"),
-    ("wall_s", "wall (s)"),
-    ("decisions_per_s", "decisions/s"),
-)
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        msg = f"takes KEY=VALUE (VALUE as JSON), got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+COLUMNS = (*METRICS, ("wall_s", "wall (s)"), ("decisions_per_s", "decisions/s"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--policy-option",
-        type=_option,
+        type=policy_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",

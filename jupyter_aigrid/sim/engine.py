@@ -25,6 +25,18 @@ from ..server.snapshot import History, Snapshot
 from .trace import TraceJob, check_fits
 
 _FINISH, _ARRIVAL, _TICK = 0, 1, 2
+#: (key, label) of the figures of a run, as tables show them.
+METRICS = (
+    ("avg_jct_s", "avg JCT (s)"),
+    ("median_jct_s", "median JCT (s)"),
+    ("p99_jct_s", "p99 JCT (s)"),
+    ("avg_queue_s", "avg queue (s)"),
+    ("p99_queue_s", "p99 queue (s)"),
+    ("makespan_s", "makespan (s)"),
+    ("gpu_utilization", "GPU util"),
+    ("preemptions", "preemptions"),
+    ("jobs", "jobs"),
+)
 #: Rounds at one instant before the simulator moves on (a policy that keeps preempting).
 MAX_ROUNDS_PER_INSTANT = 16
 
@@ -98,6 +110,15 @@ class Simulator:
         self.tick_s: float | None = getattr(policy, "tick_s", None)
 
     def _record(self, job: TraceJob, seq: int) -> JobRecord:
+        if job.request is not None:
+            request = replace(
+                job.request,
+                submitted_at=job.submit_s,
+                seq=seq,
+                attained_gpu_s=0.0,
+                time_limit_s=job.duration_s if self.oracle else job.request.time_limit_s,
+            )
+            return JobRecord(job, request, job.duration_s)
         request = Request(
             job_id=job.job_id,
             owner=job.user,
@@ -139,7 +160,8 @@ class Simulator:
                     used -= rec.request.gpus
                     rec.held_s += now - rec.run_start
                     rec.finish = now
-                    history = history.add(rec.request, rec.job.duration_s)
+                    if not self.oracle:  # an oracle knows every duration already
+                        history = history.add(rec.request, rec.job.duration_s)
                 elif kind == _TICK:
                     next_tick = None
             snapshot = snapshot.at(now).with_history(history)
@@ -207,22 +229,33 @@ class Simulator:
         if unfinished:
             msg = f"{unfinished} job(s) never finished under {self.policy.name}"
             raise RuntimeError(msg)
-        jct = [r.finish - r.job.submit_s for r in done]
-        queued = [r.finish - r.job.submit_s - r.held_s for r in done]
-        first = min(r.job.submit_s for r in done)
-        makespan = max(r.finish for r in done) - first
-        total = sum(len(n.gpus) for n in self.nodes)
-        gpu_s = sum(g * (t1 - t0) for (t0, g), (t1, _) in itertools.pairwise(timeline))
-        return {
-            "avg_jct_s": round(statistics.fmean(jct), 1),
-            "median_jct_s": round(statistics.median(jct), 1),
-            "p99_jct_s": round(_percentile(jct, 99), 1),
-            "avg_queue_s": round(statistics.fmean(queued), 1),
-            "p99_queue_s": round(_percentile(queued, 99), 1),
-            "makespan_s": round(makespan, 1),
-            "gpu_utilization": round(gpu_s / (total * makespan), 4) if makespan else 0.0,
-            "preemptions": preemptions,
-            "jobs": len(done),
-            "wall_s": round(wall, 3),
-            "decisions_per_s": round(decisions / wall, 1) if wall else 0.0,
-        }
+        busy = sum(g * (t1 - t0) for (t0, g), (t1, _) in itertools.pairwise(timeline))
+        metrics = summarize(
+            [(r.job.submit_s, r.finish, r.held_s) for r in done],
+            busy,
+            sum(len(n.gpus) for n in self.nodes),
+            preemptions,
+        )
+        metrics["wall_s"] = round(wall, 3)
+        metrics["decisions_per_s"] = round(decisions / wall, 1) if wall else 0.0
+        return metrics
+
+
+def summarize(
+    jobs: list[tuple[float, float, float]], busy_gpu_s: float, total_gpus: int, preemptions: int
+) -> dict[str, Any]:
+    """The figures of a run from (submitted, finished, seconds holding GPUs) per job."""
+    jct = [end - start for start, end, _ in jobs]
+    queued = [end - start - held for start, end, held in jobs]
+    makespan = max(end for _, end, _ in jobs) - min(start for start, _, _ in jobs)
+    return {
+        "avg_jct_s": round(statistics.fmean(jct), 1),
+        "median_jct_s": round(statistics.median(jct), 1),
+        "p99_jct_s": round(_percentile(jct, 99), 1),
+        "avg_queue_s": round(statistics.fmean(queued), 1),
+        "p99_queue_s": round(_percentile(queued, 99), 1),
+        "makespan_s": round(makespan, 1),
+        "gpu_utilization": round(busy_gpu_s / (total_gpus * makespan), 4) if makespan else 0.0,
+        "preemptions": preemptions,
+        "jobs": len(jobs),
+    }

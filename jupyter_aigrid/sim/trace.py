@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..server.model import Request
+
 REQUIRED = ("job_id", "submit_time_s", "duration_s", "num_gpus")
 
 
@@ -30,6 +32,8 @@ class TraceJob:
     user: str = "user"
     #: The CSV row (header = 1), for errors found later.
     row: int = 0
+    #: The job's full resource request, when replaying the master's own history.
+    request: Request | None = None
 
 
 def _number(text: str, column: str, where: str) -> float:

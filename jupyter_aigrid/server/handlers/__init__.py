@@ -8,6 +8,7 @@ from .jobs import JobHandler, JobsHandler
 from .logs import LogsHandler
 from .openapi import OpenAPIHandler
 from .results import OutputHandler, ResultHandler
+from .simulate import SimulateHandler
 
 API = "/aigrid/api"
 _JOB = r"(?P<job_id>[^/]+)"
@@ -21,5 +22,6 @@ ROUTES = [
     (rf"{API}/jobs/{_JOB}/outputs/(?P<name>[^/]+)", OutputHandler),
     (rf"{API}/events", EventsHandler),
     (rf"{API}/cluster", ClusterHandler),
+    (rf"{API}/simulate", SimulateHandler),
     (rf"{API}/openapi.yaml", OpenAPIHandler),
 ]

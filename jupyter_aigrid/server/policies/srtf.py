@@ -11,6 +11,7 @@ from ..model import Preempt, Request
 from ..snapshot import Snapshot
 from .backfill import remaining_s
 from .base import QueuePolicy
+from .las import MAX_TRIES
 from .preemption import preemptible, victims_for
 
 
@@ -24,15 +25,20 @@ class SrtfPolicy(QueuePolicy):
         return sorted(queue, key=lambda r: (remaining_s(r, snapshot), r.submitted_at, r.seq))
 
     def preempt(self, snapshot: Snapshot, pending: list[Request]) -> list[Preempt]:
-        head = pending[0]
-        mine = remaining_s(head, snapshot)
         now = snapshot.now
-        longer = [
-            (left, g)
-            for g in preemptible(snapshot, self.min_run_s)
-            if (left := remaining_s(g.request, snapshot, now - g.started_at)) > mine
-        ]
-        longer.sort(key=lambda lg: -lg[0])
-        return victims_for(
-            head, snapshot, [g for _, g in longer], f"preempted for shorter job {head.job_id}"
+        running = sorted(
+            (
+                (remaining_s(g.request, snapshot, now - g.started_at), g)
+                for g in preemptible(snapshot, self.min_run_s)
+            ),
+            key=lambda lg: -lg[0],
         )
+        for waiting in pending[:MAX_TRIES]:
+            mine = remaining_s(waiting, snapshot)
+            longer = [g for left, g in running if left > mine]
+            chosen = victims_for(
+                waiting, snapshot, longer, f"preempted for shorter job {waiting.job_id}"
+            )
+            if chosen:
+                return chosen
+        return []
