@@ -12,3 +12,14 @@ echo "==> build tools (hatchling, hatch-jupyter-builder, JupyterLab for jlpm)"
 pip_install "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables "jupyterlab>=4.2,<5"
 echo "==> jupyter-aigrid[${EXTRAS:-lab}] (builds the JupyterLab extension on first install)"
 pip_install --no-build-isolation --editable ".[${EXTRAS:-lab}]"
+
+if [ "${EXTRAS:-lab}" = "test" ]; then
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> chromium (for the sidebar's browser tests)"
+    apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+      || echo "    could not install chromium: the browser tests will be skipped"
+  fi
+  echo "==> labextension node dependencies"
+  (cd labextension && jlpm install >/dev/null)
+fi

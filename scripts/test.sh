@@ -5,5 +5,7 @@ set -euo pipefail
 EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 echo "==> ruff"
 "$PYTHON" -m ruff check jupyter_aigrid tests benchmarks examples
+echo "==> labextension unit tests (jest)"
+(cd labextension && jlpm test --silent)
 echo "==> pytest"
 exec "$PYTHON" -m pytest "$@"

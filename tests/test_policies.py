@@ -165,7 +165,7 @@ def test_priority_order_is_respected():
 
 def test_priority_preempts_lower_preemptible_gangs_only():
     snap = busy(cluster(4), "n0", 0, 1, job_id="low", priority="low", preemptible=True)
-    snap = busy(snap, "n0", 2, 3, job_id="pinned", priority="low", preemptible=False)
+    snap = busy(snap, "n0", 2, 3, job_id="pinned", priority="low", preemptible=False).at(10.0)
     decided = schedule_round(
         load_policy("priority"), [req("urgent", replicas=2, priority="high")], snap
     )
@@ -237,8 +237,11 @@ def test_estimates_come_from_limits_and_history_never_the_job_itself():
     assert h.estimate_s(job) is None
     assert h.estimate_s(req("y", time_limit_s=600.0)) == 600.0
     h = h.add(req("done1", job_type="resnet"), 100.0).add(req("done2", job_type="resnet"), 300.0)
-    assert h.estimate_s(job) == 200.0
+    assert h.estimate_s(job) == 300.0  # its most recent sibling (same type, GPUs, week)
+    later = req("later", job_type="resnet", submitted_at=30 * 86400.0)
+    assert h.estimate_s(later) == 200.0  # no sibling that close: the type's runs
     assert h.estimate_s(req("z", job_type="other", owner="u")) == 200.0  # by owner
+    assert h.estimate_s(req("c", job_type="resnet", time_limit_s=50.0)) == 50.0  # capped
 
 
 @pytest.mark.parametrize(
@@ -263,3 +266,27 @@ def test_unknown_policy_and_bad_options_are_named():
         load_policy("las", bogus=1)
     with pytest.raises(ValueError, match="weight of 'bob' must be > 0"):
         load_policy("fairshare", weights={"bob": 0})
+
+
+def test_preemption_takes_the_fewest_victims_and_never_a_gang_just_launched():
+    # n0: B holds all 8 GPUs; n1: C holds 7 and A (the most served) 1. W needs a whole node.
+    snap = cluster(8, 8)
+    place = lambda s, job, node, gpus, start, **kw: s.allocate(  # noqa: E731
+        req(job, replicas=len(gpus), preemptible=True, **kw),
+        Placement(tuple(Slot(i, node, i, (g,)) for i, g in enumerate(gpus))),
+        started_at=start,
+    )
+    snap = place(snap, "B", "n0", range(8), 0.0)
+    snap = place(snap, "C", "n1", range(7), 0.0)
+    snap = place(snap, "A", "n1", [7], 0.0, attained_gpu_s=1e6).at(1000.0)
+    decided = schedule_round(load_policy("las"), [req("W", replicas=8, seq=5)], snap)
+    assert [p.job_id for p in decided.preemptions] == ["B"]
+    # A gang placed in this very round is never its victim.
+    fresh = cluster(2)
+    decided = schedule_round(
+        load_policy("srtf", min_run_s=0),
+        [req("L", preemptible=True, seq=1, time_limit_s=900.0),
+         req("W", replicas=2, seq=2, time_limit_s=10.0)],
+        fresh,
+    )  # fmt: skip
+    assert [launch.job_id for launch in decided.launches] == ["W"] or decided.preemptions == ()

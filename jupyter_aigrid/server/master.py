@@ -513,8 +513,9 @@ class Master(JobQueries):
     def _finish(self, row: dict[str, Any], codes: dict[str, int | None]) -> None:
         pending = row.get("pending_state")
         now = time.time()
-        ran_gpu_s = max(0.0, now - (row.get("started_at") or now)) * row["gpus"]
-        attained = (row.get("attained_gpu_s") or 0.0) + ran_gpu_s
+        ran_s = max(0.0, now - (row.get("started_at") or now))
+        earlier = row.get("attained_gpu_s") or 0.0
+        attained = earlier + ran_s * row["gpus"]
         if pending == PREEMPTED:
             self._set_state(row, PREEMPTED, exit_codes=codes, attained_gpu_s=attained)
             self._set_state(
@@ -536,13 +537,16 @@ class Master(JobQueries):
                 restarts=row["restarts"] + 1,
                 attempt=row["attempt"] + 1,
                 started_at=None,
+                attained_gpu_s=attained,
                 reason=f"restarting after: {row['reason']}",
             )
         elif pending in (FAILED, CANCELLED):
             self._set_state(row, pending, exit_codes=codes, finished_at=now)
         elif all(c == 0 for c in codes.values()):
             self._set_state(row, SUCCEEDED, exit_codes=codes, finished_at=now)
-            self._history = self._history.add(self._request(row), attained / max(row["gpus"], 1))
+            # Run time in all: earlier runs (known as GPU-seconds) and this one.
+            run_s = (earlier / row["gpus"] if row["gpus"] else 0.0) + ran_s
+            self._history = self._history.add(self._request(row), run_s)
         else:  # pragma: no cover - a non-zero exit always sets pending_state first
             self._set_state(row, FAILED, exit_codes=codes, finished_at=now)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import statistics
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -94,16 +95,38 @@ def _service_key(gang: Running, job_id: str) -> tuple[float, str]:
     return (gang.started_at * req.gpus - req.attained_gpu_s, job_id)
 
 
+#: Finished jobs kept per job type for its median, and per (type, GPUs) as recent siblings.
+_TYPE_SAMPLES = 64
+_SIBLINGS = 8
+#: Jobs of one kind submitted within this window of each other count as siblings (a sweep).
+SIBLING_WINDOW_S = 7 * 86400.0
+
+
 @dataclass(frozen=True)
 class History:
-    """Run times of finished jobs, by job type, owner and GPU count: the only source, with a
-    declared time limit, of duration estimates. A job's own true duration is never here
-    before it has ended."""
+    """Run times of finished jobs: the only source, with a declared time limit, of duration
+    estimates. A job's own true duration is never here before it has ended.
+
+    Jobs of one kind submitted close together (a sweep, retries) run for similar times, far
+    more alike than jobs of the same kind in general; so the first estimate of a job is its
+    most recent finished sibling (same type and GPU count, submitted within a week of it),
+    then the median of its type's recent runs, then the means of its owner and GPU count.
+    """
 
     by_type: Mapping[str, tuple[int, float]] = field(default_factory=lambda: _EMPTY)
     by_owner: Mapping[str, tuple[int, float]] = field(default_factory=lambda: _EMPTY)
     by_gpus: Mapping[int, tuple[int, float]] = field(default_factory=lambda: _EMPTY)
     total: tuple[int, float] = (0, 0.0)
+    #: type -> (recent run times, their median)
+    type_median: Mapping[str, tuple[tuple[float, ...], float]] = field(
+        default_factory=lambda: _EMPTY
+    )
+    #: (type, GPUs) -> recent (submitted_at, run time), oldest first
+    siblings: Mapping[tuple[str, int], tuple[tuple[float, float], ...]] = field(
+        default_factory=lambda: _EMPTY
+    )
+    #: Estimates already worked out from this (immutable) history.
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def add(self, request: Request, run_s: float) -> History:
         """This history plus one finished job that ran ``run_s`` seconds in all."""
@@ -112,27 +135,55 @@ class History:
             n, total = table.get(key, (0, 0.0))
             return MappingProxyType({**table, key: (n + 1, total + run_s)})
 
+        kind = request.job_type
+        type_median, siblings = self.type_median, self.siblings
+        if kind:
+            recent = (*type_median.get(kind, ((), 0.0))[0], run_s)[-_TYPE_SAMPLES:]
+            ordered = sorted(recent)
+            type_median = MappingProxyType(
+                {**type_median, kind: (recent, ordered[len(ordered) // 2])}
+            )
+            key = (kind, request.gpus)
+            mine = (*siblings.get(key, ()), (request.submitted_at, run_s))[-_SIBLINGS:]
+            siblings = MappingProxyType({**siblings, key: mine})
         return History(
-            by_type=plus(self.by_type, request.job_type) if request.job_type else self.by_type,
+            by_type=plus(self.by_type, kind) if kind else self.by_type,
             by_owner=plus(self.by_owner, request.owner),
             by_gpus=plus(self.by_gpus, request.gpus),
             total=(self.total[0] + 1, self.total[1] + run_s),
+            type_median=type_median,
+            siblings=siblings,
         )
 
     def estimate_s(self, request: Request) -> float | None:
-        """Expected run time: the mean of the closest group with history, capped by the
-        declared time limit; the time limit alone; or None when nothing is known."""
-        for table, key in (
-            (self.by_type, request.job_type),
-            (self.by_owner, request.owner),
-            (self.by_gpus, request.gpus),
-        ):
+        """Expected run time, capped by the declared time limit; or the limit alone; or None
+        when nothing at all is known."""
+        key = (request.job_type, request.gpus, request.submitted_at, request.owner)
+        try:
+            found = self._memo[key]
+        except KeyError:
+            found = self._memo[key] = self._from_history(request)
+        if found is None:
+            return request.time_limit_s
+        return min(found, request.time_limit_s) if request.time_limit_s else found
+
+    def _from_history(self, request: Request) -> float | None:
+        kind = request.job_type
+        if kind:
+            near = [
+                run
+                for submitted, run in self.siblings.get((kind, request.gpus), ())
+                if abs(submitted - request.submitted_at) <= SIBLING_WINDOW_S
+            ]
+            if near:
+                return near[-1]
+            samples, median = self.type_median.get(kind, ((), 0.0))
+            if samples:
+                return median if len(samples) >= 3 else statistics.fmean(samples)
+        for table, key in ((self.by_owner, request.owner), (self.by_gpus, request.gpus)):
             found = table.get(key) if key else None
             if found:
-                mean = found[1] / found[0]
-                return min(mean, request.time_limit_s) if request.time_limit_s else mean
-        if request.time_limit_s:
-            return request.time_limit_s
+                return found[1] / found[0]
         return self.total[1] / self.total[0] if self.total[0] else None
 
 

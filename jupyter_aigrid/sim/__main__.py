@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> list[SimResult]:
     if "all" in names:
         names = sorted(available_policies())
     options = dict(args.policy_option)
+    if options and len(names) > 1:
+        msg = "--policy-option goes with one --policy: each policy takes its own options"
+        raise TraceError(msg)
     results = []
     for name in names:
         policy = load_policy(name, **options)

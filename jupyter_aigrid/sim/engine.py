@@ -162,6 +162,7 @@ class Simulator:
                     rec.finish = now
                     if not self.oracle:  # an oracle knows every duration already
                         history = history.add(rec.request, rec.job.duration_s)
+                    timeline.append((now, used))
                 elif kind == _TICK:
                     next_tick = None
             snapshot = snapshot.at(now).with_history(history)
@@ -204,7 +205,9 @@ class Simulator:
                     timeline.append((now, used))
                 if not result.preemptions:
                     break
-            if self.tick_s and queue and next_tick is None:
+            # Ticks matter only while gangs run (their service grows); with nothing running
+            # and nothing else to come, a job that can never be placed must not tick forever.
+            if self.tick_s and queue and snapshot.running and next_tick is None:
                 next_tick = now + self.tick_s
                 heapq.heappush(events, (next_tick, _TICK, seq, "", 0))
                 seq += 1

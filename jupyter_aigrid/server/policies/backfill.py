@@ -19,11 +19,12 @@ from .base import QueuePolicy, Round
 def remaining_s(request: Request, snapshot: Snapshot, ran_s: float = 0.0) -> float:
     """Estimated seconds ``request`` still needs after running ``ran_s`` in this run."""
     est = snapshot.estimate_s(request)
+    done = request.attained_gpu_s / max(request.gpus, 1) + ran_s
     if est is None:
         return math.inf
-    done = request.attained_gpu_s / max(request.gpus, 1) + ran_s
-    # Past its estimate: expect it to run as long again as it has run beyond it, at least.
-    return est - done if est > done else max(done - est, 60.0)
+    # Past its estimate, a job is expected to need about its estimate again: a fixed figure,
+    # so that two overrunning jobs do not keep trading places.
+    return est - done if est > done else max(est, 60.0)
 
 
 def end_of(gang: Running, snapshot: Snapshot) -> float:

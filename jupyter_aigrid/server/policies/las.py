@@ -3,7 +3,7 @@
 A job's attained service is GPUs x seconds run. Queue 0 holds jobs below the first
 threshold, queue 1 those below the second, and so on; lower queues go first, first come
 first served within a queue. A job waiting in a lower queue preempts running gangs of higher
-queues. A job starved for ``starve_factor`` times its own run time goes back to queue 0.
+queues.
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ class LasPolicy(QueuePolicy):
     def __init__(
         self,
         thresholds_gpu_s: tuple[float, ...] | list[float] = (3600.0,),
-        starve_factor: float = 0.0,
         min_run_s: float = 0.0,
         tick_s: float | None = None,
     ) -> None:
         self.thresholds = tuple(sorted(float(t) for t in thresholds_gpu_s))
         #: How often the simulator (and the master's timer) re-runs the policy while jobs wait.
         self.tick_s = tick_s
-        self.starve_factor = starve_factor
         self.min_run_s = min_run_s
 
     def queue_of(self, attained_gpu_s: float) -> int:
@@ -44,12 +42,7 @@ class LasPolicy(QueuePolicy):
         return len(self.thresholds)
 
     def _queue_of_waiting(self, r: Request, now: float) -> int:
-        q = self.queue_of(r.attained_gpu_s)
-        if self.starve_factor and q and r.attained_gpu_s:
-            ran_s = r.attained_gpu_s / max(r.gpus, 1)
-            if now - r.submitted_at - ran_s > self.starve_factor * ran_s:
-                return 0
-        return q
+        return self.queue_of(r.attained_gpu_s)
 
     def order(self, queue: list[Request], snapshot: Snapshot) -> list[Request]:
         now = snapshot.now
@@ -65,10 +58,15 @@ class LasPolicy(QueuePolicy):
             served = takewhile(
                 lambda g, floor=floor: g.attained_gpu_s(now) >= floor, snapshot.most_served()
             )
+            eligible = (
+                g
+                for g in served
+                if g.request.preemptible
+                and g.started_at < now
+                and now - g.started_at >= self.min_run_s
+            )
             lower = [
-                (self.queue_of(g.attained_gpu_s(now)), g)
-                for g in islice(served, MAX_CANDIDATES)
-                if g.request.preemptible and now - g.started_at >= self.min_run_s
+                (self.queue_of(g.attained_gpu_s(now)), g) for g in islice(eligible, MAX_CANDIDATES)
             ]
             # The lowest-priority queue first; within it, the gang that started last.
             lower.sort(key=lambda qg: (-qg[0], -qg[1].started_at))

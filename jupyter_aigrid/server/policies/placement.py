@@ -11,8 +11,10 @@ def place_gang(req: Request, snapshot: Snapshot) -> Placement | None:
 
     - A gang that fits in one node goes to one node: the best fit (fewest free GPUs left),
       preferring nodes that hold the job's datasets.
-    - A gang of whole nodes' worth of GPUs (16 on 8-GPU nodes) takes whole free nodes.
-    - Otherwise the fewest nodes: the roomiest first, the last one the tightest that fits.
+    - A gang of whole nodes' worth of GPUs (16 on 8-GPU nodes) takes whole free nodes when
+      there are enough of them.
+    - Otherwise (and when neither of those is possible now) the fewest nodes: the roomiest
+      first, the last one the tightest that fits.
     - ``req.nodes = K`` spreads the replicas as evenly as possible over exactly K nodes.
 
     Best fit keeps free nodes whole for the big gangs that need them (less fragmentation).

@@ -1,0 +1,142 @@
+import {
+  clusterMap,
+  formatAge,
+  jobRow,
+  placementTable,
+  splitCommand,
+  statusText
+} from '../src/render';
+import { ICluster, IJob } from '../src/types';
+
+function job(overrides: Partial<IJob> = {}): IJob {
+  return {
+    id: '7',
+    name: 'mnist',
+    owner: 'ada',
+    kind: 'training',
+    state: 'running',
+    reason: null,
+    priority: 'normal',
+    qos: 'normal',
+    preemptible: false,
+    gpus: 2,
+    replicas: 2,
+    queue_position: null,
+    placement: null,
+    stopping: false,
+    restarts: 0,
+    attempt: 0,
+    submitted_at: new Date(Date.now() - 90_000).toISOString(),
+    started_at: null,
+    finished_at: null,
+    elapsed_s: null,
+    migration: null,
+    ...overrides
+  };
+}
+
+const cluster: ICluster = {
+  executor: 'local',
+  simulated: true,
+  gpus_total: 4,
+  gpus_free: 2,
+  nodes: [
+    {
+      name: 'node-0',
+      cpus: 4,
+      memory_mb: 1024,
+      gpus: [
+        { index: 0, uuid: 'SIM-0', model: 'simulated', memory_mb: 0, simulated: true, job_id: '7', rank: 0 },
+        { index: 1, uuid: 'SIM-1', model: 'simulated', memory_mb: 0, simulated: true, job_id: '7', rank: 1 }
+      ]
+    },
+    {
+      name: 'node-1',
+      cpus: 4,
+      memory_mb: 1024,
+      gpus: [
+        { index: 0, uuid: 'GPU-a', model: 'H100', memory_mb: 80000, simulated: false, job_id: null, rank: null, utilization_pct: 40, memory_used_mb: 20000 },
+        { index: 1, uuid: 'GPU-b', model: 'H100', memory_mb: 80000, simulated: false, job_id: null, rank: null }
+      ]
+    }
+  ]
+};
+
+describe('jobRow', () => {
+  it('shows state, name, owner, GPUs, QoS and age', () => {
+    const row = jobRow(job());
+    expect(row.dataset.jobId).toBe('7');
+    expect(row.textContent).toContain('running');
+    expect(row.textContent).toContain('mnist');
+    expect(row.textContent).toContain('ada');
+    expect(row.textContent).toContain('2 GPUs');
+    expect(row.querySelector('.aigrid-job-age')?.textContent).toBe('1m');
+  });
+
+  it('escapes names that contain markup', () => {
+    const evil = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>';
+    const row = jobRow(job({ name: evil }));
+    expect(row.querySelector('img')).toBeNull();
+    expect(row.querySelector('script')).toBeNull();
+    expect(row.querySelector('.aigrid-job-name')?.textContent).toBe(evil);
+  });
+
+  it('shows the queue position of a queued job', () => {
+    expect(jobRow(job({ state: 'queued', queue_position: 3 })).textContent).toContain('#3 in queue');
+  });
+});
+
+describe('placementTable', () => {
+  it('lays out nodes x GPUs with the rank on each', () => {
+    const table = placementTable([
+      { rank: 0, node: 'node-0', local_rank: 0, gpus: [{ index: 0, uuid: 'a', model: 'm', simulated: true }] },
+      { rank: 1, node: 'node-1', local_rank: 0, gpus: [{ index: 1, uuid: 'b', model: 'm', simulated: false }] }
+    ]);
+    const rows = [...table.querySelectorAll('tr')].map(r => r.textContent);
+    expect(rows).toEqual(['node-0GPU 0 (sim): rank 0', 'node-1GPU 1: rank 1']);
+  });
+
+  it('says when a job is not placed', () => {
+    expect(placementTable(null).textContent).toBe('Not placed yet.');
+  });
+});
+
+describe('clusterMap', () => {
+  it('colours GPUs by job, marks simulated ones and shows NVML bars', () => {
+    const map = clusterMap(cluster);
+    expect(map.querySelectorAll('.aigrid-node')).toHaveLength(2);
+    expect(map.querySelectorAll('.aigrid-gpu-simulated')).toHaveLength(2);
+    expect(map.querySelectorAll('.aigrid-gpu-busy')).toHaveLength(2);
+    expect(map.textContent).toContain('SIMULATED');
+    expect(map.textContent).toContain('2/4 GPUs free');
+    const bars = map.querySelectorAll<HTMLElement>('.aigrid-bar-fill');
+    expect([...bars].map(b => b.style.width)).toEqual(['40%', '25%']);
+  });
+});
+
+describe('statusText', () => {
+  it('counts running and queued jobs and busy GPUs', () => {
+    const jobs = [job(), job({ id: '8', state: 'queued' }), job({ id: '9', state: 'succeeded' })];
+    expect(statusText(jobs, cluster)).toBe('AI Grid: 1 running · 1 queued · 2/4 GPUs');
+    expect(statusText([], null)).toBe('AI Grid: 0 running · 0 queued');
+  });
+});
+
+describe('helpers', () => {
+  it('formats ages', () => {
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    expect(formatAge('2025-12-31T23:59:30Z', now)).toBe('30s');
+    expect(formatAge('2025-12-31T21:00:00Z', now)).toBe('3h');
+    expect(formatAge(null, now)).toBe('-');
+  });
+
+  it('splits command lines with quotes', () => {
+    expect(splitCommand(`python -c "print('hi there')" --x 'a b'`)).toEqual([
+      'python',
+      '-c',
+      "print('hi there')",
+      '--x',
+      'a b'
+    ]);
+  });
+});
