@@ -89,7 +89,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     sched.add_argument(
         "--preemptible", action="store_true", default=None, help="may be evicted for others"
     )
-    sched.add_argument("--template", help="single or pytorch-ddp")
+    sched.add_argument(
+        "--template", help="single, pytorch-ddp, mpi, tf-parameter-server or inference"
+    )
     sched.add_argument("--image", help="the base image (container executors)")
     sched.add_argument(
         "--dataset",

@@ -112,6 +112,7 @@ class JobWidget(widgets.VBox):
     queue_position = Int(allow_none=True)
     placement = List()
     qos = Unicode()
+    template = Unicode()
     migration = AnyTrait(allow_none=True)
     elapsed_s = Float(allow_none=True)
 
@@ -159,6 +160,7 @@ class JobWidget(widgets.VBox):
             self.queue_position = job.get("queue_position")
             self.placement = job.get("placement") or []
             self.qos = job.get("qos") or job.get("priority", "")
+            self.template = (job.get("description") or {}).get("template", "")
             self.migration = job.get("migration")
             self.elapsed_s = job.get("elapsed_s")
             started = job.get("started_at")
@@ -178,6 +180,8 @@ class JobWidget(widgets.VBox):
         if self.queue_position:
             parts.append(f"queue position {self.queue_position}")
         parts.append(f"QoS {html.escape(self.qos)}")
+        if self.template:
+            parts.append(f"template {html.escape(self.template)}")
         migration = self.migration
         if isinstance(migration, dict):
             migration = migration.get("state")

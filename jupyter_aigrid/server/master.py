@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..durable import write_atomic
 from . import events
 from .admission import check_admissible
 from .executors.base import ExecutorError
@@ -42,6 +43,7 @@ from .queries import JobQueries, NotFound
 from .replicas import JobFiles, replica_env
 from .snapshot import History
 from .spec import SpecError
+from .templating import choose, hostfile_text, templates
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -423,6 +425,12 @@ class Master(JobQueries):
                         for s in slots
                     ],
                 },
+            )
+        if "hostfile" in templates()[spec.get("template") or choose(spec)].files:
+            self.files.attempt_dir(job_id, attempt).mkdir(parents=True, exist_ok=True)
+            write_atomic(
+                self.files.attempt_dir(job_id, attempt) / "hostfile",
+                hostfile_text(launch.placement).encode(),
             )
         for i, req in enumerate(requests):
             try:

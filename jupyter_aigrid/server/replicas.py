@@ -10,6 +10,7 @@ from typing import Any
 
 from ..durable import fsync_dir, write_atomic
 from .model import Node, Placement, Slot
+from .templating import choose, rank_env
 
 STDERR_TAIL_LINES = 20
 #: Server variables that must never reach job processes.
@@ -161,5 +162,19 @@ def replica_env(
             "AIGRID_OUTPUTS": ",".join(spec.get("outputs", [])),
             "PYTHONUNBUFFERED": "1",
         }
+    )
+    # The template's own variables (TF_CONFIG, Open MPI's, ...) for this rank.
+    spec = {**spec, "template": spec.get("template") or choose(spec)}
+    hostfile = results.parent / "hostfile"
+    env.update(
+        rank_env(
+            spec,
+            placement,
+            slot.rank,
+            rendezvous,
+            {n: rendezvous[0] for n in placement.nodes},
+            job_key,
+            hostfile=str(hostfile),
+        )
     )
     return env

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from .model import Request
+from .templating import TemplateError, check, choose
 
 #: Variables the runtime sets for every replica; a job may not override them.
 RESERVED_ENV = frozenset(
@@ -32,8 +33,6 @@ RESERVED_ENV = frozenset(
         "CUDA_VISIBLE_DEVICES",
     }
 )
-#: Templates the local executor can honour today.
-TEMPLATES = ("single", "pytorch-ddp")
 #: Most bytes of pushed values (decoded) one job may carry.
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 
@@ -248,15 +247,12 @@ def _check_env(spec: dict[str, Any]) -> None:
 
 
 def _check_template(spec: dict[str, Any]) -> None:
-    template = spec.get("template")
-    if template is None:
-        return
-    if template not in TEMPLATES:
-        msg = f"unknown template {template!r}; available: {', '.join(TEMPLATES)}"
-        raise SpecError(msg, field="template")
-    if template == "single" and spec["replicas"] != 1:
-        msg = f"template 'single' runs one replica, but the job asks for {spec['replicas']}"
-        raise SpecError(msg, field="template")
+    """Pick the template when none is named, and make sure the request fits it."""
+    spec["template"] = choose(spec)
+    try:
+        check(spec)
+    except TemplateError as e:
+        raise SpecError(e.message, field=e.field) from e
 
 
 def to_request(

@@ -194,7 +194,11 @@ export class AIGridPanel extends Widget {
       field('command', 'or a command', el('input', { name: 'command', placeholder: 'python train.py --epochs 3' })),
       field('gpus', 'GPUs', el('input', { name: 'gpus', type: 'number', min: '0', value: '1' })),
       field('priority', 'Priority', select('priority', ['normal', 'high', 'low'])),
-      field('template', 'Template', select('template', ['', 'single', 'pytorch-ddp'])),
+      field(
+        'template',
+        'Template',
+        select('template', ['', 'single', 'pytorch-ddp', 'mpi', 'tf-parameter-server', 'inference'])
+      ),
       field('image', 'Image', el('input', { name: 'image', placeholder: '(container executors)' })),
       el('button', { type: 'submit', class: 'aigrid-submit jp-mod-accept' }, 'Submit'),
       el('div', { class: 'aigrid-form-error' })

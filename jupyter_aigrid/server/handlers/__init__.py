@@ -9,6 +9,7 @@ from .logs import LogsHandler
 from .openapi import OpenAPIHandler
 from .results import OutputHandler, ResultHandler
 from .simulate import SimulateHandler
+from .templates import TemplatesHandler
 
 API = "/aigrid/api"
 _JOB = r"(?P<job_id>[^/]+)"
@@ -23,5 +24,6 @@ ROUTES = [
     (rf"{API}/events", EventsHandler),
     (rf"{API}/cluster", ClusterHandler),
     (rf"{API}/simulate", SimulateHandler),
+    (rf"{API}/templates", TemplatesHandler),
     (rf"{API}/openapi.yaml", OpenAPIHandler),
 ]
