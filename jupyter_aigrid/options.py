@@ -129,10 +129,7 @@ def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def policy_option(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with VALUE read as JSON when it is JSON (``weights={"a": 2}``)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        msg = f"takes KEY=VALUE (VALUE as JSON), got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
+    key, value = env_pair(text)
     try:
         return key, json.loads(value)
     except ValueError:
