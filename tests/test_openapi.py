@@ -361,10 +361,15 @@ def test_error_responses():
     for path, verb, op in operations(doc):
         codes = set(op["responses"])
         assert "403" in codes, (path, verb)
-        # Job paths, and the events of one job (?job=), can name a job that is not yours.
-        assert ("404" in codes) == ("{job_id}" in path or path.endswith("/events")), (path, verb)
+        # Job and image paths, and the events of one job (?job=), can name what is not there.
+        named = "{job_id}" in path or "{image_id}" in path or path.endswith("/events")
+        assert ("404" in codes) == named, (path, verb)
         # Cancelling what has ended, and replaying an empty history, are state conflicts.
-        conflicts = {("/aigrid/api/jobs/{job_id}", "delete"), ("/aigrid/api/simulate", "post")}
+        conflicts = {
+            ("/aigrid/api/jobs/{job_id}", "delete"),
+            ("/aigrid/api/simulate", "post"),
+            ("/aigrid/api/images", "post"),
+        }
         assert ("409" in codes) == ((path, verb) in conflicts)
         for code in codes & {"400", "403", "404", "409"}:
             response = resolve(doc, op["responses"][code])
@@ -378,6 +383,8 @@ def test_error_responses():
         ("/aigrid/api/jobs/{job_id}/logs", "get"),
         ("/aigrid/api/events", "get"),
         ("/aigrid/api/simulate", "post"),
+        ("/aigrid/api/images", "post"),
+        ("/aigrid/api/images/{image_id}", "put"),
     }
 
 

@@ -107,7 +107,7 @@ def test_a_version_1_database_gains_the_new_column(tmp_path):
     raw.commit()
     raw.close()
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     assert "attained_gpu_s" in store.db["jobs"].columns_dict
     assert store.job(job["id"])["name"] == "old"  # nothing lost
     store.close()

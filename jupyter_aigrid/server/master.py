@@ -22,6 +22,7 @@ from ..durable import write_atomic
 from . import events
 from .admission import check_admissible
 from .executors.base import ExecutorError
+from .images import check_image
 from .model import (
     ACTIVE_STATES,
     CANCELLED,
@@ -44,6 +45,7 @@ from .replicas import JobFiles, replica_env
 from .snapshot import History
 from .spec import SpecError
 from .templating import choose, hostfile_text, templates
+from .views import image_view
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -260,6 +262,36 @@ class Master(JobQueries):
                 r.job.job_id: r.placements[0].to_json() for r in result.records if r.placements
             },
         }
+
+    # -- the image catalog ----------------------------------------------------------------------
+
+    async def images(self) -> list[dict[str, Any]]:
+        return [image_view(r) for r in await self._call(self.store.images)]
+
+    async def image(self, image_id: str) -> dict[str, Any]:
+        row = await self._call(self.store.image, image_id)
+        if row is None:
+            msg = f"no image {image_id!r} in the catalog"
+            raise NotFound(msg)
+        return image_view(row)
+
+    async def put_image(
+        self, image_id: str, body: dict[str, Any], create: bool = False
+    ) -> dict[str, Any]:
+        """Add (``create``: refuse an existing id) or replace a catalog entry."""
+        entry = check_image(image_id, body)
+        if create and await self._call(self.store.image, image_id) is not None:
+            msg = (
+                f"image {image_id!r} is already in the catalog; PUT /images/{image_id} replaces it"
+            )
+            raise Conflict(msg)
+        await self._call(self.store.put_image, entry)
+        return await self.image(image_id)
+
+    async def delete_image(self, image_id: str) -> None:
+        if not await self._call(self.store.delete_image, image_id):
+            msg = f"no image {image_id!r} in the catalog"
+            raise NotFound(msg)
 
     def new_events(self) -> asyncio.Event:
         """Set at the next event; take it *before* reading, so nothing falls in between."""

@@ -23,7 +23,7 @@ import sqlite_utils
 
 from .model import Node
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Columns stored as JSON text, decoded on the way out.
 _JSON_COLUMNS = frozenset({"spec", "placement", "exit_codes", "gpu_indices", "data", "labels"})
 
@@ -204,6 +204,26 @@ class Store:
                 if_not_exists=True,
             )
             db["events"].create_index(["job_id"], if_not_exists=True)
+            fresh_images = "images" not in db.table_names()
+            db["images"].create(
+                {
+                    "id": str,
+                    "ref": str,
+                    "framework": str,
+                    "framework_version": str,
+                    "cuda": str,
+                    "python": str,
+                    "description": str,
+                    "updated_at": float,
+                },
+                pk="id",
+                not_null={"ref", "framework"},
+                if_not_exists=True,
+            )
+            if fresh_images:  # seeded once; after that the catalog is the admins'
+                from .images import DEFAULT_IMAGES
+
+                db["images"].insert_all({**i, "updated_at": time.time()} for i in DEFAULT_IMAGES)
             current = self.schema_version()
             if current is None:
                 db["meta"].insert_all(
@@ -215,7 +235,8 @@ class Store:
                     ]
                 )
             elif current < SCHEMA_VERSION:
-                # Version 2 added jobs.attained_gpu_s (service before a preemption).
+                # Version 2 added jobs.attained_gpu_s (service before a preemption); version 3
+                # the images table (created above).
                 if "attained_gpu_s" not in db["jobs"].columns_dict:
                     db["jobs"].add_column("attained_gpu_s", float)
                 db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
@@ -346,6 +367,24 @@ class Store:
             rows = self.db.execute(_JOB_EVENTS_SINCE, [since, job_id, limit]).fetchall()
         keys = ("seq", "time", "schema_id", "job_id", "data", "owner")
         return [{**dict(zip(keys, r, strict=True)), "data": json.loads(r[4])} for r in rows]
+
+    # -- the image catalog ----------------------------------------------------------------------
+
+    def images(self) -> list[dict[str, Any]]:
+        return list(self.db["images"].rows_where(order_by="framework, id"))
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        for row in self.db["images"].rows_where("id = ?", [image_id]):
+            return row
+        return None
+
+    def put_image(self, entry: dict[str, Any]) -> None:
+        with self.write():
+            self.db["images"].upsert({**entry, "updated_at": time.time()}, pk="id")
+
+    def delete_image(self, image_id: str) -> bool:
+        with self.write():
+            return self.db.execute("DELETE FROM images WHERE id = ?", [image_id]).rowcount > 0
 
     def count_events(self, schema_id: str, state: str) -> int:
         """How many stored events of ``schema_id`` entered ``state``."""

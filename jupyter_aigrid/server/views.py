@@ -139,3 +139,11 @@ def cluster_view(
         "gpus_free": free,
         "nodes": out_nodes,
     }
+
+
+def image_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A catalog entry as ``/images`` shows it."""
+    return {
+        k: row[k]
+        for k in ("id", "ref", "framework", "framework_version", "cuda", "python", "description")
+    } | {"updated_at": iso(row.get("updated_at"))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .cluster import ClusterHandler
 from .events import EventsHandler
+from .images import ImageHandler, ImagesHandler
 from .jobs import JobHandler, JobsHandler
 from .logs import LogsHandler
 from .openapi import OpenAPIHandler
@@ -25,5 +26,7 @@ ROUTES = [
     (rf"{API}/cluster", ClusterHandler),
     (rf"{API}/simulate", SimulateHandler),
     (rf"{API}/templates", TemplatesHandler),
+    (rf"{API}/images", ImagesHandler),
+    (rf"{API}/images/(?P<image_id>[^/]+)", ImageHandler),
     (rf"{API}/openapi.yaml", OpenAPIHandler),
 ]

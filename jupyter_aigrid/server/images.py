@@ -1,0 +1,100 @@
+"""The base-image catalog: which container image a job runs in, and how one is picked.
+
+Entries live in the database (``images`` table), seeded once with sensible defaults and
+edited by admins through ``/images``. A job that names no image gets the newest image of the
+framework its template needs (``pytorch``, ``tensorflow``, ``horovod``), or the plain Python
+image for ``any``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .spec import SpecError
+
+FIELDS = ("ref", "framework", "framework_version", "cuda", "python", "description")
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,31}$")
+FRAMEWORKS = ("pytorch", "tensorflow", "horovod", "python")
+
+DEFAULT_IMAGES = [
+    {
+        "id": "pytorch-2.13-cuda12.8",
+        "ref": "pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime",
+        "framework": "pytorch",
+        "framework_version": "2.13.0",
+        "cuda": "12.8",
+        "python": "3.11",
+        "description": "PyTorch with CUDA and cuDNN, for training and inference.",
+    },
+    {
+        "id": "tensorflow-2.20-cuda12.5",
+        "ref": "tensorflow/tensorflow:2.20.0-gpu",
+        "framework": "tensorflow",
+        "framework_version": "2.20.0",
+        "cuda": "12.5",
+        "python": "3.11",
+        "description": "TensorFlow with GPU support, for parameter-server training.",
+    },
+    {
+        "id": "horovod-0.28-pytorch",
+        "ref": "horovod/horovod:0.28.1",
+        "framework": "horovod",
+        "framework_version": "0.28.1",
+        "cuda": "12.1",
+        "python": "3.10",
+        "description": "Horovod with Open MPI, PyTorch and TensorFlow, for mpi jobs.",
+    },
+    {
+        "id": "python-3.11",
+        "ref": "python:3.11-slim",
+        "framework": "python",
+        "framework_version": "3.11",
+        "cuda": "none",
+        "python": "3.11",
+        "description": "Plain Python, for jobs that bring their own libraries.",
+    },
+]
+
+
+def check_image(image_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A catalog entry from a request body, or SpecError naming the field."""
+    if not _ID.match(image_id):
+        msg = f"image id {image_id!r} must be 1-64 of a-z, 0-9, '.', '_', '-'"
+        raise SpecError(msg, field="id")
+    extra = sorted(set(body) - set(FIELDS) - {"id"})
+    if extra:
+        msg = f"unknown field {extra[0]!r}; an image has: {', '.join(FIELDS)}"
+        raise SpecError(msg, field=extra[0])
+    entry: dict[str, Any] = {"id": image_id}
+    for name in FIELDS:
+        value = body.get(name, "" if name == "description" else None)
+        if not isinstance(value, str) or (name != "description" and not value.strip()):
+            msg = f"{name!r} must be a non-empty string"
+            raise SpecError(msg, field=name)
+        entry[name] = value.strip()
+    if entry["framework"] not in FRAMEWORKS:
+        msg = f"framework must be one of {', '.join(FRAMEWORKS)}, got {entry['framework']!r}"
+        raise SpecError(msg, field="framework")
+    for name in ("framework_version", "python"):
+        if not _VERSION.match(entry[name]):
+            msg = f"{name} must be a version such as 2.13.0, got {entry[name]!r}"
+            raise SpecError(msg, field=name)
+    if any(c.isspace() for c in entry["ref"]):
+        msg = f"ref must be an image reference such as repo/name:tag, got {entry['ref']!r}"
+        raise SpecError(msg, field="ref")
+    return entry
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.+-]", version))
+
+
+def pick_image(framework: str, images: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest catalog image for ``framework`` (``any`` means plain Python), if any."""
+    wanted = "python" if framework in ("any", "") else framework
+    matching = [i for i in images if i["framework"] == wanted]
+    if not matching:
+        return None
+    return max(matching, key=lambda i: (_version_key(i["framework_version"]), i["id"]))

@@ -1,0 +1,67 @@
+"""The base-image catalog: seeded, read by everyone, edited by admins, and picked by framework."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter_aigrid.server.images import DEFAULT_IMAGES, pick_image
+
+NEW = {
+    "id": "pytorch-2.14-cuda13",
+    "ref": "registry.local/pytorch:2.14.0-cuda13",
+    "framework": "pytorch",
+    "framework_version": "2.14.0",
+    "cuda": "13.0",
+    "python": "3.12",
+    "description": "next year's",
+}
+
+
+async def test_the_catalog_is_seeded_and_edited(api):
+    listed = (await api.call("GET", "images"))["images"]
+    assert {i["id"] for i in listed} == {i["id"] for i in DEFAULT_IMAGES}
+    created = await api.call("POST", "images", body=NEW, raw=True)
+    assert created.code == 201
+    assert created.headers["Location"].endswith("/aigrid/api/images/pytorch-2.14-cuda13")
+    assert (await api.call("GET", "images", NEW["id"]))["ref"] == NEW["ref"]
+    changed = await api.call("PUT", "images", NEW["id"], body={**NEW, "python": "3.13"})
+    assert changed["python"] == "3.13" and changed["updated_at"]
+    from test_openapi import assert_exact_keys, assert_valid
+
+    for image in [changed, *listed]:
+        assert_exact_keys("Image", image)
+        assert_valid("Image", image)
+    # The newest PyTorch image is now the one a PyTorch job without an image would get.
+    images = (await api.call("GET", "images"))["images"]
+    assert pick_image("pytorch", images)["id"] == NEW["id"]
+    assert pick_image("any", images)["id"] == "python-3.11"
+    assert pick_image("jax", images) is None
+    assert (await api.call("DELETE", "images", NEW["id"]))["deleted"] == NEW["id"]
+    status, _ = await api.error("GET", "images", NEW["id"])
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**NEW, "id": "Bad Id"}, "id"),
+        ({**NEW, "ref": ""}, "ref"),
+        ({**NEW, "ref": "a b"}, "ref"),
+        ({**NEW, "framework": "jax"}, "framework"),
+        ({**NEW, "framework_version": "latest"}, "framework_version"),
+        ({**NEW, "privileged": True}, "privileged"),
+        ({k: v for k, v in NEW.items() if k != "cuda"}, "cuda"),
+    ],
+)
+async def test_bad_entries_name_the_field(api, body, field):
+    status, error = await api.error("POST", "images", body=body)
+    assert (status, error["field"]) == (400, field)
+
+
+async def test_conflicts_and_mismatches(api):
+    status, error = await api.error("POST", "images", body={**NEW, "id": "python-3.11"})
+    assert status == 409 and "PUT /images/python-3.11" in error["message"]
+    status, error = await api.error("PUT", "images", "other", body=NEW)
+    assert (status, error["field"]) == (400, "id")
+    status, _ = await api.error("DELETE", "images", "nope")
+    assert status == 404
