@@ -281,12 +281,15 @@ def test_preemption_takes_the_fewest_victims_and_never_a_gang_just_launched():
     snap = place(snap, "A", "n1", [7], 0.0, attained_gpu_s=1e6).at(1000.0)
     decided = schedule_round(load_policy("las"), [req("W", replicas=8, seq=5)], snap)
     assert [p.job_id for p in decided.preemptions] == ["B"]
-    # A gang placed in this very round is never its victim.
-    fresh = cluster(2)
+    # A gang placed in this very round is never its victim: W (short, 2 GPUs) cannot fit
+    # beside R, L (1 GPU) is launched on the free GPU; preempting R alone would not free
+    # enough for W, and L, just launched, must not be taken as well.
+    running = place(cluster(2), "R", "n0", [0], 0.0, time_limit_s=5000.0).at(100.0)
     decided = schedule_round(
         load_policy("srtf", min_run_s=0),
-        [req("L", preemptible=True, seq=1, time_limit_s=900.0),
-         req("W", replicas=2, seq=2, time_limit_s=10.0)],
-        fresh,
+        [req("W", replicas=2, seq=2, time_limit_s=10.0),
+         req("L", preemptible=True, seq=3, time_limit_s=900.0)],
+        running,
     )  # fmt: skip
-    assert [launch.job_id for launch in decided.launches] == ["W"] or decided.preemptions == ()
+    assert [launch.job_id for launch in decided.launches] == ["L"]
+    assert decided.preemptions == ()

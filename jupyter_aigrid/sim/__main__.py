@@ -112,34 +112,34 @@ def plot(results: list[SimResult], folder: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
+
+    def figure(name: str, title: str, xlabel: str, ylabel: str, draw) -> Path:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in results:
+            draw(ax, r)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}: {stem}")
+        ax.legend()
+        path = folder / f"{stem}-{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def cdf(ax, r: SimResult) -> None:
         jct = sorted(rec.finish - rec.job.submit_s for rec in r.records)
         ax.plot(jct, [(i + 1) / len(jct) for i in range(len(jct))], label=r.policy)
-    ax.set_xscale("log")
-    ax.set_xlabel("job completion time (s)")
-    ax.set_ylabel("fraction of jobs")
-    ax.set_title(f"JCT CDF: {stem}")
-    ax.legend()
-    cdf = folder / f"{stem}-jct-cdf.png"
-    fig.tight_layout()
-    fig.savefig(cdf, dpi=100)
-    plt.close(fig)
+        ax.set_xscale("log")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        times = [t / 86400 for t, _ in r.timeline]
-        used = [g for _, g in r.timeline]
-        ax.step(times, used, where="post", label=r.policy, linewidth=0.8)
-    ax.set_xlabel("days")
-    ax.set_ylabel("GPUs allocated")
-    ax.set_title(f"GPU utilisation: {stem}")
-    ax.legend()
-    util = folder / f"{stem}-utilization.png"
-    fig.tight_layout()
-    fig.savefig(util, dpi=100)
-    plt.close(fig)
-    return [cdf, util]
+    def utilisation(ax, r: SimResult) -> None:
+        days = [t / 86400 for t, _ in r.timeline]
+        ax.step(days, [g for _, g in r.timeline], where="post", label=r.policy, linewidth=0.8)
+
+    return [
+        figure("jct-cdf", "JCT CDF", "job completion time (s)", "fraction of jobs", cdf),
+        figure("utilization", "GPU utilisation", "days", "GPUs allocated", utilisation),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
