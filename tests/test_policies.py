@@ -293,3 +293,24 @@ def test_preemption_takes_the_fewest_victims_and_never_a_gang_just_launched():
     )  # fmt: skip
     assert [launch.job_id for launch in decided.launches] == ["L"]
     assert decided.preemptions == ()
+
+
+def test_aigrid_preempts_only_gangs_with_at_least_twice_the_work_left():
+    def running(limit_s: float) -> Snapshot:
+        gang = req("R", replicas=4, preemptible=True, time_limit_s=limit_s)
+        slots = tuple(Slot(i, "n0", i, (i,)) for i in range(4))
+        return cluster(4).allocate(gang, Placement(slots), started_at=0.0).at(100.0)
+
+    waiting = [req("W", replicas=4, seq=2, time_limit_s=1000.0)]
+    # R has 1,900 s left (1.9x W's 1,000): plain SRTF evicts it, aigrid does not.
+    assert [
+        p.job_id for p in schedule_round(load_policy("srtf"), waiting, running(2000.0)).preemptions
+    ] == ["R"]
+    assert schedule_round(load_policy("aigrid"), waiting, running(2000.0)).preemptions == ()
+    # With 2,100 s left (2.1x), aigrid evicts it too.
+    assert [
+        p.job_id
+        for p in schedule_round(load_policy("aigrid"), waiting, running(2200.0)).preemptions
+    ] == ["R"]
+    with pytest.raises(ValueError, match="preempt_factor must be at least 1, got 0.5"):
+        load_policy("aigrid", preempt_factor=0.5)

