@@ -129,3 +129,15 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_for_state(client: Client, job_id: str, states, timeout_s: float = 60.0) -> dict:
+    """Poll ``client`` until job ``job_id`` is in one of ``states``; return it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.1)
+    msg = f"job {job_id} still {job['state']} after {timeout_s:g} s"
+    raise AssertionError(msg)

@@ -20,6 +20,12 @@ if [ "${EXTRAS:-lab}" = "test" ]; then
       || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
       || echo "    could not install chromium: the browser tests will be skipped"
   fi
+  if ! command -v dockerd >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> docker.io (the Docker executor's tests start their own engine)"
+    apt-get install -y -qq docker.io >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker.io >/dev/null 2>&1; } \
+      || echo "    could not install docker.io: the Docker executor's tests will fail in CI"
+  fi
   echo "==> labextension node dependencies"
   (cd labextension && jlpm install >/dev/null)
 fi

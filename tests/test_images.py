@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_aigrid.server.images import DEFAULT_IMAGES, pick_image
+from jupyter_aigrid.server.images import DEFAULT_IMAGES, pick_image, resolve_image
+from jupyter_aigrid.server.spec import SpecError
 
 NEW = {
     "id": "pytorch-2.14-cuda13",
@@ -65,3 +66,20 @@ async def test_conflicts_and_mismatches(api):
     assert (status, error["field"]) == (400, "id")
     status, _ = await api.error("DELETE", "images", "nope")
     assert status == 404
+
+
+def test_resolving_a_jobs_image_by_id_reference_or_framework():
+    assert resolve_image("python-3.11", "pytorch", DEFAULT_IMAGES) == {
+        "id": "python-3.11", "ref": "python:3.11-slim"
+    }  # fmt: skip
+    assert resolve_image("me/mine:1", "pytorch", DEFAULT_IMAGES) == {"id": None, "ref": "me/mine:1"}
+    assert resolve_image(None, "pytorch", DEFAULT_IMAGES)["id"] == "pytorch-2.13-cuda12.8"
+    assert resolve_image(None, "any", DEFAULT_IMAGES)["id"] == "python-3.11"
+    with pytest.raises(SpecError, match="unknown image 'nope': give a catalog id") as info:
+        resolve_image("nope", "pytorch", DEFAULT_IMAGES)
+    assert info.value.field == "image"
+    with pytest.raises(SpecError, match="catalog has no tensorflow image") as info:
+        resolve_image(
+            None, "tensorflow", [i for i in DEFAULT_IMAGES if i["framework"] != "tensorflow"]
+        )
+    assert info.value.field == "image"

@@ -312,5 +312,5 @@ def test_aigrid_preempts_only_gangs_with_at_least_twice_the_work_left():
         p.job_id
         for p in schedule_round(load_policy("aigrid"), waiting, running(2200.0)).preemptions
     ] == ["R"]
-    with pytest.raises(ValueError, match="preempt_factor must be at least 1, got 0.5"):
+    with pytest.raises(ValueError, match=r"preempt_factor must be at least 1, got 0\.5"):
         load_policy("aigrid", preempt_factor=0.5)

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from jupyter_aigrid.testing import ServerProcess
+from jupyter_aigrid.testing import ServerProcess, wait_for_state
 
 ARGS = (
     "--AIGridApp.local_nodes=1",
@@ -18,16 +18,6 @@ ARGS = (
     "--AIGridApp.local_cpus_per_node=8",
     "--AIGridApp.tick_interval_s=0.2",
 )
-
-
-def wait_for(client, job_id, states, timeout_s=60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.job(job_id)
-        if job["state"] in states:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {job['state']}")
 
 
 def live_members(group: int) -> list[int]:
@@ -97,7 +87,7 @@ def test_kill_9_master_mid_job_then_restart(tmp_path):
         # Queued behind the survivor: needs both GPUs.
         queued = c.submit({"name": "queued", "gpus": 2, "code": "print('queued job ran')"})
         for job in (survivor, quick, retry, lost):
-            wait_for(c, job["id"], ("running",))
+            wait_for_state(c, job["id"], ("running",))
         assert c.job(queued["id"])["state"] == "queued"
         survivor_group = group_of(server, survivor["id"])
 
@@ -113,25 +103,25 @@ def test_kill_9_master_mid_job_then_restart(tmp_path):
             j["id"] for j in (survivor, quick, retry, lost, queued)
         }
 
-        done = wait_for(c, survivor["id"], ("succeeded", "failed"))
+        done = wait_for_state(c, survivor["id"], ("succeeded", "failed"))
         assert done["state"] == "succeeded", done["reason"]
         lines = [e["line"] for e in c.logs(survivor["id"])]
         assert lines == ["started", "finished after the restart"]
         assert live_members(survivor_group) == []
 
-        done = wait_for(c, quick["id"], ("succeeded", "failed"))
+        done = wait_for_state(c, quick["id"], ("succeeded", "failed"))
         assert done["state"] == "failed" and "exited with code 3" in done["reason"]
 
-        done = wait_for(c, retry["id"], ("succeeded", "failed"))
+        done = wait_for_state(c, retry["id"], ("succeeded", "failed"))
         assert done["state"] == "succeeded"
         assert done["restarts"] == 1
         assert [e["line"] for e in c.logs(retry["id"])] == ["second attempt"]
 
-        done = wait_for(c, lost["id"], ("succeeded", "failed"))
+        done = wait_for_state(c, lost["id"], ("succeeded", "failed"))
         assert done["state"] == "failed"
         assert "lost on restart" in done["reason"]
 
-        done = wait_for(c, queued["id"], ("succeeded", "failed"))
+        done = wait_for_state(c, queued["id"], ("succeeded", "failed"))
         assert done["state"] == "succeeded"
         ran = sorted((e["rank"], e["line"]) for e in c.logs(queued["id"]))
         assert ran == [(0, "queued job ran"), (1, "queued job ran")]
@@ -146,7 +136,7 @@ def test_acknowledged_jobs_survive_kill_9(tmp_path):
         c = first.client()
         blocker = c.submit({"code": "import time; time.sleep(300)", "gpus": 1})
         ids = [c.submit({"code": "pass", "gpus": 1, "name": f"j{i}"})["id"] for i in range(20)]
-        wait_for(c, blocker["id"], ("running",))
+        wait_for_state(c, blocker["id"], ("running",))
         first.kill()
         os.killpg(group_of(first, blocker["id"]), signal.SIGKILL)
     with ServerProcess(tmp_path, *args, port=first.port, token=first.token) as second:
@@ -155,7 +145,7 @@ def test_acknowledged_jobs_survive_kill_9(tmp_path):
         assert set(ids) <= set(jobs)
         assert jobs[blocker["id"]]["state"] in ("running", "failed")
         for job_id in ids:
-            assert wait_for(c, job_id, ("succeeded",), timeout_s=60)["state"] == "succeeded"
+            assert wait_for_state(c, job_id, ("succeeded",), timeout_s=60)["state"] == "succeeded"
         blocked = c.job(blocker["id"])
         assert blocked["state"] == "failed"
         assert "lost on restart" in blocked["reason"]
@@ -174,7 +164,7 @@ def test_kill_9_during_a_stop_still_stops_the_job(tmp_path):
     with ServerProcess(tmp_path, *args) as first:
         c = first.client()
         job = c.submit({"code": stubborn, "gpus": 1})
-        wait_for(c, job["id"], ("running",))
+        wait_for_state(c, job["id"], ("running",))
         while not list(c.logs(job["id"])):
             time.sleep(0.05)
         group = group_of(first, job["id"])
@@ -182,7 +172,7 @@ def test_kill_9_during_a_stop_still_stops_the_job(tmp_path):
         first.kill()
     assert live_members(group)  # SIGTERM was ignored and nobody is left to SIGKILL
     with ServerProcess(tmp_path, *args, port=first.port, token=first.token) as second:
-        done = wait_for(second.client(), job["id"], ("cancelled", "failed"), timeout_s=30)
+        done = wait_for_state(second.client(), job["id"], ("cancelled", "failed"), timeout_s=30)
         assert done["state"] == "cancelled"
         assert second.client().cluster()["gpus_free"] == 1
     assert live_members(group) == []
@@ -193,11 +183,11 @@ def test_a_new_database_never_meets_old_job_files(tmp_path):
     with ServerProcess(tmp_path, "--AIGridApp.simulated_gpus=1") as first:
         c = first.client()
         old = c.submit({"code": "print('OLD')", "replicas": 2})
-        wait_for(c, old["id"], ("succeeded",))
+        wait_for_state(c, old["id"], ("succeeded",))
     (first.state_dir / "aigrid.sqlite").unlink()
     with ServerProcess(tmp_path, "--AIGridApp.simulated_gpus=1") as second:
         c = second.client()
         new = c.submit({"code": "print('NEW')", "replicas": 2})
         assert new["id"] == old["id"]
-        wait_for(c, new["id"], ("succeeded",))
+        wait_for_state(c, new["id"], ("succeeded",))
         assert [e["line"] for e in c.logs(new["id"])] == ["NEW", "NEW"]

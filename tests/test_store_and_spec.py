@@ -85,6 +85,9 @@ def test_spec_defaults_and_derivation():
         ({"code": "pass", "template": "single", "replicas": 2}, "template"),
         ({"code": "pass", "slo": {"latency_ms": 5, "p99": 1}}, "slo.p99"),
         ({"code": "pass", "workdir": "relative/dir"}, "workdir"),
+        ({"code": "pass", "env": {"NVIDIA_VISIBLE_DEVICES": "all"}}, "env.NVIDIA_VISIBLE_DEVICES"),
+        ({"code": "pass", "privileged": True}, "privileged"),
+        ({"code": "pass", "volumes": ["/:/host"]}, "volumes"),
     ],
 )
 def test_spec_rules_name_the_field(raw, field):
@@ -93,7 +96,7 @@ def test_spec_rules_name_the_field(raw, field):
     assert info.value.field == field
 
 
-def test_a_version_1_database_gains_the_new_column(tmp_path):
+def test_a_version_1_database_gains_the_new_columns(tmp_path):
     path = tmp_path / "db.sqlite"
     store = Store(path)
     job = store.insert_job(
@@ -103,11 +106,12 @@ def test_a_version_1_database_gains_the_new_column(tmp_path):
     store.close()
     raw = sqlite3.connect(path)
     raw.execute("ALTER TABLE jobs DROP COLUMN attained_gpu_s")
+    raw.execute("ALTER TABLE jobs DROP COLUMN description")
     raw.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     raw.commit()
     raw.close()
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 3
-    assert "attained_gpu_s" in store.db["jobs"].columns_dict
+    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert {"attained_gpu_s", "description"} <= set(store.db["jobs"].columns_dict)
     assert store.job(job["id"])["name"] == "old"  # nothing lost
     store.close()

@@ -113,6 +113,7 @@ class JobWidget(widgets.VBox):
     placement = List()
     qos = Unicode()
     template = Unicode()
+    image = Unicode()
     migration = AnyTrait(allow_none=True)
     elapsed_s = Float(allow_none=True)
 
@@ -160,7 +161,9 @@ class JobWidget(widgets.VBox):
             self.queue_position = job.get("queue_position")
             self.placement = job.get("placement") or []
             self.qos = job.get("qos") or job.get("priority", "")
-            self.template = (job.get("description") or {}).get("template", "")
+            description = job.get("description") or {}
+            self.template = description.get("template", "")
+            self.image = (description.get("image") or {}).get("ref", "")
             self.migration = job.get("migration")
             self.elapsed_s = job.get("elapsed_s")
             started = job.get("started_at")
@@ -182,6 +185,8 @@ class JobWidget(widgets.VBox):
         parts.append(f"QoS {html.escape(self.qos)}")
         if self.template:
             parts.append(f"template {html.escape(self.template)}")
+        if self.image:
+            parts.append(f"image {html.escape(self.image)}")
         migration = self.migration
         if isinstance(migration, dict):
             migration = migration.get("state")

@@ -14,13 +14,14 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Dict, Float, Int, Set, TraitError, Unicode, default, validate
 
 from . import events
+from .executors.base import ExecutorError
 from .executors.local import LocalExecutor
 from .handlers import ROUTES
 from .master import Master
 from .policies import load_policy
 from .store import Store, exclusive_lock
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "docker")
 
 
 class AIGridApp(ExtensionApp):
@@ -30,8 +31,30 @@ class AIGridApp(ExtensionApp):
     executor = Unicode(
         "local",
         config=True,
-        help="Where replicas run: 'local' (processes on this machine, the default).",
+        help=(
+            "Where replicas run: 'local' (processes on this machine, the default) or 'docker' "
+            "(one container per replica on the Docker host of docker_base_url)."
+        ),
     )
+    docker_base_url = Unicode(
+        "",
+        config=True,
+        help="The Docker engine the docker executor uses; default $DOCKER_HOST or the local "
+        "socket (unix:///var/run/docker.sock).",
+    )
+    docker_user = Unicode(
+        "",
+        config=True,
+        help="uid:gid containers run as (never root); default the server's own user, or "
+        "1000:1000 when the server runs as root.",
+    )
+    docker_network = Unicode(
+        "bridge",
+        config=True,
+        help="The network of containers whose template does not need the host's (gangs of "
+        "pytorch-ddp, mpi and tf-parameter-server always use the host's network).",
+    )
+    docker_pids_limit = Int(4096, config=True, help="Most processes one container may run.")
     state_dir = Unicode(
         config=True,
         help="Directory for the database, logs, results and the local nodes' scratch space.",
@@ -119,13 +142,12 @@ class AIGridApp(ExtensionApp):
         state.mkdir(parents=True, exist_ok=True)
         # One master per state directory (its logs and nodes' scratch), as per database.
         self._state_lock = exclusive_lock(state / "master.lock", "state directory")
-        executor = LocalExecutor(
-            state,
-            nodes=self.local_nodes,
-            simulated_gpus=self.simulated_gpus,
-            cpus_per_node=self.local_cpus_per_node,
-            memory_mb_per_node=self.local_memory_mb_per_node,
-        )
+        try:
+            executor = self._executor(state)
+        except BaseException:
+            self._state_lock.close()
+            self._state_lock = None
+            raise
         try:
             policy = load_policy(self.policy, **self.policy_options)
         except (ValueError, TypeError) as e:
@@ -155,6 +177,36 @@ class AIGridApp(ExtensionApp):
             state,
         )
 
+    def _executor(self, state: Path):
+        if self.executor == "docker":
+            try:
+                from .executors.docker import DockerExecutor
+            except ImportError as e:
+                msg = f"executor 'docker' needs the docker SDK: pip install docker ({e})"
+                raise TraitError(msg) from e
+            if self.docker_user.split(":")[0] in ("0", "root"):
+                msg = "c.AIGridApp.docker_user must not be root: containers run unprivileged"
+                raise TraitError(msg)
+            try:
+                return DockerExecutor(
+                    state,
+                    base_url=self.docker_base_url,
+                    simulated_gpus=self.simulated_gpus,
+                    user=self.docker_user,
+                    network=self.docker_network,
+                    pids_limit=self.docker_pids_limit,
+                )
+            except ExecutorError as e:
+                msg = f"c.AIGridApp.docker_base_url: {e}"
+                raise TraitError(msg) from e
+        return LocalExecutor(
+            state,
+            nodes=self.local_nodes,
+            simulated_gpus=self.simulated_gpus,
+            cpus_per_node=self.local_cpus_per_node,
+            memory_mb_per_node=self.local_memory_mb_per_node,
+        )
+
     def _emit(self, schema_id: str, data: dict) -> None:
         self.serverapp.event_logger.emit(schema_id=schema_id, data=data)
 
@@ -162,8 +214,12 @@ class AIGridApp(ExtensionApp):
         self.handlers.extend(ROUTES)
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
-        await self.master.start()
+        if getattr(self, "master", None) is not None:  # None: its settings failed to load
+            await self.master.start()
 
     async def stop_extension(self) -> None:
-        await self.master.stop()
-        self._state_lock.close()
+        if getattr(self, "master", None) is not None:
+            await self.master.stop()
+        lock = getattr(self, "_state_lock", None)
+        if lock is not None:
+            lock.close()

@@ -98,3 +98,36 @@ def pick_image(framework: str, images: list[dict[str, Any]]) -> dict[str, Any] |
     if not matching:
         return None
     return max(matching, key=lambda i: (_version_key(i["framework_version"]), i["id"]))
+
+
+def resolve_image(
+    named: str | None, framework: str, images: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The image a job runs in: the catalog entry it names (by id), a reference it names
+    (``repo/name:tag``), or the newest catalog image of its template's ``framework``."""
+    if named:
+        for entry in images:
+            if entry["id"] == named:
+                return {"id": entry["id"], "ref": entry["ref"]}
+        if "/" in named or ":" in named:
+            if any(c.isspace() for c in named):
+                msg = (
+                    "image must be a catalog id or a reference such as repo/name:tag, "
+                    f"got {named!r}"
+                )
+                raise SpecError(msg, field="image")
+            return {"id": None, "ref": named}
+        ids = ", ".join(e["id"] for e in images) or "none"
+        msg = (
+            f"unknown image {named!r}: give a catalog id ({ids}) or a reference such as "
+            "repo/name:tag"
+        )
+        raise SpecError(msg, field="image")
+    found = pick_image(framework, images)
+    if found is None:
+        msg = (
+            f"the catalog has no {framework if framework != 'any' else 'python'} image for this "
+            "job's template: name one with 'image', or ask an admin to add one at /images"
+        )
+        raise SpecError(msg, field="image")
+    return {"id": found["id"], "ref": found["ref"]}

@@ -22,7 +22,7 @@ from ..durable import write_atomic
 from . import events
 from .admission import check_admissible
 from .executors.base import ExecutorError
-from .images import check_image
+from .images import check_image, resolve_image
 from .model import (
     ACTIVE_STATES,
     CANCELLED,
@@ -44,7 +44,7 @@ from .queries import JobQueries, NotFound
 from .replicas import JobFiles, replica_env
 from .snapshot import History
 from .spec import SpecError
-from .templating import choose, hostfile_text, templates
+from .templating import choose, describe, hostfile_text, templates
 from .views import image_view
 
 T = TypeVar("T")
@@ -308,6 +308,10 @@ class Master(JobQueries):
 
     def _submit(self, spec: dict[str, Any], owner: str, inputs: dict[str, bytes]) -> dict[str, Any]:
         check_admissible(spec, self.nodes, self.executor.name)
+        image = None
+        if getattr(self.executor, "host_env", True) is False:  # replicas run in an image
+            framework = templates()[spec.get("template") or choose(spec)].framework
+            image = resolve_image(spec.get("image"), framework, self.store.images())
         with self.store.write():
             row = self.store.insert_job(
                 {
@@ -319,6 +323,7 @@ class Master(JobQueries):
                     "gpus": spec["gpus"],
                     "replicas": spec["replicas"],
                     "spec": spec,
+                    "description": describe(spec, image),
                     "submitted_at": time.time(),
                 }
             )
@@ -416,12 +421,14 @@ class Master(JobQueries):
                             self.files.results(job_id, attempt),
                             self.files.key(job_id),
                             self.files.inputs(job_id),
+                            host_env=getattr(self.executor, "host_env", True),
                         ),
                         job_key=self.files.key(job_id),
                         workdir=spec.get("workdir", ""),
                         stdout_path=str(stdout),
                         stderr_path=str(stdout.with_suffix(".stderr")),
                         exit_path=str(stdout.with_suffix(".exit")),
+                        **self._container_fields(row, slot),
                     )
                 )
             self.store.insert_replicas(
@@ -488,6 +495,31 @@ class Master(JobQueries):
             )
         self._set_state(self.store.job(job_id), RUNNING)
         self._live_replicas = True
+
+    def _container_fields(self, row: dict[str, Any], slot: Any) -> dict[str, Any]:
+        """What a container executor needs beyond the environment: the image, the network,
+        the GPUs by UUID, the limits, and the host paths the replica reads and writes."""
+        spec, job_id, attempt = row["spec"], row["id"], row["attempt"]
+        description = row.get("description") or describe(spec)
+        node = self._nodes_by_name[slot.node]
+        key = self.files.key(job_id)
+        real = [g for g in node.gpus if g.index in slot.gpus and not g.simulated]
+        return {
+            "image": (description.get("image") or {}).get("ref", ""),
+            "network": description.get("network", "bridge"),
+            "gpu_uuids": tuple(g.uuid for g in real),
+            "cpus": float(spec.get("cpus_per_replica") or 0.0),
+            "memory_mb": int(spec.get("memory_mb_per_replica") or 0),
+            "read_write": (
+                str(self.files.results(job_id, attempt)),
+                str(Path(node.scratch) / "checkpoints" / key),
+            ),
+            "read_only": (
+                str(self.files.inputs(job_id)),
+                str(Path(node.scratch) / "data"),
+                str(self.files.attempt_dir(job_id, attempt) / "hostfile"),
+            ),
+        }
 
     def _simulated(self, node: str) -> bool:
         n = self._nodes_by_name.get(node)

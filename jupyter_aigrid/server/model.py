@@ -184,6 +184,17 @@ class LaunchRequest:
     exit_path: str = ""
     #: The job's unique name on disk (ids restart with a new database; keys do not).
     job_key: str = ""
+    #: For container executors: the image reference, the network the template needs
+    #: (``host``, or ``bridge``: the executor's default network), the real GPUs' UUIDs (none for
+    #: simulated GPUs), the limits, and the host paths the replica reads and writes (mounted
+    #: at the same paths, so the environment's paths hold inside the container too).
+    image: str = ""
+    network: str = "bridge"
+    gpu_uuids: tuple[str, ...] = ()
+    cpus: float = 0.0
+    memory_mb: int = 0
+    read_write: tuple[str, ...] = ()
+    read_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -132,12 +132,14 @@ def replica_env(
     results: Path,
     job_key: str,
     inputs: Path,
+    host_env: bool = True,
 ) -> dict[str, str]:
-    """torchrun's environment plus ours, over the server's own minus its secrets."""
+    """torchrun's environment plus ours, over the server's own minus its secrets (or, for
+    replicas that do not run on this host's environment, such as containers, over nothing)."""
     spec, job_id = row["spec"], row["id"]
     gpus = [g for g in node.gpus if g.index in slot.gpus]
     simulated = any(g.simulated for g in gpus)
-    env = {k: v for k, v in os.environ.items() if not is_secret(k)}
+    env = {k: v for k, v in os.environ.items() if not is_secret(k)} if host_env else {}
     env.update(spec.get("env", {}))
     env.update(
         {

@@ -244,6 +244,13 @@ def _check_env(spec: dict[str, Any]) -> None:
         if key in RESERVED_ENV or key.startswith("AIGRID_"):
             msg = f"env.{key} is set by the runtime for every replica and cannot be overridden"
             raise SpecError(msg, field=f"env.{key}")
+        if key.upper().startswith("NVIDIA_"):
+            # The container runtime would hand a container every GPU these name.
+            msg = (
+                f"env.{key} is not allowed: a job gets exactly the GPUs it was placed on, "
+                "which the master passes to the container itself"
+            )
+            raise SpecError(msg, field=f"env.{key}")
 
 
 def _check_template(spec: dict[str, Any]) -> None:

@@ -23,9 +23,11 @@ import sqlite_utils
 
 from .model import Node
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Columns stored as JSON text, decoded on the way out.
-_JSON_COLUMNS = frozenset({"spec", "placement", "exit_codes", "gpu_indices", "data", "labels"})
+_JSON_COLUMNS = frozenset(
+    {"spec", "description", "placement", "exit_codes", "gpu_indices", "data", "labels"}
+)
 
 
 #: Most events read (and sent) in one go.
@@ -143,6 +145,7 @@ class Store:
                     "attempt": int,
                     "pending_state": str,
                     "attained_gpu_s": float,
+                    "description": str,
                 },
                 pk="id",
                 not_null={"seq", "owner", "state", "spec", "submitted_at"},
@@ -236,9 +239,12 @@ class Store:
                 )
             elif current < SCHEMA_VERSION:
                 # Version 2 added jobs.attained_gpu_s (service before a preemption); version 3
-                # the images table (created above).
+                # the images table (created above); version 4 jobs.description (the rendered
+                # job description, with its image).
                 if "attained_gpu_s" not in db["jobs"].columns_dict:
                     db["jobs"].add_column("attained_gpu_s", float)
+                if "description" not in db["jobs"].columns_dict:
+                    db["jobs"].add_column("description", str)
                 db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
             elif current > SCHEMA_VERSION:
                 msg = (

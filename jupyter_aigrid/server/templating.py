@@ -138,9 +138,11 @@ def roles_of(template: Template, replicas: int) -> list[tuple[str, list[int]]]:
     return out
 
 
-def describe(spec: dict[str, Any]) -> dict[str, Any]:
-    """The full job description a request renders to (stored with the job)."""
-    template = templates()[spec["template"]]
+def describe(spec: dict[str, Any], image: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full job description a request renders to (stored with the job): its template's
+    replicas, roles, command, env, files, network and ports, and the image it runs in (none
+    on the local executor, which runs jobs in the server's own environment)."""
+    template = templates()[spec.get("template") or choose(spec)]
     return {
         "template": template.name,
         "framework": template.framework,
@@ -151,6 +153,7 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
         "files": sorted(template.files),
         "network": template.network,
         "ports": list(template.ports),
+        "image": image,
     }
 
 

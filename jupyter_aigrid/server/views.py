@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from .model import FINAL_STATES, Node
-from .templating import choose, describe
+from .templating import describe
 
 
 def iso(ts: float | None) -> str | None:
@@ -67,7 +67,7 @@ def job_view(
         "elapsed_s": round(end - started, 3) if started else None,
         "qos": qos_class(row["kind"], row["priority"], spec.get("preemptible", False)),
         "migration": None,
-        "description": describe({**spec, "template": spec.get("template") or choose(spec)}),
+        "description": row.get("description") or describe(spec),
         "spec": spec,
     }
 

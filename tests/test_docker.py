@@ -1,0 +1,287 @@
+"""The Docker executor against a real Docker engine: started by the test setup, with job images
+built here from this Python (no registry is reachable), one container per replica."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from jupyter_aigrid.magics.widgets import JobWidget
+from jupyter_aigrid.server.executors.docker import master_label
+from jupyter_aigrid.testing import ServerProcess, wait_for_state
+
+docker = pytest.importorskip("docker")
+from jupyter_aigrid.testing_docker import (  # noqa: E402
+    JOB_IMAGES,
+    DockerUnavailable,
+    build_job_image,
+    start_dockerd,
+    stop_dockerd,
+)
+
+pytestmark = pytest.mark.slow
+
+IMAGES = {
+    "local-torch": {
+        "ref": "aigrid-job:torch",
+        "framework": "pytorch",
+        "framework_version": "2.13.0",
+        "cuda": "none",
+        "python": "3.11",
+        "description": "this Python with torch (test image)",
+    },
+    "local-python": {
+        "ref": "aigrid-job:python",
+        "framework": "python",
+        "framework_version": "3.11",
+        "cuda": "none",
+        "python": "3.11",
+        "description": "this Python (test image)",
+    },
+}
+
+
+#: The test engine's socket, data and images live here, kept between runs (images are reused).
+DOCKERD_ROOT = os.environ.get(
+    "AIGRID_TEST_DOCKERD", os.path.join(tempfile.gettempdir(), "aigrid-test-dockerd")
+)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """A Docker engine of our own, and a client to it; the job images built into it."""
+    root = DOCKERD_ROOT
+    try:
+        url, proc = start_dockerd(root)
+    except DockerUnavailable as e:
+        if os.environ.get("CI"):
+            raise  # CI installs docker.io: there, a missing engine is a failure
+        pytest.skip(f"no Docker engine: {e}")
+    client = docker.DockerClient(base_url=url)
+    try:
+        for tag in JOB_IMAGES:
+            build_job_image(client, tag)
+        yield url, client
+    finally:
+        for c in client.containers.list(all=True, sparse=True, filters={"label": "aigrid.master"}):
+            c.remove(force=True)
+        client.close()
+        stop_dockerd(proc, root)
+
+
+def docker_server(root, url, port=None, token=None) -> ServerProcess:
+    return ServerProcess(
+        root,
+        "--AIGridApp.executor=docker",
+        f"--AIGridApp.docker_base_url={url}",
+        "--AIGridApp.simulated_gpus=2",
+        "--AIGridApp.docker_network=none",
+        "--AIGridApp.tick_interval_s=0.2",
+        "--AIGridApp.stop_grace_s=5",
+        port=port,
+        token=token,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(engine, tmp_path_factory):
+    url, _ = engine
+    with docker_server(tmp_path_factory.mktemp("server"), url) as srv:
+        s = srv.session()
+        # The catalog: our local images; the default pytorch one cannot be pulled here.
+        for image_id, body in IMAGES.items():
+            s.put(srv.api("images", image_id), json=body).raise_for_status()
+        s.delete(srv.api("images", "pytorch-2.13-cuda12.8")).raise_for_status()
+        yield srv
+
+
+def containers_of(client, server: ServerProcess, job_id: str) -> list:
+    """The job's containers, fully inspected (one that is removed meanwhile is left out)."""
+    labels = [f"aigrid.job_id={job_id}", f"aigrid.master={master_label(server.state_dir)}"]
+    listed = client.containers.list(all=True, sparse=True, filters={"label": labels})
+    found = []
+    for c in listed:
+        try:
+            found.append(client.containers.get(c.id))
+        except docker.errors.NotFound:
+            continue
+    return found
+
+
+def scratch_of(container) -> str:
+    """The job's scratch directory (mounted at the same path as on the host)."""
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    return env["AIGRID_SCRATCH"]
+
+
+DDP = textwrap.dedent(
+    """
+    import os, pathlib, time
+    import torch, torch.distributed as dist
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    init = pathlib.Path("/proc/1/cmdline").read_bytes().split(bytes(1))[0].decode()
+    in_container = os.path.exists("/.dockerenv")
+    print(f"rank={rank} world={dist.get_world_size()} sum={t.item()} "
+          f"dockerenv={in_container} uid={os.getuid()} init={init}")
+    while not os.path.exists(os.environ["AIGRID_SCRATCH"] + "/go"):
+        time.sleep(0.2)
+    total = t.item()
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_a_two_replica_ddp_job_runs_in_two_hardened_containers(server, engine):
+    _, docker_client = engine
+    c = server.client()
+    # No image named: the master picks the catalog's pytorch image for the pytorch-ddp job.
+    job = c.submit({"code": DDP, "gpus": 2, "name": "ddp", "outputs": ["total"]})
+    assert job["description"]["template"] == "pytorch-ddp"
+    assert job["description"]["image"] == {"id": "local-torch", "ref": "aigrid-job:torch"}
+    assert job["description"]["network"] == "host"
+    wait_for_state(c, job["id"], ("running",))
+    deadline = time.monotonic() + 120
+    while len(containers_of(docker_client, server, job["id"])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    found = containers_of(docker_client, server, job["id"])
+    assert sorted(x.labels["aigrid.rank"] for x in found) == ["0", "1"]
+    assert len({x.name for x in found}) == 2
+    for container in found:
+        host = container.attrs["HostConfig"]
+        assert host["Privileged"] is False
+        assert host["CapDrop"] == ["ALL"]
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert host["ReadonlyRootfs"] is True
+        assert host["PidsLimit"] == 4096
+        assert host["NetworkMode"] == "host"
+        assert host["Init"] is True
+        assert host["DeviceRequests"] in (None, [])  # simulated GPUs: no device at all
+        config = container.attrs["Config"]
+        assert config["User"] == "1000:1000"
+        env = dict(e.split("=", 1) for e in config["Env"])
+        assert not [k for k in env if k.startswith("NVIDIA_")]
+        assert "JUPYTER_TOKEN" not in env  # nothing of the server's environment
+        assert env["CUDA_VISIBLE_DEVICES"] == "" and env["AIGRID_SIMULATED_GPUS"] == "1"
+        mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+        assert all(m["Type"] == "bind" for m in mounts.values())
+        assert all(d.startswith(str(server.state_dir)) for d in mounts)
+        assert mounts[env["AIGRID_RESULT_DIR"]]["RW"] is True
+        assert mounts[env["AIGRID_CHECKPOINT_DIR"]]["RW"] is True
+    open(os.path.join(scratch_of(found[0]), "go"), "w").close()
+    done = c.wait(job["id"], timeout_s=180)
+    assert done["state"] == "succeeded", (done["reason"], list(c.logs(job["id"])))
+    lines = sorted(x["line"] for x in c.logs(job["id"]) if x["line"].startswith("rank="))
+    assert lines == [
+        f"rank={r} world=2 sum=3.0 dockerenv=True uid=1000 init=/sbin/docker-init" for r in (0, 1)
+    ]
+    assert c.result(job["id"])["outputs"][0]["name"] == "total"
+    # Exit codes recorded, then the containers removed.
+    assert done["exit_codes"] == {"0": 0, "1": 0}
+    assert containers_of(docker_client, server, job["id"]) == []
+    # The widget shows the rendered description: the template and the image.
+    widget = JobWidget(c, c.job(job["id"]), follow=False)
+    assert "template pytorch-ddp" in widget._header.value
+    assert "image aigrid-job:torch" in widget._header.value
+    widget.close()
+
+
+def test_cancel_stops_and_removes_the_containers(server, engine):
+    _, docker_client = engine
+    c = server.client()
+    job = c.submit(
+        {"code": "import time\nprint('up', flush=True)\ntime.sleep(600)", "replicas": 2,
+         "image": "local-python"}
+    )  # fmt: skip
+    wait_for_state(c, job["id"], ("running",))
+    deadline = time.monotonic() + 60
+    while len(containers_of(docker_client, server, job["id"])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(containers_of(docker_client, server, job["id"])) == 2
+    c.cancel(job["id"])
+    done = c.wait(job["id"], timeout_s=60)
+    assert done["state"] == "cancelled"
+    assert containers_of(docker_client, server, job["id"]) == []
+
+
+def test_a_spec_cannot_make_a_container_privileged_mount_or_widen_its_gpus(server):
+    s = server.session()
+    for extra, field in [
+        ({"privileged": True}, "privileged"),
+        ({"volumes": ["/:/host"]}, "volumes"),
+        ({"mounts": [{"source": "/etc", "target": "/etc"}]}, "mounts"),
+        ({"cap_add": ["SYS_ADMIN"]}, "cap_add"),
+        ({"env": {"NVIDIA_VISIBLE_DEVICES": "all"}}, "env.NVIDIA_VISIBLE_DEVICES"),
+        ({"env": {"nvidia_driver_capabilities": "all"}}, "env.nvidia_driver_capabilities"),
+        ({"image": "no-such-image"}, "image"),
+    ]:
+        r = s.post(server.api("jobs"), json={"code": "print(1)", **extra})
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["field"] == field, r.json()
+
+
+def test_an_image_that_is_not_there_fails_the_job_with_the_reason(server):
+    c = server.client()
+    job = c.submit({"code": "print(1)", "image": "registry.invalid/nothing:1"})
+    done = c.wait(job["id"], timeout_s=120)
+    assert done["state"] == "failed"
+    assert "registry.invalid/nothing:1" in done["reason"]
+
+
+def test_a_restarted_master_reconciles_its_containers_by_label(engine, tmp_path):
+    url, docker_client = engine
+    server = docker_server(tmp_path, url).start()
+    try:
+        s = server.session()
+        s.put(server.api("images", "local-python"), json=IMAGES["local-python"]).raise_for_status()
+        c = server.client()
+        code = textwrap.dedent(
+            """
+            import os, time
+            print("before", flush=True)
+            while not os.path.exists(os.environ["AIGRID_SCRATCH"] + "/go"):
+                time.sleep(0.2)
+            print("after", flush=True)
+            """
+        )
+        job = c.submit({"code": code, "replicas": 2, "image": "local-python"})
+        wait_for_state(c, job["id"], ("running",))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if sum(x["line"] == "before" for x in c.logs(job["id"])) == 2:
+                break
+            time.sleep(0.2)
+        server.kill()  # kill -9: no chance to clean up
+        running = containers_of(docker_client, server, job["id"])
+        assert len(running) == 2 and all(x.status == "running" for x in running)
+        server = docker_server(tmp_path, url, port=server.port, token=server.token).start()
+        c = server.client()
+        assert c.job(job["id"])["state"] == "running"  # adopted, not restarted
+        assert {x.id for x in containers_of(docker_client, server, job["id"])} == {
+            x.id for x in running
+        }
+        open(os.path.join(scratch_of(running[0]), "go"), "w").close()
+        done = c.wait(job["id"], timeout_s=60)
+        assert done["state"] == "succeeded" and done["attempt"] == 0
+        lines = [x["line"] for x in c.logs(job["id"])]
+        assert lines.count("before") == 2 and lines.count("after") == 2  # logs kept, once
+        assert containers_of(docker_client, server, job["id"]) == []
+    finally:
+        server.stop()
+
+
+def test_the_docker_executor_names_an_unreachable_engine(tmp_path):
+    # Jupyter keeps serving without an extension that failed to load; its log says why.
+    server = docker_server(tmp_path, "unix:///nonexistent/docker.sock")
+    with pytest.raises(TimeoutError):
+        server.start(timeout_s=10)
+    assert (
+        "c.AIGridApp.docker_base_url: cannot reach the Docker engine at "
+        "unix:///nonexistent/docker.sock"
+    ) in server.log_path.read_text()
