@@ -93,6 +93,17 @@ def main() -> int:
         f"(target < {TARGET_QUEUE_S:,.0f}: {queue_ok})"
     )
 
+    # How low can average queueing go here at all? Orderings that know every duration.
+    print("\noracle orderings, remaining time x GPUs^w first (know every duration):")
+    for weight in (1.0, 2.0, 3.0):
+        policy = load_policy("srtf", gpu_weight=weight)
+        sim = Simulator(jobs, make_nodes(16, 8), policy, OVERHEAD_S, oracle=True)
+        m = sim.run().metrics
+        print(
+            f"  w={weight:g}: avg JCT {m['avg_jct_s']:,.1f} s, "
+            f"avg queue {m['avg_queue_s']:,.1f} s, {m['preemptions']} preemptions"
+        )
+
     print("\n== philly-b436b2.csv (full) on 16 x 8 GPUs ==", flush=True)
     full = load_trace(args.traces / "philly-b436b2.csv")
     nodes = max(16, -(-max(j.gpus for j in full) // 8))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 
@@ -30,3 +31,17 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def open_inside(path: str | Path, folder: str | Path):
+    """Open the regular file ``path`` for reading (binary), refusing a symlink, or anything
+    that resolves outside ``folder``: jobs write where we read (results, outputs) and may
+    plant a link to a file they must not see. FileNotFoundError if refused."""
+    real_folder = os.path.realpath(folder)
+    if os.path.commonpath([os.path.realpath(path), real_folder]) != real_folder:
+        raise FileNotFoundError(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileNotFoundError(path)
+    return os.fdopen(fd, "rb")

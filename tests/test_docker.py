@@ -11,7 +11,8 @@ import time
 import pytest
 
 from jupyter_aigrid.magics.widgets import JobWidget
-from jupyter_aigrid.server.executors.docker import master_label
+from jupyter_aigrid.server.executors.docker import DockerExecutor, master_label
+from jupyter_aigrid.server.model import LaunchRequest, ReplicaExit
 from jupyter_aigrid.testing import ServerProcess, wait_for_state
 
 docker = pytest.importorskip("docker")
@@ -112,6 +113,16 @@ def containers_of(client, server: ServerProcess, job_id: str) -> list:
     return found
 
 
+def removed(client, server: ServerProcess, job_id: str, timeout_s: float = 60.0) -> bool:
+    """Are the job's containers gone (removal runs in the background)?"""
+    deadline = time.monotonic() + timeout_s
+    while containers_of(client, server, job_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def scratch_of(container) -> str:
     """The job's scratch directory (mounted at the same path as on the host)."""
     env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
@@ -166,7 +177,10 @@ def test_a_two_replica_ddp_job_runs_in_two_hardened_containers(server, engine):
         config = container.attrs["Config"]
         assert config["User"] == "1000:1000"
         env = dict(e.split("=", 1) for e in config["Env"])
-        assert not [k for k in env if k.startswith("NVIDIA_")]
+        # Ours alone: no GPU for simulated ones, whatever the image says.
+        assert [k for k in env if k.startswith("NVIDIA_")] == ["NVIDIA_VISIBLE_DEVICES"]
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+        assert host["Memory"] > 0 and host["MemorySwap"] == host["Memory"]
         assert "JUPYTER_TOKEN" not in env  # nothing of the server's environment
         assert env["CUDA_VISIBLE_DEVICES"] == "" and env["AIGRID_SIMULATED_GPUS"] == "1"
         mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
@@ -184,7 +198,7 @@ def test_a_two_replica_ddp_job_runs_in_two_hardened_containers(server, engine):
     assert c.result(job["id"])["outputs"][0]["name"] == "total"
     # Exit codes recorded, then the containers removed.
     assert done["exit_codes"] == {"0": 0, "1": 0}
-    assert containers_of(docker_client, server, job["id"]) == []
+    assert removed(docker_client, server, job["id"])
     # The widget shows the rendered description: the template and the image.
     widget = JobWidget(c, c.job(job["id"]), follow=False)
     assert "template pytorch-ddp" in widget._header.value
@@ -207,7 +221,7 @@ def test_cancel_stops_and_removes_the_containers(server, engine):
     c.cancel(job["id"])
     done = c.wait(job["id"], timeout_s=60)
     assert done["state"] == "cancelled"
-    assert containers_of(docker_client, server, job["id"]) == []
+    assert removed(docker_client, server, job["id"])
 
 
 def test_a_spec_cannot_make_a_container_privileged_mount_or_widen_its_gpus(server):
@@ -220,10 +234,45 @@ def test_a_spec_cannot_make_a_container_privileged_mount_or_widen_its_gpus(serve
         ({"env": {"NVIDIA_VISIBLE_DEVICES": "all"}}, "env.NVIDIA_VISIBLE_DEVICES"),
         ({"env": {"nvidia_driver_capabilities": "all"}}, "env.nvidia_driver_capabilities"),
         ({"image": "no-such-image"}, "image"),
+        ({"workdir": "/etc"}, "workdir"),
     ]:
         r = s.post(server.api("jobs"), json={"code": "print(1)", **extra})
         assert r.status_code == 400, (extra, r.text)
         assert r.json()["field"] == field, r.json()
+
+
+def test_links_a_job_plants_are_refused_by_the_master(server):
+    c = server.client()
+    # Attempt 0 swaps its working directory for a link to /etc, then fails: the retry must
+    # not mkdir/chown through it.
+    code = textwrap.dedent(
+        """
+        import os, shutil
+        me = os.getcwd()
+        os.chdir(os.environ["AIGRID_SCRATCH"])
+        shutil.rmtree(me)
+        os.symlink("/etc", me)
+        raise SystemExit(1)
+        """
+    )
+    job = c.submit({"code": code, "image": "local-python", "max_restarts": 1})
+    done = c.wait(job["id"], timeout_s=120)
+    assert done["state"] == "failed" and "refusing to use it" in done["reason"], done["reason"]
+    assert os.stat("/etc").st_uid == 0
+    # An output that is a link to a host file is not an output.
+    code = textwrap.dedent(
+        """
+        import os
+        out = os.path.join(os.environ["AIGRID_RESULT_DIR"], "outputs")
+        os.makedirs(out, exist_ok=True)
+        os.symlink("/etc/passwd", os.path.join(out, "stolen.pkl"))
+        """
+    )
+    job = c.submit({"code": code, "image": "local-python"})
+    assert c.wait(job["id"], timeout_s=120)["state"] == "succeeded"
+    assert c.result(job["id"])["outputs"] == []
+    r = server.session().get(server.api("jobs", job["id"], "outputs", "stolen"))
+    assert r.status_code == 404 and "root:" not in r.text
 
 
 def test_an_image_that_is_not_there_fails_the_job_with_the_reason(server):
@@ -250,8 +299,15 @@ def test_a_restarted_master_reconciles_its_containers_by_label(engine, tmp_path)
             print("after", flush=True)
             """
         )
-        job = c.submit({"code": code, "replicas": 2, "image": "local-python"})
-        wait_for_state(c, job["id"], ("running",))
+        small = {"image": "local-python", "cpus_per_replica": 0.25}
+        job = c.submit({"code": code, "replicas": 2, **small})
+        # One to cancel after the restart, one that ends while no master is up.
+        sleeper = c.submit(
+            {"code": "import time\nprint('z', flush=True)\ntime.sleep(600)", **small}
+        )
+        ender = c.submit({"code": code, **small})
+        for j in (job, sleeper, ender):
+            wait_for_state(c, j["id"], ("running",))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if sum(x["line"] == "before" for x in c.logs(job["id"])) == 2:
@@ -260,18 +316,29 @@ def test_a_restarted_master_reconciles_its_containers_by_label(engine, tmp_path)
         server.kill()  # kill -9: no chance to clean up
         running = containers_of(docker_client, server, job["id"])
         assert len(running) == 2 and all(x.status == "running" for x in running)
+        (ending,) = containers_of(docker_client, server, ender["id"])
+        open(os.path.join(scratch_of(ending), "go"), "w").close()
+        assert ending.wait(timeout=60)["StatusCode"] == 0
         server = docker_server(tmp_path, url, port=server.port, token=server.token).start()
         c = server.client()
         assert c.job(job["id"])["state"] == "running"  # adopted, not restarted
         assert {x.id for x in containers_of(docker_client, server, job["id"])} == {
             x.id for x in running
         }
+        # The one that ended meanwhile: its exit code and its whole log, then it is removed.
+        done = c.wait(ender["id"], timeout_s=60)
+        assert done["state"] == "succeeded", done["reason"]
+        assert [x["line"] for x in c.logs(ender["id"])] == ["before", "after"]
+        # An adopted container can be stopped.
+        c.cancel(sleeper["id"])
+        assert c.wait(sleeper["id"], timeout_s=60)["state"] == "cancelled"
         open(os.path.join(scratch_of(running[0]), "go"), "w").close()
         done = c.wait(job["id"], timeout_s=60)
         assert done["state"] == "succeeded" and done["attempt"] == 0
         lines = [x["line"] for x in c.logs(job["id"])]
         assert lines.count("before") == 2 and lines.count("after") == 2  # logs kept, once
-        assert containers_of(docker_client, server, job["id"]) == []
+        for j in (job, sleeper, ender):
+            assert removed(docker_client, server, j["id"])
     finally:
         server.stop()
 
@@ -285,3 +352,30 @@ def test_the_docker_executor_names_an_unreachable_engine(tmp_path):
         "c.AIGridApp.docker_base_url: cannot reach the Docker engine at "
         "unix:///nonexistent/docker.sock"
     ) in server.log_path.read_text()
+
+
+def test_gpus_go_by_uuid_in_a_device_request_and_a_failed_start_leaves_nothing(engine, tmp_path):
+    url, docker_client = engine
+    executor = DockerExecutor(tmp_path / "state", base_url=url, simulated_gpus=1)
+    node = executor.nodes()[0]
+    logs = tmp_path / "logs"
+    uuid = "GPU-00000000-1111-2222-3333-444444444444"
+    request = LaunchRequest(
+        replica_id="9.0.0", job_id="9", attempt=0, rank=0, node=node.name, job_key="t-9",
+        stdout_path=str(logs / "rank-0.stdout"), stderr_path=str(logs / "rank-0.stderr"),
+        exit_path=str(logs / "rank-0.exit"), image="aigrid-job:python", gpu_uuids=(uuid,),
+    )  # fmt: skip
+    executor.launch(request, "print(1)", [], None)
+    deadline = time.monotonic() + 120
+    exits = []
+    while not exits and time.monotonic() < deadline:
+        exits = executor.poll()
+        time.sleep(0.2)
+    # This engine has no NVIDIA runtime: the device request reaches it, and it refuses.
+    assert exits == [ReplicaExit("9.0.0", 125)]
+    stderr = (logs / "rank-0.stderr").read_text()
+    assert "could not be started" in stderr and "capabilities: [[gpu]]" in stderr, stderr
+    assert (logs / "rank-0.exit").read_text() == "125"
+    mine = {"label": f"aigrid.master={executor.master_id}"}
+    assert docker_client.containers.list(all=True, sparse=True, filters=mine) == []
+    executor.close()

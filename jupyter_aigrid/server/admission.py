@@ -18,6 +18,12 @@ def check_admissible(spec: dict[str, Any], nodes: list[Node], executor: str) -> 
             "remove 'image' or run the master with the docker or ray executor"
         )
         raise SpecError(msg, field="image")
+    if spec.get("workdir") and executor == "docker":
+        msg = (
+            "the docker executor runs every replica in its own scratch directory, mounted into "
+            "its container; a host 'workdir' is never mounted: remove it"
+        )
+        raise SpecError(msg, field="workdir")
     if spec.get("datasets"):
         msg = f"unknown dataset {spec['datasets'][0]!r}: no datasets are registered"
         raise SpecError(msg, field="datasets")

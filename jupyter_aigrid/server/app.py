@@ -45,8 +45,8 @@ class AIGridApp(ExtensionApp):
     docker_user = Unicode(
         "",
         config=True,
-        help="uid:gid containers run as (never root); default the server's own user, or "
-        "1000:1000 when the server runs as root.",
+        help="Numeric uid:gid containers run as (never root's); default the server's own "
+        "user, or 1000:1000 when the server runs as root.",
     )
     docker_network = Unicode(
         "bridge",
@@ -184,9 +184,6 @@ class AIGridApp(ExtensionApp):
             except ImportError as e:
                 msg = f"executor 'docker' needs the docker SDK: pip install docker ({e})"
                 raise TraitError(msg) from e
-            if self.docker_user.split(":")[0] in ("0", "root"):
-                msg = "c.AIGridApp.docker_user must not be root: containers run unprivileged"
-                raise TraitError(msg)
             try:
                 return DockerExecutor(
                     state,
@@ -197,7 +194,8 @@ class AIGridApp(ExtensionApp):
                     pids_limit=self.docker_pids_limit,
                 )
             except ExecutorError as e:
-                msg = f"c.AIGridApp.docker_base_url: {e}"
+                field = "docker_user" if "uid:gid" in str(e) else "docker_base_url"
+                msg = f"c.AIGridApp.{field}: {e}"
                 raise TraitError(msg) from e
         return LocalExecutor(
             state,

@@ -104,7 +104,9 @@ class JobQueries:
     def _output_path(self, job_id: str, name: str, user: str, admin: bool):
         row = self._visible(job_id, user, admin)
         path = self.files.outputs(job_id, row["attempt"]) / f"{name}.pkl"
-        if not name.isidentifier() or not path.is_file():
+        if not name.isidentifier() or not any(
+            o["name"] == name for o in self.files.output_sizes(job_id, row["attempt"])
+        ):
             kept = ", ".join(o["name"] for o in self.files.output_sizes(job_id, row["attempt"]))
             msg = f"job {job_id} has no output {name!r}; it has: {kept or 'none'}"
             raise NotFound(msg)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
-from ..durable import fsync_dir, write_atomic
+from ..durable import fsync_dir, open_inside, write_atomic
 from .model import Node, Placement, Slot
 from .templating import choose, rank_env
 
@@ -67,9 +68,10 @@ class JobFiles:
     def output_sizes(self, job_id: str, attempt: int) -> list[dict[str, Any]]:
         try:
             found = sorted(self.outputs(job_id, attempt).glob("*.pkl"))
+            sizes = [(p.stem, p.lstat()) for p in found]
         except OSError:
             return []
-        return [{"name": p.stem, "bytes": p.stat().st_size} for p in found]
+        return [{"name": n, "bytes": st.st_size} for n, st in sizes if stat.S_ISREG(st.st_mode)]
 
     def errors(self, job_id: str, attempt: int, replicas: int) -> list[dict[str, Any]]:
         """The uncaught exceptions the runner recorded, earliest first."""
@@ -77,7 +79,8 @@ class JobFiles:
         for rank in range(replicas):
             path = self.results(job_id, attempt) / f"rank-{rank}.error.json"
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                with open_inside(path, self.results(job_id, attempt)) as f:
+                    data = json.loads(f.read().decode("utf-8"))
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict):
@@ -92,7 +95,9 @@ class JobFiles:
     def reports(self, job_id: str, attempt: int, rank: int) -> list[dict[str, Any]]:
         """What a rank reported with ``runtime.report()``; a torn or odd line is skipped."""
         try:
-            text = (self.results(job_id, attempt) / f"rank-{rank}.jsonl").read_text()
+            folder = self.results(job_id, attempt)
+            with open_inside(folder / f"rank-{rank}.jsonl", folder) as f:
+                text = f.read().decode("utf-8", errors="replace")
         except OSError:
             return []
         out = []

@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,12 +62,13 @@ class _Container:
     name: str
     stdout_path: str
     stderr_path: str
+    container_id: str | None = None
+    grace_s: float = 10.0
     kill_at: float | None = None
     streams: list[threading.Thread] = field(default_factory=list)
     #: Set once the background start has ended, with ``start_error`` if it failed.
     started: threading.Event = field(default_factory=threading.Event)
     start_error: str | None = None
-    container_id: str | None = None
 
 
 def master_label(state_dir: str | Path) -> str:
@@ -96,11 +98,19 @@ class DockerExecutor:
         network: str = "bridge",
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         shm_mb: int = DEFAULT_SHM_MB,
+        memory_mb: int = 0,
         client: Any = None,
     ) -> None:
         import docker
 
-        self.root = Path(root).resolve()
+        self.user = user or _default_user()
+        if not re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", self.user):
+            msg = (
+                f"the containers' user must be a numeric uid:gid other than root's, such as "
+                f"1000:1000, got {self.user!r}"
+            )
+            raise ExecutorError(msg)
+        self.root = Path(os.path.abspath(root))
         self.base_url = (
             base_url or os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
         )
@@ -110,16 +120,19 @@ class DockerExecutor:
         except Exception as e:
             msg = f"cannot reach the Docker engine at {self.base_url}: {e}"
             raise ExecutorError(msg) from e
-        self.user = user or _default_user()
         self.network = network
         self.pids_limit = pids_limit
         self.shm_mb = shm_mb
         #: Containers of this master carry this label (several masters may share an engine).
         self.master_id = master_label(self.root)
         self._node = self._declare(info, simulated_gpus)
+        #: A container's memory limit when its job names none: most of the host, so that a
+        #: runaway job meets the OOM killer in its own container, not the master.
+        self.memory_mb = memory_mb or max(256, self._node.memory_mb * 9 // 10)
         self._live: dict[str, _Container] = {}
         self._exits: list[ReplicaExit] = []
-        self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aigrid-docker")
+        #: Container creation (and pulls) and removal: slow, so never on the master's loop.
+        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aigrid-docker")
 
     # -- inventory --------------------------------------------------------------------------
 
@@ -165,32 +178,37 @@ class DockerExecutor:
             msg = "the job has no image: name one with 'image' or add one to the catalog"
             raise ExecutorError(msg)
         key = request.job_key or request.job_id
+        # Containers write in job_dir (their working directories), so the master never
+        # writes there itself, only creates directories, refusing any link a container
+        # may have planted; the code lives where no container can write.
         job_dir = Path(self._node.scratch) / "jobs" / key
         rank_dir = job_dir / f"rank-{request.rank}"
-        writable = [job_dir, rank_dir, *map(Path, request.read_write)]
-        for path in writable:
-            path.mkdir(parents=True, exist_ok=True)
-            self._give(path)
+        for path in (job_dir, rank_dir, *map(Path, request.read_write)):
+            self._real_dir(path)
+        mounts = [Mount(str(job_dir), str(job_dir), type="bind")]
         if code is not None:
-            script = job_dir / f"main-{request.attempt}.py"
-            tmp = script.with_name(f"{script.name}.{request.rank}.tmp")
-            tmp.write_text(code, encoding="utf-8")
-            tmp.replace(script)
+            code_dir = self.root / "code" / key
+            code_dir.mkdir(parents=True, exist_ok=True)
+            script = code_dir / f"main-{request.attempt}.py"
+            write_atomic(script, code.encode("utf-8"))
+            mounts.append(Mount(str(script), str(script), type="bind", read_only=True))
             argv = ["python", "-u", "-m", "jupyter_aigrid.runner", str(script), *args]
         else:
             argv = list(command or [])
-        mounts = [Mount(str(job_dir), str(job_dir), type="bind")]
         mounts += [
-            Mount(str(p), str(p), type="bind")
-            for p in map(Path, request.read_write)
-            if not _within(p, job_dir)
+            Mount(p, p, type="bind") for p in request.read_write if not _within(Path(p), job_dir)
         ]
         mounts += [
             Mount(p, p, type="bind", read_only=True) for p in request.read_only if os.path.exists(p)
         ]
-        # The job's environment only, and never a variable that would widen its GPUs.
+        # The job's environment only. NVIDIA_VISIBLE_DEVICES is ours: exactly the placed GPUs,
+        # or "void", so that an image's own "all" cannot hand a container every GPU.
         env = {k: v for k, v in request.env.items() if not k.upper().startswith("NVIDIA_")}
-        env.update(AIGRID_SCRATCH=str(job_dir), HOME=str(rank_dir))
+        env.update(
+            AIGRID_SCRATCH=str(job_dir),
+            HOME=str(rank_dir),
+            NVIDIA_VISIBLE_DEVICES=",".join(request.gpu_uuids) or "void",
+        )
         devices = (
             [DeviceRequest(device_ids=list(request.gpu_uuids), capabilities=[["gpu"]])]
             if request.gpu_uuids
@@ -200,10 +218,10 @@ class DockerExecutor:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(request.exit_path).unlink(missing_ok=True)
         name = container_name(request)
+        memory_mb = request.memory_mb or self.memory_mb
         options: dict[str, Any] = {
             "command": argv,
             "name": name,
-            "detach": True,
             "labels": {
                 "aigrid.master": self.master_id,
                 "aigrid.job_id": request.job_id,
@@ -213,7 +231,7 @@ class DockerExecutor:
             },
             "environment": env,
             "user": self.user,
-            "working_dir": request.workdir or str(rank_dir),
+            "working_dir": str(rank_dir),
             "mounts": mounts,
             "network_mode": "host" if request.network == "host" else self.network,
             "privileged": False,
@@ -225,9 +243,9 @@ class DockerExecutor:
             "pids_limit": self.pids_limit,
             "shm_size": f"{self.shm_mb}m",
             "device_requests": devices,
+            "mem_limit": f"{memory_mb}m",
+            "memswap_limit": f"{memory_mb}m",
         }
-        if request.memory_mb:
-            options["mem_limit"] = f"{request.memory_mb}m"
         if request.cpus:
             options["nano_cpus"] = int(request.cpus * 1e9)
         handle = ReplicaHandle(request.replica_id, None, None, request.exit_path)
@@ -235,13 +253,14 @@ class DockerExecutor:
         self._live[request.replica_id] = entry
         # Creating a container copies its image's files (and may pull it): seconds to
         # minutes. That happens in the background; poll() reports a start that failed.
-        self._starter.submit(self._start, entry, request.image, options)
+        self._workers.submit(self._start, entry, request.image, options)
         return handle
 
     def _start(self, entry: _Container, image: str, options: dict[str, Any]) -> None:
         import docker
 
         why = f"image {image!r} is not on the Docker host and could not be pulled"
+        container = None
         try:
             try:
                 self.client.images.get(image)
@@ -249,27 +268,45 @@ class DockerExecutor:
                 self.client.images.pull(image)
             why = "the container could not be started"
             self._remove_stale(entry.name)
-            container = self.client.containers.run(image, **options)
+            container = self.client.containers.create(image, **options)
+            entry.container_id = container.id
+            container.start()
         except Exception as e:  # every failure is the job's to see, in its stderr
             detail = getattr(e, "explanation", None) or str(e)
+            if container is not None:  # created, not started: nothing may be left behind
+                with contextlib.suppress(Exception):
+                    container.remove(force=True, v=True)
             entry.start_error = f"{why}: {detail}"
             with contextlib.suppress(OSError), open(entry.stderr_path, "ab") as err:
                 err.write(f"AI Grid: {entry.start_error}\n".encode())
         else:
-            entry.container_id = container.id
             self._follow(entry, container)
             if entry.kill_at is not None:  # stopped while it was being created
-                self._signal(entry.name, "SIGTERM")
+                entry.kill_at = time.monotonic() + entry.grace_s
+                self._signal(entry, "SIGTERM")
         finally:
             entry.started.set()
 
-    def _give(self, path: Path) -> None:
-        """Let the container's user write ``path`` (we are root, it is not)."""
-        if os.geteuid() != 0:
-            return
-        uid, _, gid = self.user.partition(":")
-        with contextlib.suppress(ValueError, OSError):
-            os.chown(path, int(uid), int(gid or uid))
+    def _real_dir(self, path: Path) -> None:
+        """Make ``path`` a directory under our root that the container's user owns, refusing
+        a symlink anywhere below the root (a container may plant one where it can write)."""
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(self.root)
+        except ValueError:
+            msg = f"{path} is outside the master's state directory {self.root}"
+            raise ExecutorError(msg) from None
+        current = self.root
+        for part in rel.parts:
+            current = current / part
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current, 0o755)
+            st = os.lstat(current)
+            if not stat.S_ISDIR(st.st_mode):
+                msg = f"{current} is not a directory (a link left by a job?): refusing to use it"
+                raise ExecutorError(msg)
+        if os.geteuid() == 0:  # we are root, the container's user is not
+            uid, _, gid = self.user.partition(":")
+            os.chown(current, int(uid), int(gid or uid), follow_symlinks=False)
 
     def _remove_stale(self, name: str) -> None:
         """A container of that name left by a crash before it was recorded: ours, so remove."""
@@ -280,17 +317,18 @@ class DockerExecutor:
         except docker.errors.NotFound:
             return
         if old.labels.get("aigrid.master") == self.master_id:
-            old.remove(force=True)
+            old.remove(force=True, v=True)
 
     def _follow(self, entry: _Container, container: Any) -> None:
         """Stream the container's stdout and stderr into the rank's files, from the start.
 
-        After a master restart the files are written again from the container's first line:
-        readers following them by offset see the same bytes."""
+        After a master restart the files are written again from the container's first line
+        (the engine keeps a container's whole log unless its log driver rotates): readers
+        following them by offset see the same bytes."""
         for stream, path in (("stdout", entry.stdout_path), ("stderr", entry.stderr_path)):
             t = threading.Thread(
                 target=_copy_logs,
-                args=(container, stream, path),
+                args=(container, stream, path, True),
                 name=f"aigrid-logs-{entry.name}-{stream}",
                 daemon=True,
             )
@@ -303,14 +341,17 @@ class DockerExecutor:
         entry = self._live.get(handle.replica_id)
         if entry is None or entry.kill_at is not None:
             return
+        entry.grace_s = grace_s
         entry.kill_at = time.monotonic() + grace_s
-        self._signal(entry.name, "SIGTERM")
+        if entry.started.is_set():
+            self._signal(entry, "SIGTERM")
 
-    def _signal(self, name: str, sig: str) -> None:
+    def _signal(self, entry: _Container, sig: str) -> None:
         import docker
 
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            self.client.api.kill(name, signal=sig)
+        target = entry.container_id or entry.name
+        with contextlib.suppress(docker.errors.DockerException):
+            self.client.api.kill(target, signal=sig)
 
     def _ours(self) -> dict[str, Any]:
         """This master's containers, by replica id (one API call)."""
@@ -320,7 +361,9 @@ class DockerExecutor:
         return {c.attrs.get("Labels", {}).get("aigrid.replica", ""): c for c in found}
 
     def poll(self) -> list[ReplicaExit]:
-        if self._live:
+        # Only entries whose start had ended before the listing can be judged by it.
+        ready = [(r, e) for r, e in self._live.items() if e.started.is_set()]
+        if ready:
             try:
                 containers = self._ours()
             except Exception as e:
@@ -328,9 +371,7 @@ class DockerExecutor:
                 containers = None
             if containers is not None:
                 now = time.monotonic()
-                for replica_id, entry in list(self._live.items()):
-                    if not entry.started.is_set():
-                        continue
+                for replica_id, entry in ready:
                     if entry.start_error is not None:
                         write_atomic(Path(entry.handle.exit_path), str(START_FAILED).encode())
                         del self._live[replica_id]
@@ -341,28 +382,39 @@ class DockerExecutor:
                     if found is None or state in ("exited", "dead"):
                         self._finish(replica_id, entry, found)
                     elif entry.kill_at is not None and now >= entry.kill_at:
-                        self._signal(entry.name, "SIGKILL")
+                        self._signal(entry, "SIGKILL")
         exits, self._exits = self._exits, []
         return exits
 
     def _finish(self, replica_id: str, entry: _Container, container: Any) -> None:
-        """Record the exit code, wait for the last log lines, then remove the container."""
+        """Record the exit code and the last log lines; the container is removed after."""
+        import docker
+
         code = read_exit_code(entry.handle.exit_path)
         if container is not None:
             try:
                 state = self.client.api.inspect_container(container.id)["State"]
+            except docker.errors.NotFound:
+                state = None
+            except Exception as e:
+                log.warning("AI Grid: cannot inspect the container of %s: %s", replica_id, e)
+                return
+            if state is not None:
                 code = int(state.get("ExitCode", 0))
                 if state.get("OOMKilled"):
                     log.warning("AI Grid: replica %s was killed: out of memory", replica_id)
-            except Exception as e:
-                log.debug("AI Grid: cannot inspect the container of %s: %s", replica_id, e)
+                    with contextlib.suppress(OSError), open(entry.stderr_path, "ab") as err:
+                        err.write(b"AI Grid: killed: out of memory (memory_mb_per_replica)\n")
+            if not entry.streams:  # it ended while no master was following it
+                for stream, path in (("stdout", entry.stdout_path), ("stderr", entry.stderr_path)):
+                    _copy_logs(container, stream, path, False)
             if code is not None:
                 write_atomic(Path(entry.handle.exit_path), str(code).encode())
             deadline = time.monotonic() + _LOG_DRAIN_S
             for t in entry.streams:
                 t.join(max(0.0, deadline - time.monotonic()))
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
+            # Removing copies of an image's files takes a while: not on the master's loop.
+            self._workers.submit(_remove, container)
         del self._live[replica_id]
         self._exits.append(ReplicaExit(replica_id, code))
 
@@ -380,19 +432,24 @@ class DockerExecutor:
                 adopted.append(handle.replica_id)
                 continue
             found = containers.get(handle.replica_id)
-            stdout = str(Path(handle.exit_path).with_suffix(".stdout"))
+            names = found.attrs.get("Names") or [] if found is not None else []
             entry = _Container(
                 handle,
-                found.name if found is not None else "",
-                stdout,
+                names[0].lstrip("/") if names else "",
+                str(Path(handle.exit_path).with_suffix(".stdout")),
                 str(Path(handle.exit_path).with_suffix(".stderr")),
+                container_id=found.id if found is not None else None,
             )
             entry.started.set()
-            if found is not None and found.attrs.get("State") not in ("exited", "dead"):
-                entry.container_id = found.id
+            state = found.attrs.get("State") if found is not None else None
+            if state in ("running", "paused", "restarting", "removing"):
                 self._follow(entry, found)
                 self._live[handle.replica_id] = entry
                 adopted.append(handle.replica_id)
+            elif state == "created":
+                # The master died between creating and starting it: it never ran. Lost.
+                _remove(found)
+                self._exits.append(ReplicaExit(handle.replica_id, None))
             else:
                 self._live[handle.replica_id] = entry
                 self._finish(handle.replica_id, entry, found)
@@ -400,21 +457,26 @@ class DockerExecutor:
         # end): nothing will ever ask for them again.
         for replica_id, container in containers.items():
             if replica_id not in wanted and replica_id not in self._live:
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
+                self._workers.submit(_remove, container)
         return adopted
 
     def close(self) -> None:
         # Containers being created are left to finish; a restarted master adopts them.
-        self._starter.shutdown(wait=False, cancel_futures=False)
+        self._workers.shutdown(wait=False, cancel_futures=False)
         with contextlib.suppress(Exception):
             self.client.close()
 
 
-def _copy_logs(container: Any, stream: str, path: str) -> None:
+def _remove(container: Any) -> None:
+    with contextlib.suppress(Exception):
+        container.remove(force=True, v=True)
+
+
+def _copy_logs(container: Any, stream: str, path: str, follow: bool) -> None:
+    """Write one of the container's streams to ``path``: as it comes, or what there is."""
     try:
         chunks = container.logs(
-            stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=True
+            stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=follow
         )
         with open(path, "wb") as out:
             for chunk in chunks:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ...durable import open_inside
 from .base import AIGridHandler
 
 
@@ -23,9 +25,12 @@ class OutputHandler(AIGridHandler):
     async def get(self, job_id: str, name: str) -> None:
         """Rank 0's global ``name`` as pickled by the runner (``outputs`` of the JobSpec)."""
         path = await self.master.output_path(job_id, name, self.owner, self.is_admin)
+        try:
+            f = await asyncio.to_thread(open_inside, path, path.parent)
+        except OSError as e:  # replaced by a link since it was listed: not an output
+            raise web.HTTPError(404, f"job {job_id} has no output {name!r}") from e
         self.set_header("Content-Type", "application/vnd.python.pickle")
-        self.set_header("Content-Length", str(path.stat().st_size))
-        f = await asyncio.to_thread(path.open, "rb")
+        self.set_header("Content-Length", str(os.fstat(f.fileno()).st_size))
         try:
             while chunk := await asyncio.to_thread(f.read, 1 << 20):
                 self.write(chunk)
