@@ -84,13 +84,13 @@ class Api:
     async def submit(self, spec: dict) -> dict:
         return await self.call("POST", "jobs", body=spec)
 
-    async def job(self, job_id: str) -> dict:
-        return await self.call("GET", "jobs", job_id)
+    async def job(self, job_id: str, **kw) -> dict:
+        return await self.call("GET", "jobs", job_id, **kw)
 
-    async def wait(self, job_id: str, states=FINAL, timeout_s: float = 120.0) -> dict:
+    async def wait(self, job_id: str, states=FINAL, timeout_s: float = 120.0, **kw) -> dict:
         deadline = time.monotonic() + timeout_s
         while True:
-            job = await self.job(job_id)
+            job = await self.job(job_id, **kw)
             if job["state"] in states:
                 return job
             if time.monotonic() > deadline:
