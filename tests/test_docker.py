@@ -157,12 +157,15 @@ def test_a_two_replica_ddp_job_runs_in_two_hardened_containers(server, engine):
     assert job["description"]["template"] == "pytorch-ddp"
     assert job["description"]["image"] == {"id": "local-torch", "ref": "aigrid-job:torch"}
     assert job["description"]["network"] == "host"
-    wait_for_state(c, job["id"], ("running",))
-    deadline = time.monotonic() + 120
-    while len(containers_of(docker_client, server, job["id"])) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # "starting" while the containers are created (their image's files copied), "running"
+    # once both have started.
+    wait_for_state(c, job["id"], ("running",), timeout_s=120)
     found = containers_of(docker_client, server, job["id"])
     assert sorted(x.labels["aigrid.rank"] for x in found) == ["0", "1"]
+    assert all(x.status == "running" for x in found)
+    with c.events(since=0, job_id=job["id"]) as stream:
+        states = [e["data"]["state"] for e in stream if "state" in e["data"]]
+    assert states[:3] == ["queued", "starting", "running"]
     assert len({x.name for x in found}) == 2
     for container in found:
         host = container.attrs["HostConfig"]

@@ -80,6 +80,8 @@ class Master(JobQueries):
         self.tick_s = tick_s
         self.stop_grace_s = stop_grace_s
         self.nodes = executor.nodes()
+        #: Does the executor start replicas in the background (and report it in started())?
+        self._async_starts = callable(getattr(executor, "started", None))
         self._nodes_by_name = {n.name: n for n in self.nodes}
         self._emit_fn = emit
         self._db = ThreadPoolExecutor(1, thread_name_prefix="aigrid-master")
@@ -351,11 +353,37 @@ class Master(JobQueries):
     # -- the loop ------------------------------------------------------------------------------
 
     def _tick(self) -> None:
+        self._handle_starts()
         self._handle_exits(self.executor.poll())
         self._enforce_time_limits(time.time())
         self._schedule()
 
+    def _handle_starts(self) -> None:
+        """Executors that start replicas in the background (containers) say when each has
+        started: a gang is running once all of its replicas are."""
+        if not self._async_starts:
+            return
+        jobs = set()
+        with self.store.write():
+            for replica_id in self.executor.started():
+                rep = self.store.replica(replica_id)
+                if rep is not None and rep["state"] == "launching":
+                    self.store.update_replica(replica_id, state="running", started_at=time.time())
+                    jobs.add((rep["job_id"], rep["attempt"]))
+            for job_id, attempt in jobs:
+                row = self.store.job(job_id)
+                reps = self.store.replicas(job_id, attempt)
+                if (
+                    row is not None
+                    and row["state"] == STARTING
+                    and row["attempt"] == attempt
+                    and not row.get("pending_state")
+                    and all(r["state"] == "running" for r in reps)
+                ):
+                    self._set_state(row, RUNNING)
+
     def _poll_exits(self) -> None:
+        self._handle_starts()
         exits = self.executor.poll()
         if exits:
             self._handle_exits(exits)
@@ -486,6 +514,9 @@ class Master(JobQueries):
                         )
                     self._fail_gang(job_id, f"rank {req.rank} could not start: {e}", retry=False)
                 return
+            if self._async_starts:  # running once the executor says it started
+                self.store.update_replica(req.replica_id, pid=handle.pid)
+                continue
             self.store.update_replica(
                 req.replica_id,
                 state="running",
@@ -493,7 +524,8 @@ class Master(JobQueries):
                 pid_start=handle.pid_start,
                 started_at=time.time(),
             )
-        self._set_state(self.store.job(job_id), RUNNING)
+        if not self._async_starts:
+            self._set_state(self.store.job(job_id), RUNNING)
         self._live_replicas = True
 
     def _container_fields(self, row: dict[str, Any], slot: Any) -> dict[str, Any]:

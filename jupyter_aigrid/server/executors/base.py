@@ -42,6 +42,11 @@ class Executor(Protocol):
         """Replicas that ended since the last poll, with their exit codes."""
         ...
 
+    # Optional: an executor whose launch() only begins a slow start (creating a container)
+    # also has ``started() -> list[str]``: the replicas whose start has completed since the
+    # last call, reported before any exit of theirs. The master keeps such a gang
+    # ``starting`` until every replica has started. A start that fails is an exit (code 125).
+
     def reconcile(self, known: list[ReplicaHandle]) -> list[str]:
         """After a master restart: adopt the replicas that still run, return their ids.
 

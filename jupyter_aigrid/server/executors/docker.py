@@ -69,6 +69,8 @@ class _Container:
     #: Set once the background start has ended, with ``start_error`` if it failed.
     started: threading.Event = field(default_factory=threading.Event)
     start_error: str | None = None
+    #: The master has been told it started (exits are reported only after that).
+    reported: bool = False
 
 
 def master_label(state_dir: str | Path) -> str:
@@ -360,9 +362,23 @@ class DockerExecutor:
         )
         return {c.attrs.get("Labels", {}).get("aigrid.replica", ""): c for c in found}
 
+    def started(self) -> list[str]:
+        """Replicas whose containers have started since the last call."""
+        out = []
+        for replica_id, entry in self._live.items():
+            if entry.started.is_set() and entry.start_error is None and not entry.reported:
+                entry.reported = True
+                out.append(replica_id)
+        return out
+
     def poll(self) -> list[ReplicaExit]:
-        # Only entries whose start had ended before the listing can be judged by it.
-        ready = [(r, e) for r, e in self._live.items() if e.started.is_set()]
+        # Only entries whose start had ended (and was reported) before the listing can be
+        # judged by it.
+        ready = [
+            (r, e)
+            for r, e in self._live.items()
+            if e.started.is_set() and (e.reported or e.start_error is not None)
+        ]
         if ready:
             try:
                 containers = self._ours()
