@@ -6,7 +6,15 @@ import { Widget } from '@lumino/widgets';
 
 import { AIGridError, cancelJob, followLogs, submitJob } from './api';
 import { AIGridModel } from './model';
-import { clusterMap, el, jobRow, placementTable, splitCommand, stateBadge } from './render';
+import {
+  clusterMap,
+  el,
+  jobFacts,
+  jobRow,
+  placementTable,
+  splitCommand,
+  stateBadge
+} from './render';
 import { IJob, JOB_STATES } from './types';
 
 type Tab = 'jobs' | 'cluster' | 'submit';
@@ -102,17 +110,7 @@ export class AIGridPanel extends Widget {
     if (!job) {
       return el('div', {}, back, el('p', {}, `No job ${id}.`));
     }
-    const facts: [string, string][] = [
-      ['Owner', job.owner],
-      ['GPUs', `${job.gpus} (${job.replicas} replica${job.replicas === 1 ? '' : 's'})`],
-      ['QoS', job.qos],
-      ['Restarts', String(job.restarts)],
-      ['Attempt', String(job.attempt)],
-      ['Migrations', job.migration ? JSON.stringify(job.migration) : 'none']
-    ];
-    if (job.queue_position) {
-      facts.push(['Queue position', String(job.queue_position)]);
-    }
+    const facts = jobFacts(job);
     const cancel = el('button', { class: 'aigrid-cancel jp-mod-warn' }, 'Cancel job');
     cancel.toggleAttribute('disabled', ['succeeded', 'failed', 'cancelled'].includes(job.state));
     cancel.addEventListener('click', () => void this._cancel(job));

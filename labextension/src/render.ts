@@ -110,6 +110,29 @@ export function jobRow(job: IJob, now: number = Date.now()): HTMLElement {
 }
 
 /** Nodes as rows, their GPUs as cells, each naming the rank it holds. */
+/** The facts a job's detail lists, as (label, text) pairs, in order. */
+export function jobFacts(job: IJob): [string, string][] {
+  const facts: [string, string][] = [
+    ['Owner', job.owner],
+    ['GPUs', `${job.gpus} (${job.replicas} replica${job.replicas === 1 ? '' : 's'})`],
+    ['QoS', job.qos]
+  ];
+  if (job.description) {
+    facts.push(['Template', job.description.template]);
+    const image = job.description.image;
+    facts.push(['Image', image ? image.ref : "the server's environment"]);
+  }
+  facts.push(
+    ['Restarts', String(job.restarts)],
+    ['Attempt', String(job.attempt)],
+    ['Migrations', job.migration ? JSON.stringify(job.migration) : 'none']
+  );
+  if (job.queue_position) {
+    facts.push(['Queue position', String(job.queue_position)]);
+  }
+  return facts;
+}
+
 export function placementTable(placement: IPlacementSlot[] | null): HTMLElement {
   if (!placement || placement.length === 0) {
     return el('p', { class: 'aigrid-muted' }, 'Not placed yet.');

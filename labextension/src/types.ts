@@ -36,6 +36,11 @@ export interface IJob {
   finished_at: string | null;
   elapsed_s: number | null;
   migration: unknown;
+  /** The rendered job description: its template and the image it runs in (if any). */
+  description?: {
+    template: string;
+    image: { id: string | null; ref: string } | null;
+  };
 }
 
 export interface IClusterGpu {

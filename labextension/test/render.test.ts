@@ -1,6 +1,7 @@
 import {
   clusterMap,
   formatAge,
+  jobFacts,
   jobRow,
   placementTable,
   splitCommand,
@@ -83,6 +84,28 @@ describe('jobRow', () => {
 
   it('shows the queue position of a queued job', () => {
     expect(jobRow(job({ state: 'queued', queue_position: 3 })).textContent).toContain('#3 in queue');
+  });
+});
+
+describe('jobFacts', () => {
+  it('lists the template and the image a job runs in', () => {
+    const facts = new Map(
+      jobFacts(
+        job({
+          description: { template: 'pytorch-ddp', image: { id: 'torch', ref: 'repo/torch:2' } },
+          queue_position: 2
+        })
+      )
+    );
+    expect(facts.get('Template')).toBe('pytorch-ddp');
+    expect(facts.get('Image')).toBe('repo/torch:2');
+    expect(facts.get('Queue position')).toBe('2');
+    expect(facts.get('GPUs')).toBe('2 (2 replicas)');
+  });
+
+  it("says a local job runs in the server's environment", () => {
+    const facts = new Map(jobFacts(job({ description: { template: 'single', image: null } })));
+    expect(facts.get('Image')).toBe("the server's environment");
   });
 });
 
