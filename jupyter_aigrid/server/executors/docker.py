@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ...durable import write_atomic
 from ..inventory import nvml_gpus, simulated_gpus
@@ -134,7 +135,7 @@ class DockerExecutor:
         self._live: dict[str, _Container] = {}
         self._exits: list[ReplicaExit] = []
         #: Container creation (and pulls) and removal: slow, so never on the master's loop.
-        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aigrid-docker")
+        self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aigrid-docker")
 
     # -- inventory --------------------------------------------------------------------------
 
@@ -163,7 +164,9 @@ class DockerExecutor:
         # Gangs use the host's network, so rank 0's store listens on the Docker host.
         if self.base_url.startswith(("unix://", "npipe://")):
             return "127.0.0.1", free_port()
-        host = re.sub(r"^\w+://", "", self.base_url).split(":")[0]
+        # A remote engine: its host's address; the port is one free here, and is assumed
+        # free there too (the master cannot probe another machine's ports).
+        host = urlsplit(self.base_url).hostname or "127.0.0.1"
         return host, free_port()
 
     # -- launching --------------------------------------------------------------------------
