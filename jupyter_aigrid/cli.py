@@ -6,6 +6,7 @@ aigrid submit --gpus 1 -- nvidia-smi -L        # any command
 aigrid list                                    # your jobs
 aigrid logs -f 12                              # every rank's output, live
 aigrid status 12 | aigrid cancel 12 | aigrid cluster
+aigrid templates | aigrid images                # what a job can be rendered through and run in
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--tail", type=int, help="start with the last N lines of each rank")
     sub.add_parser("cancel", help="cancel a job").add_argument("job_id")
     sub.add_parser("cluster", help="show nodes and GPUs")
+    sub.add_parser("templates", help="list the job templates")
+    sub.add_parser("images", help="list the base-image catalog")
     return p
 
 
@@ -151,6 +154,29 @@ def cluster_table(cluster: dict[str, Any]) -> str:
     )
 
 
+def templates_table(templates: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            t["name"],
+            t["framework"],
+            f"{t['replicas']['min']}-{t['replicas']['max'] or 'any'}",
+            ",".join(r["name"] for r in t["roles"]),
+            t["network"],
+            t["description"],
+        ]
+        for t in templates
+    ]
+    return _table(rows, ["TEMPLATE", "FRAMEWORK", "REPLICAS", "ROLES", "NETWORK", "WHAT"])
+
+
+def images_table(images: list[dict[str, Any]]) -> str:
+    rows = [
+        [i["id"], i["framework"], i["framework_version"], i["cuda"], i["python"], i["ref"]]
+        for i in images
+    ]
+    return _table(rows, ["ID", "FRAMEWORK", "VERSION", "CUDA", "PYTHON", "REFERENCE"])
+
+
 def simulation_table(found: dict[str, Any]) -> str:
     """The live run next to its replay under another policy (``POST /simulate``)."""
     from .sim.engine import METRICS
@@ -206,6 +232,12 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(cluster))
         else:
             print(cluster_table(cluster))
+    elif args.command == "templates":
+        templates = client.templates()
+        print(json.dumps(templates) if args.json else templates_table(templates))
+    elif args.command == "images":
+        images = client.images()
+        print(json.dumps(images) if args.json else images_table(images))
     return 0
 
 

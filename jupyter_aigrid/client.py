@@ -204,6 +204,14 @@ class Client:
     def cluster(self) -> dict[str, Any]:
         return self._request("GET", "cluster").json()
 
+    def templates(self) -> list[dict[str, Any]]:
+        """The job templates (``GET /templates``)."""
+        return self._request("GET", "templates").json()["templates"]
+
+    def images(self) -> list[dict[str, Any]]:
+        """The base-image catalog (``GET /images``)."""
+        return self._request("GET", "images").json()["images"]
+
     def logs(
         self, job_id: str, rank: int | None = None, follow: bool = False, tail: int | None = None
     ) -> Iterator[dict[str, Any]]:

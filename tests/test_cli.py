@@ -95,6 +95,18 @@ def test_command_cancel_and_cluster(server):
     assert final["state"] == "cancelled"
 
 
+def test_templates_and_images(server):
+    header, *rows = aigrid(server, "templates").stdout.splitlines()
+    assert header.split()[:3] == ["TEMPLATE", "FRAMEWORK", "REPLICAS"]
+    assert {r.split()[0] for r in rows} == {
+        "single", "pytorch-ddp", "mpi", "tf-parameter-server", "inference"
+    }  # fmt: skip
+    images = json.loads(aigrid(server, "--json", "images").stdout)
+    assert "python-3.11" in {i["id"] for i in images}
+    table = aigrid(server, "images").stdout
+    assert "python:3.11-slim" in table and table.startswith("ID")
+
+
 def test_errors_are_clear(server):
     bad = aigrid(server, "submit", "--gpus", "9", "-c", "pass", check=False)
     assert bad.returncode == 1

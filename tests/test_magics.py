@@ -234,6 +234,12 @@ def test_jobs_and_logs_line_magics(ip, server):
     header, *rows = cap.stdout.splitlines()
     assert header.split()[:4] == ["ID", "NAME", "STATE", "GPUS"]
     assert any(r.split()[:3] == [job["id"], "lg", "succeeded"] for r in rows)
+    with capture_output() as cap:
+        ip.run_line_magic("aigrid", "templates")
+    assert "pytorch-ddp" in cap.stdout and cap.stdout.startswith("TEMPLATE")
+    with capture_output() as cap:
+        ip.run_line_magic("aigrid", "images")
+    assert "pytorch/pytorch:2.13.0" in cap.stdout
 
 
 def test_line_form_runs_a_script_with_arguments(ip, tmp_path, server):

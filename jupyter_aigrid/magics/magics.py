@@ -18,7 +18,14 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
-from ..cli import cluster_table, jobs_table, print_logs, simulation_table
+from ..cli import (
+    cluster_table,
+    images_table,
+    jobs_table,
+    print_logs,
+    simulation_table,
+    templates_table,
+)
 from ..client import AIGridError, Client
 from ..options import add_job_options, policy_option, spec_fields
 from ..server.model import JOB_STATES
@@ -108,6 +115,8 @@ def _command_parsers() -> dict[str, _Parser]:
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
     parsers["cluster"] = _Parser(prog="cluster", description="A live grid of nodes and GPUs.")
+    parsers["templates"] = _Parser(prog="templates", description="The job templates (--template).")
+    parsers["images"] = _Parser(prog="images", description="The base-image catalog (--image).")
     p = parsers["simulate"] = _Parser(
         prog="simulate",
         description="Replay the jobs that ran here under another policy (admins).",
@@ -309,6 +318,12 @@ class AIGridMagics(Magics):
             self._cluster_widget.close()
         self._cluster_widget = ClusterWidget(self.client)
         return self._cluster_widget
+
+    def _templates(self, args: Any, cell: None) -> None:
+        print(templates_table(self.client.templates()))
+
+    def _images(self, args: Any, cell: None) -> None:
+        print(images_table(self.client.images()))
 
     def _simulate(self, args: Any, cell: None) -> dict[str, Any]:
         found = self.client.simulate(args.policy, dict(args.option), args.preempt_overhead_s)
