@@ -22,22 +22,16 @@ completion time of any policy that does not know durations:
 
 from __future__ import annotations
 
+from typing import Any
+
 from .srtf import SrtfPolicy
+
+#: Where ``aigrid`` differs from plain ``srtf``; any of them may be overridden by options.
+DEFAULTS = {"gpu_weight": 1.0, "candidates": 32, "preempt_factor": 2.0}
 
 
 class AIGridPolicy(SrtfPolicy):
     name = "aigrid"
 
-    def __init__(
-        self,
-        min_run_s: float = 60.0,
-        gpu_weight: float = 1.0,
-        candidates: int | None = 32,
-        preempt_factor: float = 2.0,
-    ) -> None:
-        super().__init__(
-            min_run_s=min_run_s,
-            gpu_weight=gpu_weight,
-            candidates=candidates,
-            preempt_factor=preempt_factor,
-        )
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**{**DEFAULTS, **options})
