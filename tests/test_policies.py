@@ -9,7 +9,8 @@ import pytest
 from jupyter_aigrid.server.inventory import simulated_gpus
 from jupyter_aigrid.server.model import Launch, Node, Placement, Request, Slot
 from jupyter_aigrid.server.policies import load_policy, place_gang, schedule_round
-from jupyter_aigrid.server.policies.backfill import reservation
+from jupyter_aigrid.server.policies.backfill import remaining_s, reservation
+from jupyter_aigrid.server.queries import run_time_s
 from jupyter_aigrid.server.snapshot import History, Snapshot
 from jupyter_aigrid.sim import Simulator, TraceJob, make_nodes
 
@@ -216,6 +217,20 @@ def test_las_demotes_jobs_by_attained_service():
     served = req("served", seq=1, attained_gpu_s=5000.0)
     fresh = req("fresh", seq=2, submitted_at=5.0)
     assert [r.job_id for r in policy.order([served, fresh], cluster(1))] == ["fresh", "served"]
+
+
+def test_a_job_without_gpus_keeps_its_service_across_runs():
+    # A CPU-only job counts as one slot: its run time is its service, before and after a
+    # preemption, so estimates of what it has left stay right.
+    cpu = req("cpu", per=0, preemptible=True, time_limit_s=1000.0)
+    assert cpu.gpus == 0 and cpu.slots == 1
+    snap = cluster(2).allocate(cpu, Placement((Slot(0, "n0", 0, ()),)), started_at=0.0).at(300.0)
+    assert snap.running["cpu"].attained_gpu_s(snap.now) == 300.0
+    assert [g.request.job_id for g in snap.most_served()] == ["cpu"]
+    again = req("cpu", per=0, time_limit_s=1000.0, attained_gpu_s=300.0)
+    assert remaining_s(again, cluster(2)) == 700.0
+    row = {"gpus": 0, "attained_gpu_s": 300.0, "started_at": 1000.0, "finished_at": 1200.0}
+    assert run_time_s(row) == 500.0
 
 
 def test_backfill_never_delays_the_head_jobs_reserved_start():

@@ -40,7 +40,7 @@ from .model import (
     Request,
 )
 from .policies import load_policy, schedule_round
-from .queries import JobQueries, NotFound
+from .queries import JobQueries, NotFound, run_time_s
 from .replicas import JobFiles, replica_env
 from .snapshot import History
 from .spec import SpecError
@@ -168,9 +168,7 @@ class Master(JobQueries):
         history = History()
         for row in self.store.jobs((SUCCEEDED,)):
             if row.get("started_at") and row.get("finished_at"):
-                ran = (row.get("attained_gpu_s") or 0.0) / max(row["gpus"], 1)
-                ran += row["finished_at"] - row["started_at"]
-                history = history.add(self._request(row), ran)
+                history = history.add(self._request(row), run_time_s(row))
         return history
 
     def _load_queue(self) -> None:
@@ -619,7 +617,7 @@ class Master(JobQueries):
         now = time.time()
         ran_s = max(0.0, now - (row.get("started_at") or now))
         earlier = row.get("attained_gpu_s") or 0.0
-        attained = earlier + ran_s * row["gpus"]
+        attained = earlier + ran_s * max(row["gpus"], 1)  # as Request.slots counts it
         if pending == PREEMPTED:
             self._set_state(row, PREEMPTED, exit_codes=codes, attained_gpu_s=attained)
             self._set_state(

@@ -98,13 +98,19 @@ class Request:
     time_limit_s: float | None = None
     #: What history groups it with: the job's name (live) or model (traces).
     job_type: str = ""
-    #: GPU-seconds of service in earlier runs (a preempted or restarted job keeps them).
+    #: Service in earlier runs, in GPU-seconds: a preempted or restarted job keeps it. A job
+    #: without GPUs counts as one (see ``slots``), so its run time is kept too.
     attained_gpu_s: float = 0.0
     datasets: tuple[str, ...] = ()
 
     @property
     def gpus(self) -> int:
         return self.replicas * self.gpus_per_replica
+
+    @property
+    def slots(self) -> int:
+        """What a second of this job's run adds to its service: its GPUs, or 1 without any."""
+        return max(self.gpus, 1)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,12 @@ from .spec import SpecError, to_request
 from .views import cluster_view, event_view, job_view
 
 
+def run_time_s(row: dict[str, Any]) -> float:
+    """How long a finished job ran in all: its earlier runs' service, then its last run."""
+    earlier = (row.get("attained_gpu_s") or 0.0) / max(row["gpus"], 1)
+    return earlier + row["finished_at"] - row["started_at"]
+
+
 class NotFound(LookupError):
     """No such job, or not one the caller may see."""
 
@@ -149,8 +155,7 @@ class JobQueries:
         for row in self.store.jobs(FINAL_STATES):
             if not row.get("started_at") or not row.get("finished_at"):
                 continue  # ended before it ever ran
-            ran = (row.get("attained_gpu_s") or 0.0) / max(row["gpus"], 1)
-            ran += row["finished_at"] - row["started_at"]
+            ran = run_time_s(row)
             request = self._request(row)
             jobs.append(
                 TraceJob(

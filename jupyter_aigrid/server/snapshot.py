@@ -86,13 +86,13 @@ class Running:
 
     def attained_gpu_s(self, now: float) -> float:
         """GPU-seconds of service so far, earlier runs included."""
-        return self.request.attained_gpu_s + max(0.0, now - self.started_at) * self.request.gpus
+        return self.request.attained_gpu_s + max(0.0, now - self.started_at) * self.request.slots
 
 
 def _service_key(gang: Running, job_id: str) -> tuple[float, str]:
-    # attained(now) = now x gpus - key: for one GPU count, the order never changes.
+    # attained(now) = now x slots - key: for one slot count, the order never changes.
     req = gang.request
-    return (gang.started_at * req.gpus - req.attained_gpu_s, job_id)
+    return (gang.started_at * req.slots - req.attained_gpu_s, job_id)
 
 
 #: Finished jobs kept per job type for its median, and per (type, GPUs) as recent siblings.
@@ -201,7 +201,7 @@ class Snapshot:
     # Derived indexes, shared between snapshots that do not change them.
     _position: Mapping[str, int] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
     _by_free: tuple[tuple[int, ...], ...] = field(default=(), compare=False, repr=False)
-    #: GPUs per gang -> (start x GPUs - earlier service, job id), ascending: most served first.
+    #: Slots per gang -> (start x slots - earlier service, job id), ascending: most served first.
     _by_service: Mapping[int, tuple[tuple[float, str], ...]] = field(
         default_factory=lambda: _EMPTY, compare=False, repr=False
     )
@@ -219,7 +219,7 @@ class Snapshot:
         if not self._by_service and self.running:
             groups: dict[int, list[tuple[float, str]]] = {}
             for job_id, gang in self.running.items():
-                groups.setdefault(gang.request.gpus, []).append(_service_key(gang, job_id))
+                groups.setdefault(gang.request.slots, []).append(_service_key(gang, job_id))
             object.__setattr__(
                 self,
                 "_by_service",
@@ -264,10 +264,10 @@ class Snapshot:
         """Running gangs, the most attained service (GPU-seconds) first, lazily."""
         now = self.now
 
-        def stream(gpus: int, group: tuple[tuple[float, str], ...]):
-            return ((key - now * gpus, job_id) for key, job_id in group)
+        def stream(slots: int, group: tuple[tuple[float, str], ...]):
+            return ((key - now * slots, job_id) for key, job_id in group)
 
-        streams = [stream(gpus, group) for gpus, group in self._by_service.items()]
+        streams = [stream(slots, group) for slots, group in self._by_service.items()]
         for _, job_id in heapq.merge(*streams):
             yield self.running[job_id]
 
@@ -297,13 +297,13 @@ class Snapshot:
     ) -> Snapshot:
         gang = running.get(req.job_id) if sign < 0 else self.running[req.job_id]
         service = dict(self._by_service)
-        group = service.get(req.gpus, ())
+        group = service.get(req.slots, ())
         key = _service_key(gang, req.job_id)
         j = bisect.bisect_left(group, key)
         if sign < 0:
-            service[req.gpus] = (*group[:j], key, *group[j:])
+            service[req.slots] = (*group[:j], key, *group[j:])
         else:
-            service[req.gpus] = group[:j] + group[j + 1 :]
+            service[req.slots] = group[:j] + group[j + 1 :]
         per_node: dict[str, list[int]] = {}
         for s in placement.slots:
             per_node.setdefault(s.node, []).extend(s.gpus)

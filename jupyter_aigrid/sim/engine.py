@@ -194,7 +194,7 @@ class Simulator:
                     rec.preemptions += 1
                     rec.request = replace(
                         rec.request,
-                        attained_gpu_s=rec.request.attained_gpu_s + ran * rec.request.gpus,
+                        attained_gpu_s=rec.request.attained_gpu_s + ran * rec.request.slots,
                     )
                     snapshot = snapshot.release(pre.job_id)
                     used -= rec.request.gpus

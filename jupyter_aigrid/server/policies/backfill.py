@@ -19,7 +19,7 @@ from .base import QueuePolicy, Round
 def remaining_s(request: Request, snapshot: Snapshot, ran_s: float = 0.0) -> float:
     """Estimated seconds ``request`` still needs after running ``ran_s`` in this run."""
     est = snapshot.estimate_s(request)
-    done = request.attained_gpu_s / max(request.gpus, 1) + ran_s
+    done = request.attained_gpu_s / request.slots + ran_s
     if est is None:
         return math.inf
     # Past its estimate, a job is expected to need about its estimate again: a fixed figure,
