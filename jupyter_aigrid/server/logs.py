@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..durable import open_inside
 from .model import FINAL_STATES
 from .spec import SpecError
 
 #: Longest line handed out in one piece; longer ones are split rather than held in memory.
 MAX_LINE = 64 * 1024
+#: The most of a file's end that a tail reads, however many lines are asked for.
+MAX_TAIL_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -33,7 +36,8 @@ class LogCursor:
         With ``final`` (the writer has ended), a last line without a newline is complete too.
         """
         try:
-            with open(self.path, "rb") as f:
+            # Never a FIFO or a link a job left in place of its log: those would block us.
+            with open_inside(self.path, self.path.parent) as f:
                 f.seek(self.offset)
                 data = f.read(limit)
         except FileNotFoundError:
@@ -50,12 +54,13 @@ class LogCursor:
         return [line.decode("utf-8", errors="replace") for line in lines]
 
     def tail(self, lines: int) -> list[str]:
-        """The last ``lines`` complete lines; the cursor moves past them."""
+        """The last ``lines`` complete lines (within the last ``MAX_TAIL_BYTES``); the cursor
+        moves past them."""
         try:
-            size = os.path.getsize(self.path)
-            with open(self.path, "rb") as f:
+            with open_inside(self.path, self.path.parent) as f:
+                size = os.fstat(f.fileno()).st_size
                 pos, found = size, 0
-                while pos > 0 and found <= lines:
+                while pos > 0 and found <= lines and size - pos < MAX_TAIL_BYTES:
                     step = min(64 * 1024, pos)
                     pos -= step
                     f.seek(pos)

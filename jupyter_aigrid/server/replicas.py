@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
-from ..durable import fsync_dir, open_inside, write_atomic
+from ..durable import fsync_dir, open_inside, regular_files_inside, write_atomic
 from .model import Node, Placement, Slot
 from .templating import choose, rank_env
 
@@ -66,12 +65,9 @@ class JobFiles:
         return self.results(job_id, attempt) / "outputs"
 
     def output_sizes(self, job_id: str, attempt: int) -> list[dict[str, Any]]:
-        try:
-            found = sorted(self.outputs(job_id, attempt).glob("*.pkl"))
-            sizes = [(p.stem, p.lstat()) for p in found]
-        except OSError:
-            return []
-        return [{"name": n, "bytes": st.st_size} for n, st in sizes if stat.S_ISREG(st.st_mode)]
+        """Rank 0's pulled values (regular ``<name>.pkl`` files, reached without links)."""
+        found = regular_files_inside(self.outputs(job_id, attempt), self.results(job_id, attempt))
+        return [{"name": n[:-4], "bytes": size} for n, size in found if n.endswith(".pkl")]
 
     def errors(self, job_id: str, attempt: int, replicas: int) -> list[dict[str, Any]]:
         """The uncaught exceptions the runner recorded, earliest first."""
@@ -119,7 +115,8 @@ class JobFiles:
         max_bytes: int = 16384,
     ) -> str:
         try:
-            with open(self.log(job_id, attempt, rank, "stderr"), "rb") as f:
+            path = self.log(job_id, attempt, rank, "stderr")
+            with open_inside(path, path.parent) as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - max_bytes))
                 data = f.read().decode("utf-8", errors="replace")

@@ -26,7 +26,8 @@ class OutputHandler(AIGridHandler):
         """Rank 0's global ``name`` as pickled by the runner (``outputs`` of the JobSpec)."""
         path = await self.master.output_path(job_id, name, self.owner, self.is_admin)
         try:
-            f = await asyncio.to_thread(open_inside, path, path.parent)
+            # From the results folder down: the job may have made ``outputs`` a link.
+            f = await asyncio.to_thread(open_inside, path, path.parent.parent)
         except OSError as e:  # replaced by a link since it was listed: not an output
             raise web.HTTPError(404, f"job {job_id} has no output {name!r}") from e
         self.set_header("Content-Type", "application/vnd.python.pickle")
