@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_aigrid.server.images import DEFAULT_IMAGES, pick_image, resolve_image
+from jupyter_aigrid.server.images import DEFAULT_IMAGES, check_image, pick_image, resolve_image
 from jupyter_aigrid.server.spec import SpecError
 
 NEW = {
@@ -83,3 +83,47 @@ def test_resolving_a_jobs_image_by_id_reference_or_framework():
             None, "tensorflow", [i for i in DEFAULT_IMAGES if i["framework"] != "tensorflow"]
         )
     assert info.value.field == "image"
+
+
+# -- limits: every field bounded, no control characters ------------------------------------
+
+IMAGE = {k: v for k, v in NEW.items() if k != "id"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"ref": "python:3.11\x00evil"}, "ref", "control characters"),
+        ({"ref": "python:3.11\n"}, "ref", "control characters"),
+        ({"ref": "r/" + "x" * 600}, "ref", "at most 512"),
+        ({"cuda": "12.8\x00"}, "cuda", "control characters"),
+        ({"cuda": "1" * 257}, "cuda", "at most 256"),
+        ({"framework_version": "2.13.0\n"}, "framework_version", "control characters"),
+        ({"python": "3.11\n"}, "python", "control characters"),
+        ({"python": "3" * 40}, "python", "version such as"),
+        ({"description": "d" * 4097}, "description", "at most 4096"),
+        ({"description": "bell\x07"}, "description", "control characters"),
+    ],
+)
+def test_bad_image_fields_are_refused(change, field, words):
+    with pytest.raises(SpecError) as info:
+        check_image("img", {**IMAGE, **change})
+    assert (info.value.field, info.value.status) == (field, 400)
+    assert words in info.value.message and len(info.value.message) < 400
+
+
+def test_image_ids_match_whole():
+    with pytest.raises(SpecError) as info:
+        check_image("img\n", IMAGE)
+    assert info.value.field == "id"
+
+
+def test_a_description_may_have_lines():
+    entry = check_image("img", {**IMAGE, "description": "line one\n\tline two"})
+    assert entry["description"] == "line one\n\tline two"
+
+
+async def test_the_catalog_api_refuses_a_nul(api):
+    body = {**IMAGE, "id": "img", "ref": "python:3.11\x00"}
+    status, error = await api.error("POST", "images", body=body)
+    assert (status, error["field"]) == (400, "ref")

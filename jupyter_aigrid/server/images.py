@@ -17,6 +17,13 @@ FIELDS = ("ref", "framework", "framework_version", "cuda", "python", "descriptio
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,31}$")
 FRAMEWORKS = ("pytorch", "tensorflow", "horovod", "python")
+#: Longest value of each field. A reference may carry a registry, a path, a tag and a digest
+#: (Docker allows a 255-character name, a 128-character tag and a sha256 digest).
+MAX_LENGTH = {"ref": 512, "description": 4096}
+MAX_OTHER = 256
+#: Control characters (C0, DEL and C1); a description may still have lines and tabs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_DESCRIPTION_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 DEFAULT_IMAGES = [
     {
@@ -60,12 +67,12 @@ DEFAULT_IMAGES = [
 
 def check_image(image_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """A catalog entry from a request body, or SpecError naming the field."""
-    if not _ID.match(image_id):
-        msg = f"image id {image_id!r} must be 1-64 of a-z, 0-9, '.', '_', '-'"
+    if not _ID.fullmatch(image_id):
+        msg = f"image id {_short(image_id)} must be 1-64 of a-z, 0-9, '.', '_', '-'"
         raise SpecError(msg, field="id")
     extra = sorted(set(body) - set(FIELDS) - {"id"})
     if extra:
-        msg = f"unknown field {extra[0]!r}; an image has: {', '.join(FIELDS)}"
+        msg = f"unknown field {_short(extra[0])}; an image has: {', '.join(FIELDS)}"
         raise SpecError(msg, field=extra[0])
     entry: dict[str, Any] = {"id": image_id}
     for name in FIELDS:
@@ -73,18 +80,33 @@ def check_image(image_id: str, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, str) or (name != "description" and not value.strip()):
             msg = f"{name!r} must be a non-empty string"
             raise SpecError(msg, field=name)
+        limit = MAX_LENGTH.get(name, MAX_OTHER)
+        if len(value) > limit:
+            msg = f"{name!r} is {len(value)} characters long; at most {limit} are allowed"
+            raise SpecError(msg, field=name)
+        control = _DESCRIPTION_CONTROL if name == "description" else _CONTROL
+        if control.search(value):
+            allowed = " (a description may have newlines and tabs)" if name == "description" else ""
+            msg = f"{name!r} must not contain control characters{allowed}, got {_short(value)}"
+            raise SpecError(msg, field=name)
         entry[name] = value.strip()
     if entry["framework"] not in FRAMEWORKS:
         msg = f"framework must be one of {', '.join(FRAMEWORKS)}, got {entry['framework']!r}"
         raise SpecError(msg, field="framework")
     for name in ("framework_version", "python"):
-        if not _VERSION.match(entry[name]):
-            msg = f"{name} must be a version such as 2.13.0, got {entry[name]!r}"
+        if not _VERSION.fullmatch(entry[name]):
+            msg = f"{name} must be a version such as 2.13.0, got {_short(entry[name])}"
             raise SpecError(msg, field=name)
     if any(c.isspace() for c in entry["ref"]):
-        msg = f"ref must be an image reference such as repo/name:tag, got {entry['ref']!r}"
+        msg = f"ref must be an image reference such as repo/name:tag, got {_short(entry['ref'])}"
         raise SpecError(msg, field="ref")
     return entry
+
+
+def _short(value: str, limit: int = 64) -> str:
+    """``repr(value)``, cut short: an error message never echoes a long value back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
 
 
 def _version_key(version: str) -> tuple:

@@ -11,6 +11,7 @@ import binascii
 import json
 import keyword
 import math
+import re
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -35,6 +36,15 @@ RESERVED_ENV = frozenset(
 )
 #: Most bytes of pushed values (decoded) one job may carry.
 MAX_INPUT_BYTES = 256 * 1024 * 1024
+#: Most bytes of a job's own environment, counted as the kernel does: ``KEY=value`` and a NUL
+#: per variable, in UTF-8. (The schema also caps the count at 256 and each value's length.)
+MAX_ENV_BYTES = 128 * 1024
+#: Control characters (C0 and DEL): no path, name or identifier of a job has a use for them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The schema's pattern for text without control characters.
+_NO_CONTROL = "^[^\\u0000-\\u001f\\u007f]*$"
+#: Longest value echoed back in an error message.
+_ECHO = 64
 
 
 class SpecError(ValueError):
@@ -55,10 +65,40 @@ def job_schema() -> dict[str, Any]:
 
 
 @cache
+def _exact(pattern: str) -> re.Pattern[str]:
+    """``pattern`` as JSON Schema (ECMA 262) means it: a final ``$`` is the end of the text.
+
+    Python's ``$`` also matches before a trailing newline, so ``"FOO\\n"`` would pass
+    ``^[A-Za-z_][A-Za-z0-9_]*$``; ``\\Z`` does not.
+    """
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Any:
+    if validator.is_type(instance, "string") and not _exact(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{_short(instance)} does not match {pattern!r}")
+
+
+@cache
 def _validator() -> jsonschema.protocols.Validator:
     schema = job_schema()
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
+    exact = jsonschema.validators.extend(cls, {"pattern": _pattern})
+    return exact(schema)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut short: an error message never echoes a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= _ECHO else f"{text[: _ECHO - 5]}...{text[-1]}"
+
+
+def _is_property_name(error: jsonschema.ValidationError) -> bool:
+    return len(error.relative_schema_path) >= 2 and (
+        error.relative_schema_path[-2] == "propertyNames"
+    )
 
 
 def _field_of(error: jsonschema.ValidationError) -> str | None:
@@ -67,19 +107,43 @@ def _field_of(error: jsonschema.ValidationError) -> str | None:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         if extra:
             path.append(extra[0])
-    elif error.validator == "propertyNames":
+    elif _is_property_name(error) and len(str(error.instance)) <= _ECHO:
         path.append(str(error.instance))
     return ".".join(path) or None
 
 
 def _message_of(error: jsonschema.ValidationError, field: str | None) -> str:
-    if error.validator == "additionalProperties" and field:
+    kind, limit, value = error.validator, error.validator_value, error.instance
+    if kind == "additionalProperties" and field:
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"unknown field {field!r}; allowed fields are: {allowed}"
-    if error.validator == "propertyNames":
-        what = "environment variable name" if field and field.startswith("env.") else "name"
-        return f"{what} {error.instance!r} must match [A-Za-z_][A-Za-z0-9_]*"
+        return f"unknown field {_short(field)}; allowed fields are: {allowed}"
+    if _is_property_name(error):
+        parent = ".".join(str(p) for p in error.absolute_path)
+        names = {"env": "environment variable name", "inputs": "input name"}
+        what = names.get(parent, f"name in {parent!r}")
+        if kind == "maxLength":
+            return (
+                f"{what} {_short(value)} is {len(value)} characters long; "
+                f"at most {limit} are allowed"
+            )
+        return f"{what} {_short(value)} must match [A-Za-z_][A-Za-z0-9_]*"
     where = f"{field!r}" if field else "the job description"
+    if kind == "maxLength":
+        return f"{where} is {len(value)} characters long; at most {limit} are allowed"
+    if kind == "maxItems":
+        return f"{where} has {len(value)} items; at most {limit} are allowed"
+    if kind == "maxProperties":
+        return f"{where} has {len(value)} entries; at most {limit} are allowed"
+    if kind == "pattern" and limit == _NO_CONTROL:
+        return (
+            f"{where} must not contain control characters (newline, tab, ...), got {_short(value)}"
+        )
+    if kind == "pattern":
+        return f"{where} must match {limit}, got {_short(value)}"
+    if kind == "type":
+        return f"{where}: {_short(value)} is not of type {limit!r}"
+    if len(error.message) > 4 * _ECHO:
+        return f"{where} fails {kind} {_short(limit)}, got {_short(value)}"
     return f"{where}: {error.message}"
 
 
@@ -135,6 +199,7 @@ def _check_values(value: Any, field: str) -> Any:
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Validate ``raw`` and return the full JobSpec with defaults and derived fields."""
+    _check_counts(raw)
     raw = _check_values(raw, "")
     if "code" in raw and "command" in raw:
         msg = "give exactly one of 'code' (Python source) or 'command' (an argv list), not both"
@@ -160,10 +225,35 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     _derive_replicas(spec, gpus_given="gpus" in raw)
     _check_env(spec)
     _check_template(spec)
-    if "workdir" in spec and not spec["workdir"].startswith("/"):
-        msg = f"workdir must be an absolute path on the node, got {spec['workdir']!r}"
-        raise SpecError(msg, field="workdir")
+    if "workdir" in spec:
+        _check_workdir(spec["workdir"])
     return spec
+
+
+def _check_workdir(workdir: str) -> None:
+    """An absolute path on the node. Whether it exists is the node's business, not submit's."""
+    if _CONTROL.search(workdir):
+        msg = (
+            "workdir must be an absolute path without control characters (NUL, newline, tab, "
+            f"...), got {_short(workdir)}"
+        )
+        raise SpecError(msg, field="workdir")
+    if not workdir.startswith("/"):
+        msg = f"workdir must be an absolute path on the node, got {_short(workdir)}"
+        raise SpecError(msg, field="workdir")
+
+
+def _check_counts(raw: dict[str, Any]) -> None:
+    """Refuse an over-long list or mapping before looking at each of its entries: 200,000
+    environment variables would otherwise cost seconds of checking to refuse."""
+    for name, prop in job_schema()["properties"].items():
+        value = raw.get(name)
+        if isinstance(value, list) and len(value) > prop.get("maxItems", math.inf):
+            msg = f"{name!r} has {len(value)} items; at most {prop['maxItems']} are allowed"
+            raise SpecError(msg, field=name)
+        if isinstance(value, dict) and len(value) > prop.get("maxProperties", math.inf):
+            msg = f"{name!r} has {len(value)} entries; at most {prop['maxProperties']} are allowed"
+            raise SpecError(msg, field=name)
 
 
 def _check_identifier(name: str, field: str) -> None:
@@ -240,6 +330,14 @@ def _derive_replicas(spec: dict[str, Any], *, gpus_given: bool) -> None:
 
 
 def _check_env(spec: dict[str, Any]) -> None:
+    size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in spec["env"].items())
+    if size > MAX_ENV_BYTES:
+        msg = (
+            f"env is {size} bytes (KEY=value and a NUL per variable, UTF-8); at most "
+            f"{MAX_ENV_BYTES} ({MAX_ENV_BYTES // 1024} KiB) are allowed: put large data in a "
+            "dataset, a file, or 'inputs' instead"
+        )
+        raise SpecError(msg, field="env")
     for key in spec["env"]:
         if key in RESERVED_ENV or key.startswith("AIGRID_"):
             msg = f"env.{key} is set by the runtime for every replica and cannot be overridden"

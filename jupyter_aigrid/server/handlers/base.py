@@ -78,17 +78,26 @@ class AIGridHandler(ExtensionHandlerMixin, APIHandler):
         super().write_error(status_code, **kwargs)
 
 
-def query_int(handler: AIGridHandler, name: str, minimum: int = 0) -> int | None:
-    """An optional integer query argument, or a 400 that names it."""
+#: The largest integer SQLite (and a C ``ssize_t``) can hold.
+INT64_MAX = 2**63 - 1
+
+
+def query_int(
+    handler: AIGridHandler, name: str, minimum: int = 0, maximum: int = INT64_MAX
+) -> int | None:
+    """An optional integer query argument in ``[minimum, maximum]``, or a 400 that names it."""
     raw = handler.get_query_argument(name, None)
     if raw in (None, ""):
         return None
     try:
-        value = int(raw)
-    except ValueError:
+        value = int(raw) if raw.isascii() else None
+    except ValueError:  # not a number, or more digits than int() reads
         value = None
-    if value is None or value < minimum:
-        msg = f"query argument {name!r} must be an integer >= {minimum}, got {raw!r}"
+    if value is None or not minimum <= value <= maximum:
+        shown = raw if len(raw) <= 32 else f"{raw[:27]}..."
+        msg = (
+            f"query argument {name!r} must be an integer from {minimum} to {maximum}, got {shown!r}"
+        )
         raise SpecError(msg, field=name)
     return value
 
