@@ -20,6 +20,7 @@ from .handlers import ROUTES
 from .master import Master
 from .policies import load_policy
 from .store import Store, exclusive_lock
+from .views import public_event
 
 EXECUTORS = ("local", "docker")
 
@@ -206,6 +207,10 @@ class AIGridApp(ExtensionApp):
         )
 
     def _emit(self, schema_id: str, data: dict) -> None:
+        # Every user of the server may listen to its event bus: a job's name, owner and
+        # failure reason (its stderr) stay with its owner, who reads them over REST.
+        if schema_id == events.JOB_STATE:
+            data = public_event(data)
         self.serverapp.event_logger.emit(schema_id=schema_id, data=data)
 
     def initialize_handlers(self) -> None:

@@ -77,15 +77,20 @@ def qos_class(kind: str, priority: str, preemptible: bool) -> str:
     return f"{priority}, preemptible" if preemptible else priority
 
 
-#: Fields of other users' events that anyone may see (the cluster view shows as much).
-_PUBLIC_EVENT_FIELDS = ("job_id", "state", "previous_state", "attempt", "gpus")
+#: Fields of other users' events that anyone may see (the cluster view shows as much), and
+#: all that the server's event bus, every user's, carries.
+PUBLIC_EVENT_FIELDS = ("job_id", "state", "previous_state", "attempt", "gpus")
+
+
+def public_event(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in PUBLIC_EVENT_FIELDS if k in data}
 
 
 def event_view(row: dict[str, Any], full: bool) -> dict[str, Any]:
     """A stored event as ``GET /events`` sends it; ``full`` for the job's owner and admins."""
     data = row["data"]
     if not full:
-        data = {k: data[k] for k in _PUBLIC_EVENT_FIELDS if k in data}
+        data = public_event(data)
     return {
         "seq": row["seq"],
         "time": iso(row["time"]),
@@ -101,6 +106,7 @@ def cluster_view(
     nodes: list[Node],
     holders: dict[tuple[str, int], dict],
     utilisation: dict[str, dict[str, int]],
+    recovering: str | None = None,
 ) -> dict[str, Any]:
     """Nodes with their GPUs, who holds each GPU, and live utilisation where NVML has it."""
     out_nodes = []
@@ -138,6 +144,7 @@ def cluster_view(
         "gpus_total": total,
         "gpus_free": free,
         "nodes": out_nodes,
+        "recovering": recovering,
     }
 
 
