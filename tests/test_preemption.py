@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 
@@ -37,3 +39,26 @@ async def test_a_high_priority_job_preempts_a_low_preemptible_one(api, aigrid_ma
     for job in (low, pinned):
         await api.call("DELETE", "jobs", job["id"])
         await api.wait(job["id"])
+
+
+async def test_a_cancel_while_a_preemption_stops_the_job_ends_it(api, aigrid_master):
+    # The low job takes its time to stop (it checkpoints, say): a cancel in that window must
+    # end it, not let the preemption requeue it.
+    slow_stop = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), exit(143)))\n"
+        "time.sleep(60)\n"
+    )
+    low = await api.submit({"code": slow_stop, "gpus": 4, "priority": "low", "preemptible": True})
+    await api.wait(low["id"], states=("running",))
+    high = await api.submit({"code": "print('urgent')", "gpus": 2, "priority": "high"})
+    for _ in range(200):
+        if aigrid_master.store.job(low["id"]).get("pending_state") == "preempted":
+            break
+        await asyncio.sleep(0.02)
+    assert aigrid_master.store.job(low["id"])["pending_state"] == "preempted"
+    cancelled = await api.call("DELETE", "jobs", low["id"])
+    assert cancelled["stopping"]
+    done = await api.wait(low["id"])
+    assert done["state"] == "cancelled" and done["attempt"] == 0, done
+    assert (await api.wait(high["id"]))["state"] == "succeeded"

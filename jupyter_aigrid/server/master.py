@@ -51,6 +51,11 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 #: How often, while replicas run, the master looks for exits between full ticks.
 EXIT_POLL_S = 0.05
+#: ``pending_state`` of a gang going back to the queue through no fault of its own (the
+#: master died while starting it): a new attempt, not a restart. Never a job's state.
+REQUEUE = "requeue"
+#: Seconds between tries when picking up after a previous master fails (an engine down).
+RECOVER_RETRY_S = (1.0, 30.0)
 #: Replica states in which a process may exist.
 LIVE_REPLICA = ("launching", "running", "stopping")
 
@@ -92,6 +97,8 @@ class Master(JobQueries):
         store.on_commit = self._commit_events
         store.on_rollback = self._uncommitted.clear
         self._lost_on_restart: set[str] = set()
+        #: Why picking up after the last master failed; None once it has succeeded.
+        self.recovery_error: str | None = "not started"
         self._live_replicas = False
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -103,10 +110,23 @@ class Master(JobQueries):
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Pick up where the last master left off, then run the loop. If that fails (the
+        Docker engine is down, say), the loop keeps trying; jobs submitted meanwhile are
+        stored and queued, and nothing is scheduled until it has succeeded."""
         self._wake = asyncio.Event()
         self._new_events = asyncio.Event()
-        await self._call(self._recover)
+        await self._try_recover()
         self._task = asyncio.create_task(self._run(), name="aigrid-master-loop")
+
+    async def _try_recover(self) -> bool:
+        try:
+            await self._call(self._recover)
+        except Exception as e:
+            self.recovery_error = f"{type(e).__name__}: {e}"
+            log.exception("AI Grid master cannot recover yet; retrying")
+            return False
+        self.recovery_error = None
+        return True
 
     async def stop(self) -> None:
         """Stop the loop and close the store. Replicas keep running; a restart adopts them."""
@@ -131,6 +151,12 @@ class Master(JobQueries):
         look for exits every ``EXIT_POLL_S`` so a finished job frees its GPUs at once."""
         assert self._wake is not None
         loop = asyncio.get_running_loop()
+        delay, most = RECOVER_RETRY_S
+        while self.recovery_error is not None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, most)
+            if await self._try_recover():
+                log.info("AI Grid master recovered")
         last_tick = 0.0
         while True:
             timeout = EXIT_POLL_S if self._live_replicas else self.tick_s
@@ -342,8 +368,9 @@ class Master(JobQueries):
         with self.store.write():
             if row["state"] in (QUEUED, PREEMPTED):
                 self._set_state(row, CANCELLED, reason=reason, finished_at=time.time())
-            elif row.get("pending_state") in (None, QUEUED):
-                # A gang already failing for good keeps its failure as the reason.
+            elif row.get("pending_state") in (None, QUEUED, PREEMPTED, REQUEUE):
+                # A gang on its way back to the queue ends instead; one already failing for
+                # good keeps its failure as the reason.
                 self.store.update_job(job_id, pending_state=CANCELLED, reason=reason)
                 self._stop_replicas(job_id, row["attempt"])
         return self._view(self.store.job(job_id))
@@ -390,7 +417,7 @@ class Master(JobQueries):
     def _handle_exits(self, exits: list[ReplicaExit]) -> None:
         for exit_ in exits:
             with self.store.write():
-                self._on_exit(exit_.replica_id, exit_.exit_code)
+                self._on_exit(exit_.replica_id, exit_.exit_code, exit_.never_started)
         self._live_replicas = bool(self.store.replicas_in(LIVE_REPLICA))
 
     def _schedule(self) -> None:
@@ -570,7 +597,7 @@ class Master(JobQueries):
                     self.store.update_replica(rep["id"], state="stopping")
                 self.executor.stop(self._handle(rep), self.stop_grace_s)
 
-    def _on_exit(self, replica_id: str, code: int | None) -> None:
+    def _on_exit(self, replica_id: str, code: int | None, never_started: bool = False) -> None:
         rep = self.store.replica(replica_id)
         if rep is None or rep["state"] not in LIVE_REPLICA:
             return
@@ -580,7 +607,15 @@ class Master(JobQueries):
         row = self.store.job(rep["job_id"])
         if row is None or row["state"] in FINAL_STATES or row["attempt"] != rep["attempt"]:
             return
-        if code != 0 and row.get("pending_state") is None:
+        if never_started and row.get("pending_state") is None:
+            reason = (
+                f"the master restarted while starting rank {rep['rank']} on {rep['node']}; "
+                "starting the job again"
+            )
+            self.store.update_job(row["id"], pending_state=REQUEUE, reason=reason)
+            self._stop_replicas(row["id"], row["attempt"])
+            self._settle_if_done(self.store.job(row["id"]))
+        elif code != 0 and row.get("pending_state") is None:
             # Stops the rest of the gang, and settles the job if nothing else runs.
             self._fail_gang(row["id"], self._failure_reason(rep, code), retry=True)
         else:
@@ -618,7 +653,22 @@ class Master(JobQueries):
         ran_s = max(0.0, now - (row.get("started_at") or now))
         earlier = row.get("attained_gpu_s") or 0.0
         attained = earlier + ran_s * max(row["gpus"], 1)  # as Request.slots counts it
-        if pending == PREEMPTED:
+        if pending in (QUEUED, REQUEUE):
+            # QUEUED: a restart after a failure; REQUEUE: the master's doing, not counted.
+            failed = pending == QUEUED
+            self._set_state(
+                row,
+                QUEUED,
+                exit_codes=codes,
+                placement=None,
+                pending_state=None,
+                restarts=row["restarts"] + failed,
+                attempt=row["attempt"] + 1,
+                started_at=None,
+                attained_gpu_s=attained,
+                reason=f"{'restarting after' if failed else 'requeued'}: {row['reason']}",
+            )
+        elif pending == PREEMPTED:
             self._set_state(row, PREEMPTED, exit_codes=codes, attained_gpu_s=attained)
             self._set_state(
                 self.store.job(row["id"]),
@@ -629,25 +679,12 @@ class Master(JobQueries):
                 started_at=None,
                 reason=f"requeued: {row['reason']}",
             )
-        elif pending == QUEUED:
-            self._set_state(
-                row,
-                QUEUED,
-                exit_codes=codes,
-                placement=None,
-                pending_state=None,
-                restarts=row["restarts"] + 1,
-                attempt=row["attempt"] + 1,
-                started_at=None,
-                attained_gpu_s=attained,
-                reason=f"restarting after: {row['reason']}",
-            )
         elif pending in (FAILED, CANCELLED):
             self._set_state(row, pending, exit_codes=codes, finished_at=now)
         elif all(c == 0 for c in codes.values()):
             self._set_state(row, SUCCEEDED, exit_codes=codes, finished_at=now)
-            # Run time in all: earlier runs (known as GPU-seconds) and this one.
-            run_s = (earlier / row["gpus"] if row["gpus"] else 0.0) + ran_s
+            # Run time in all: earlier runs (known as slot-seconds) and this one.
+            run_s = earlier / max(row["gpus"], 1) + ran_s
             self._history = self._history.add(self._request(row), run_s)
         else:  # pragma: no cover - a non-zero exit always sets pending_state first
             self._set_state(row, FAILED, exit_codes=codes, finished_at=now)
@@ -713,5 +750,10 @@ class Master(JobQueries):
             with self.store.write():
                 if row.get("pending_state") is not None:
                     self._stop_replicas(row["id"], row["attempt"])
+                elif row["state"] == STARTING and not self._async_starts:
+                    # It died after starting every replica, before saying the job runs.
+                    reps = self.store.replicas(row["id"], row["attempt"])
+                    if reps and all(r["state"] == "running" for r in reps):
+                        self._set_state(row, RUNNING)
                 # A crash between the last exit and the job's end leaves nothing to wait for.
-                self._settle_if_done(row)
+                self._settle_if_done(self.store.job(row["id"]))

@@ -215,7 +215,10 @@ class ReplicaHandle:
 
 @dataclass(frozen=True)
 class ReplicaExit:
-    """A replica ended. ``exit_code`` is None when it vanished without a recorded status."""
+    """A replica ended. ``exit_code`` is None when it vanished without a recorded status;
+    ``never_started`` when a restarted master finds it was never started at all (the previous
+    master died while launching it): not the job's failure."""
 
     replica_id: str
     exit_code: int | None
+    never_started: bool = False

@@ -34,6 +34,7 @@ class JobQueries:
 
     _queue: dict[str, Request]
     _positions: dict[str, int] | None
+    recovery_error: str | None
     _history: History
 
     def _visible(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
@@ -86,7 +87,13 @@ class JobQueries:
                 for g in slot["gpus"]:
                     holders[(slot["node"], g)] = {"job_id": row["id"], "rank": slot["rank"]}
         uuids = [g.uuid for n in self.nodes for g in n.gpus if not g.simulated]
-        return cluster_view(self.executor.name, self.nodes, holders, nvml_utilisation(uuids))
+        return cluster_view(
+            self.executor.name,
+            self.nodes,
+            holders,
+            nvml_utilisation(uuids),
+            self.recovery_error,
+        )
 
     def _result(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self._visible(job_id, user, admin)

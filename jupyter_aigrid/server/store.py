@@ -8,6 +8,7 @@ additive; the version is recorded in ``meta``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -110,12 +111,14 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self
+            self.conn.execute("COMMIT")  # may fail too (a full disk): then nothing happened
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             if self.on_rollback is not None:
                 self.on_rollback()
             raise
-        self.conn.execute("COMMIT")
         if self.on_commit is not None:
             self.on_commit()
 

@@ -51,7 +51,9 @@ class Executor(Protocol):
         """After a master restart: adopt the replicas that still run, return their ids.
 
         The ones that ended meanwhile are reported by the next :meth:`poll`, with their exit
-        code when it was recorded, else as lost (``exit_code=None``).
+        code when it was recorded, else as lost (``exit_code=None``); those that were never
+        started (the master died while launching them) with ``never_started=True``. A lost
+        replica's leftover processes are killed: nothing may run beside its retry.
         """
         ...
 

@@ -72,6 +72,11 @@ class _Container:
     start_error: str | None = None
     #: The master has been told it started (exits are reported only after that).
     reported: bool = False
+    #: The container has started (the worker's ``start`` returned, or it was adopted).
+    #: Read and written with ``kill_at`` under ``lock``: a stop racing the start is never
+    #: lost, whichever comes first.
+    running: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def master_label(state_dir: str | Path) -> str:
@@ -286,7 +291,10 @@ class DockerExecutor:
                 err.write(f"AI Grid: {entry.start_error}\n".encode())
         else:
             self._follow(entry, container)
-            if entry.kill_at is not None:  # stopped while it was being created
+            with entry.lock:
+                entry.running = True
+                stopped = entry.kill_at is not None
+            if stopped:  # stopped while it was being created: now it can take a signal
                 entry.kill_at = time.monotonic() + entry.grace_s
                 self._signal(entry, "SIGTERM")
         finally:
@@ -324,16 +332,16 @@ class DockerExecutor:
         if old.labels.get("aigrid.master") == self.master_id:
             old.remove(force=True, v=True)
 
-    def _follow(self, entry: _Container, container: Any) -> None:
-        """Stream the container's stdout and stderr into the rank's files, from the start.
+    def _follow(self, entry: _Container, container: Any, resume: bool = False) -> None:
+        """Stream the container's stdout and stderr into the rank's files, as they come.
 
-        After a master restart the files are written again from the container's first line
-        (the engine keeps a container's whole log unless its log driver rotates): readers
-        following them by offset see the same bytes."""
+        ``resume`` (a restarted master adopting it): the engine sends the whole log again;
+        what the files already hold is skipped, never written over, so nothing captured is
+        lost and readers following the files by offset see each byte once."""
         for stream, path in (("stdout", entry.stdout_path), ("stderr", entry.stderr_path)):
             t = threading.Thread(
                 target=_copy_logs,
-                args=(container, stream, path, True),
+                args=(container, stream, path, True, _size(path) if resume else 0),
                 name=f"aigrid-logs-{entry.name}-{stream}",
                 daemon=True,
             )
@@ -344,11 +352,15 @@ class DockerExecutor:
 
     def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
         entry = self._live.get(handle.replica_id)
-        if entry is None or entry.kill_at is not None:
+        if entry is None:
             return
-        entry.grace_s = grace_s
-        entry.kill_at = time.monotonic() + grace_s
-        if entry.started.is_set():
+        with entry.lock:
+            if entry.kill_at is not None:
+                return
+            entry.grace_s = grace_s
+            entry.kill_at = time.monotonic() + grace_s
+            running = entry.running
+        if running:  # else the start signals it once the container runs
             self._signal(entry, "SIGTERM")
 
     def _signal(self, entry: _Container, sig: str) -> None:
@@ -426,7 +438,7 @@ class DockerExecutor:
                         err.write(b"AI Grid: killed: out of memory (memory_mb_per_replica)\n")
             if not entry.streams:  # it ended while no master was following it
                 for stream, path in (("stdout", entry.stdout_path), ("stderr", entry.stderr_path)):
-                    _copy_logs(container, stream, path, False)
+                    _copy_logs(container, stream, path, False, _size(path))
             if code is not None:
                 write_atomic(Path(entry.handle.exit_path), str(code).encode())
             deadline = time.monotonic() + _LOG_DRAIN_S
@@ -462,13 +474,16 @@ class DockerExecutor:
             entry.started.set()
             state = found.attrs.get("State") if found is not None else None
             if state in ("running", "paused", "restarting", "removing"):
-                self._follow(entry, found)
+                entry.running = True
+                self._follow(entry, found, resume=True)
                 self._live[handle.replica_id] = entry
                 adopted.append(handle.replica_id)
-            elif state == "created":
-                # The master died between creating and starting it: it never ran. Lost.
-                _remove(found)
-                self._exits.append(ReplicaExit(handle.replica_id, None))
+            elif state == "created" or (found is None and read_exit_code(handle.exit_path) is None):
+                # The master died before starting it (while creating it, or before that): it
+                # never ran, which is no failure of the job's.
+                if found is not None:
+                    _remove(found)
+                self._exits.append(ReplicaExit(handle.replica_id, None, never_started=True))
             else:
                 self._live[handle.replica_id] = entry
                 self._finish(handle.replica_id, entry, found)
@@ -491,15 +506,27 @@ def _remove(container: Any) -> None:
         container.remove(force=True, v=True)
 
 
-def _copy_logs(container: Any, stream: str, path: str, follow: bool) -> None:
-    """Write one of the container's streams to ``path``: as it comes, or what there is."""
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _copy_logs(container: Any, stream: str, path: str, follow: bool, skip: int = 0) -> None:
+    """Write one of the container's streams to ``path``: as it comes, or what there is.
+
+    The first ``skip`` bytes are what ``path`` already holds of it: they are passed over and
+    the rest appended."""
     try:
         chunks = container.logs(
             stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=follow
         )
-        with open(path, "wb") as out:
+        with open(path, "ab" if skip else "wb") as out:
             for chunk in chunks:
-                out.write(chunk)
+                cut = min(skip, len(chunk))
+                skip -= cut
+                out.write(chunk[cut:])
                 out.flush()
     except Exception as e:
         log.debug("AI Grid: log stream of %s ended: %s", getattr(container, "name", "?"), e)

@@ -76,6 +76,25 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def _kill_leftovers(pgid: int, exit_path: str) -> None:
+    """SIGKILL the process group ``pgid`` if it still holds a process of this replica (its
+    environment names the replica's attempt folder, or its command line the exit file): a
+    group id may have been reused by someone else's processes."""
+    attempt_dir = str(Path(exit_path).parent)
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) != pgid:
+                continue
+            env = proc.environ()
+            result_dir = env.get("AIGRID_RESULT_DIR", "")
+            if os.path.dirname(result_dir) == attempt_dir or exit_path in proc.cmdline():
+                log.warning("AI Grid: killing leftovers of a lost replica (group %d)", pgid)
+                _killpg(pgid, signal.SIGKILL)
+                return
+        except (OSError, psutil.Error):
+            continue
+
+
 class LocalExecutor:
     """Replicas as processes on this machine, spread over ``nodes`` logical nodes."""
 
@@ -239,8 +258,12 @@ class LocalExecutor:
                 found = ReplicaHandle(handle.replica_id, pid, pid_start, handle.exit_path)
                 self._live[handle.replica_id] = _Process(found, None)
                 adopted.append(handle.replica_id)
-            else:
-                self._exits.append(ReplicaExit(handle.replica_id, code))
+                continue
+            if pid is not None:
+                # The wrapper is gone; the job it ran (same process group) may not be.
+                _kill_leftovers(pid, handle.exit_path)
+            never = pid is None and code is None
+            self._exits.append(ReplicaExit(handle.replica_id, code, never_started=never))
         return adopted
 
     def close(self) -> None:
