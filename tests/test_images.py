@@ -73,6 +73,11 @@ def test_resolving_a_jobs_image_by_id_reference_or_framework():
         "id": "python-3.11", "ref": "python:3.11-slim"
     }  # fmt: skip
     assert resolve_image("me/mine:1", "pytorch", DEFAULT_IMAGES) == {"id": None, "ref": "me/mine:1"}
+    # A cluster that runs catalog images only: a catalog reference is its entry, others no.
+    assert resolve_image("python:3.11-slim", "any", DEFAULT_IMAGES, False)["id"] == "python-3.11"
+    with pytest.raises(SpecError, match="not in the catalog") as info:
+        resolve_image("me/mine:1", "pytorch", DEFAULT_IMAGES, allow_uncatalogued=False)
+    assert info.value.field == "image"
     assert resolve_image(None, "pytorch", DEFAULT_IMAGES)["id"] == "pytorch-2.13-cuda12.8"
     assert resolve_image(None, "any", DEFAULT_IMAGES)["id"] == "python-3.11"
     with pytest.raises(SpecError, match="unknown image 'nope': give a catalog id") as info:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Float, Int, Set, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, Set, TraitError, Unicode, default, validate
 
 from . import events
 from .executors.base import ExecutorError
@@ -56,6 +56,13 @@ class AIGridApp(ExtensionApp):
         "pytorch-ddp, mpi and tf-parameter-server always use the host's network).",
     )
     docker_pids_limit = Int(4096, config=True, help="Most processes one container may run.")
+    allow_uncatalogued_images = Bool(
+        False,
+        config=True,
+        help="Let jobs name any image reference (repo/name:tag), not only the catalog's. Off "
+        "by default: an image is pulled with the server's registry credentials and runs on "
+        "the cluster's hosts, so admins choose them (POST /images).",
+    )
     state_dir = Unicode(
         config=True,
         help="Directory for the database, logs, results and the local nodes' scratch space.",
@@ -164,6 +171,7 @@ class AIGridApp(ExtensionApp):
             emit=self._emit,
             tick_s=self.tick_interval_s,
             stop_grace_s=self.stop_grace_s,
+            allow_uncatalogued_images=self.allow_uncatalogued_images,
         )
         self.settings.update(aigrid_master=self.master, aigrid_admin_users=set(self.admin_users))
         simulated = sum(g.simulated for n in self.master.nodes for g in n.gpus)
@@ -177,6 +185,11 @@ class AIGridApp(ExtensionApp):
             self.policy,
             state,
         )
+        if self.executor == "local" and self.admin_users:
+            self.log.warning(
+                "AI Grid: the local executor runs every user's jobs as this server's OS user, "
+                "so they can read each other's files; share a server with the docker executor"
+            )
 
     def _executor(self, state: Path):
         if self.executor == "docker":

@@ -123,19 +123,30 @@ def pick_image(framework: str, images: list[dict[str, Any]]) -> dict[str, Any] |
 
 
 def resolve_image(
-    named: str | None, framework: str, images: list[dict[str, Any]]
+    named: str | None,
+    framework: str,
+    images: list[dict[str, Any]],
+    allow_uncatalogued: bool = True,
 ) -> dict[str, Any]:
-    """The image a job runs in: the catalog entry it names (by id), a reference it names
-    (``repo/name:tag``), or the newest catalog image of its template's ``framework``."""
+    """The image a job runs in: the catalog entry it names (by id or reference), any other
+    reference (``repo/name:tag``) when ``allow_uncatalogued``, or the newest catalog image of
+    its template's ``framework``."""
     if named:
         for entry in images:
-            if entry["id"] == named:
+            if named in (entry["id"], entry["ref"]):
                 return {"id": entry["id"], "ref": entry["ref"]}
         if "/" in named or ":" in named:
             if any(c.isspace() for c in named):
                 msg = (
                     "image must be a catalog id or a reference such as repo/name:tag, "
                     f"got {named!r}"
+                )
+                raise SpecError(msg, field="image")
+            if not allow_uncatalogued:
+                ids = ", ".join(e["id"] for e in images) or "none"
+                msg = (
+                    f"image {named!r} is not in the catalog, and this cluster runs catalog "
+                    f"images only: name one ({ids}), or ask an admin to add it at /images"
                 )
                 raise SpecError(msg, field="image")
             return {"id": None, "ref": named}

@@ -77,6 +77,7 @@ class Master(JobQueries):
         emit: Callable[[str, dict], None] | None = None,
         tick_s: float = 1.0,
         stop_grace_s: float = 10.0,
+        allow_uncatalogued_images: bool = False,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -84,6 +85,9 @@ class Master(JobQueries):
         self.files = JobFiles(Path(state_dir), store.cluster_id())
         self.tick_s = tick_s
         self.stop_grace_s = stop_grace_s
+        #: May a job name an image reference that is not in the catalog (pulled with the
+        #: server's registry credentials, run on the cluster's hosts)?
+        self.allow_uncatalogued_images = allow_uncatalogued_images
         self.nodes = executor.nodes()
         #: Does the executor start replicas in the background (and report it in started())?
         self._async_starts = callable(getattr(executor, "started", None))
@@ -337,7 +341,9 @@ class Master(JobQueries):
         image = None
         if getattr(self.executor, "host_env", True) is False:  # replicas run in an image
             framework = templates()[spec.get("template") or choose(spec)].framework
-            image = resolve_image(spec.get("image"), framework, self.store.images())
+            image = resolve_image(
+                spec.get("image"), framework, self.store.images(), self.allow_uncatalogued_images
+            )
         with self.store.write():
             row = self.store.insert_job(
                 {
