@@ -69,6 +69,7 @@ def main() -> None:
             "--AIGridApp.docker_network=none",
             "--AIGridApp.simulated_gpus=1",
             "--AIGridApp.tick_interval_s=1.0",
+            "--AIGridApp.allow_uncatalogued_images=True",  # the locally built image, by ref
         ]
         with BenchServer(args) as srv:
             c = srv.client()

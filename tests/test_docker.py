@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from jupyter_aigrid.client import AIGridError
 from jupyter_aigrid.magics.widgets import JobWidget
 from jupyter_aigrid.server.executors.docker import DockerExecutor, master_label
 from jupyter_aigrid.server.model import LaunchRequest, ReplicaExit
@@ -280,8 +281,19 @@ def test_links_a_job_plants_are_refused_by_the_master(server):
 
 def test_an_image_that_is_not_there_fails_the_job_with_the_reason(server):
     c = server.client()
-    job = c.submit({"code": "print(1)", "image": "registry.invalid/nothing:1"})
-    done = c.wait(job["id"], timeout_s=120)
+    # Only the catalog's images run here (allow_uncatalogued_images is off)...
+    with pytest.raises(AIGridError, match="not in the catalog") as info:
+        c.submit({"code": "print(1)", "image": "registry.invalid/nothing:1"})
+    assert info.value.field == "image"
+    # ... and one an admin added that cannot be pulled fails its job, saying why.
+    missing = {**IMAGES["local-python"], "ref": "registry.invalid/nothing:1"}
+    s = server.session()
+    s.put(server.api("images", "missing"), json=missing).raise_for_status()
+    try:
+        job = c.submit({"code": "print(1)", "image": "missing"})
+        done = c.wait(job["id"], timeout_s=120)
+    finally:
+        s.delete(server.api("images", "missing")).raise_for_status()
     assert done["state"] == "failed"
     assert "registry.invalid/nothing:1" in done["reason"]
 
