@@ -66,6 +66,10 @@ os.mkfifo(os.path.join(results, "rank-0.jsonl"))
 """
     job = await api.submit({"code": code, "outputs": ["token"]})
     done = await api.wait(job["id"])
+    # The job did plant both (else this test would prove nothing).
+    (results,) = aigrid_state.glob(f"jobs/*/{job['id']}/0/results")
+    assert (results / "outputs").is_symlink(), done
+    assert (results / "rank-0.jsonl").is_fifo(), done
     # The result does not hang on the FIFO, and lists nothing of the linked folder.
     result = await asyncio.wait_for(api.call("GET", "jobs", job["id"], "result"), 10)
     assert result["outputs"] == [], (done, result)
