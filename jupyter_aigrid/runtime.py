@@ -8,6 +8,18 @@ In [1]: from jupyter_aigrid import runtime
 In [2]: runtime.init_distributed()          # nccl on real GPUs, gloo on the CPU
 In [3]: model.to(runtime.device())
 In [4]: runtime.report(loss=0.12, step=100)  # shows in GET /jobs/{id}/result
+
+Checkpoints (the master restores them after a failure, a preemption or a migration)::
+
+    state = runtime.restore()                 # None on a fresh start
+    start = runtime.resume(state, model=model, optimizer=opt)["step"] if state else 0
+    for step in range(start, steps):
+        ...
+        if runtime.should_checkpoint():       # asked by the master, or every interval
+            runtime.checkpoint(runtime.capture(model=model, optimizer=opt, step=step + 1))
+
+``checkpoint()`` and ``should_checkpoint()`` are collective in a gang: every rank calls them
+at the same steps (``should_checkpoint()`` agrees across ranks by itself).
 """
 
 from __future__ import annotations
@@ -15,9 +27,39 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import pickle
+import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from . import checkpoints as ck
+from .checkpoints import CheckpointError
+
+__all__ = [
+    "CheckpointError",
+    "ResumableSampler",
+    "capture",
+    "checkpoint",
+    "device",
+    "init_distributed",
+    "job_id",
+    "local_rank",
+    "rank",
+    "report",
+    "restore",
+    "resume",
+    "rng_state",
+    "set_rng_state",
+    "should_checkpoint",
+    "simulated",
+    "world_size",
+]
+#: How many finished checkpoints each rank keeps (``AIGRID_CHECKPOINT_KEEP`` overrides).
+DEFAULT_KEEP = 3
 
 
 def rank() -> int:
@@ -93,3 +135,305 @@ def report(**metrics: Any) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+class _State:
+    seq: int | None = None  # the checkpoint restored or written last
+    last_at = time.monotonic()
+    signalled = False
+    listening = False
+    answered: str | None = None  # the master's request answered last
+    request_mtime = 0
+
+
+_state = _State()
+
+
+def _attempt() -> int:
+    return int(os.environ.get("AIGRID_ATTEMPT", "0"))
+
+
+def checkpoint_dir() -> Path:
+    """Where this rank's checkpoints go: ``AIGRID_CHECKPOINT_DIR`` (the node's scratch)."""
+    return Path(os.environ.get("AIGRID_CHECKPOINT_DIR") or Path.cwd() / "checkpoints")
+
+
+def _dumper(state: dict[str, Any]) -> tuple[str, Any]:
+    if "torch" in sys.modules:
+        import torch
+
+        return "torch", lambda f: torch.save(state, f)
+    return "pickle", lambda f: pickle.dump(state, f, protocol=5)
+
+
+def checkpoint(state: dict[str, Any], keep: int | None = None) -> str:
+    """Write this rank's ``state`` as the next checkpoint; return its name.
+
+    The write is atomic and durable (temp file, fsync, rename, fsync of the folder), and a
+    manifest with its sha256 and size follows it. Only the ``keep`` newest checkpoints stay.
+    If the master asked for this checkpoint, it is told once the write is done.
+    """
+    if not isinstance(state, dict):
+        msg = f"checkpoint() takes a dict, got {type(state).__name__}"
+        raise TypeError(msg)
+    began = time.monotonic()
+    root = checkpoint_dir()
+    seq = (_state.seq or 0) + 1  # on from the checkpoint restored, if any
+    name = ck.name_of(_attempt(), seq)
+    serializer, write = _dumper(state)
+    step = state.get("step")
+    manifest = ck.write_piece(
+        root / name,
+        rank(),
+        world_size(),
+        write,
+        {"seq": seq, "attempt": _attempt(), "step": step if isinstance(step, int) else None}
+        | {"serializer": serializer, "job_id": job_id()},
+    )
+    _state.seq = seq
+    _state.last_at = time.monotonic()
+    _state.signalled = False
+    keep = int(os.environ.get("AIGRID_CHECKPOINT_KEEP", DEFAULT_KEEP)) if keep is None else keep
+    ck.prune(root, rank(), max(keep, 1), name)
+    request = ck.read_json(ck.request_file(root), root)
+    if request and request.get("id") != _state.answered:
+        size = manifest["files"][ck.data_file(rank())]["bytes"]
+        ck.write_json(
+            ck.ack_file(root, _attempt(), rank()),
+            {
+                "request": request.get("id"),
+                "checkpoint": name,
+                "step": manifest["step"],
+                "bytes": size,
+                "seconds": round(time.monotonic() - began, 6),
+            },
+        )
+        _state.answered = request.get("id")
+    return name
+
+
+def _load(folder: Path, root: Path) -> dict[str, Any]:
+    manifest = ck.read_manifest(folder, rank(), root)
+    if manifest.get("serializer") == "torch":
+        import torch
+
+        ck.read_verified(folder, rank(), root)  # then loaded from the page cache, mapped
+        path = str(folder / ck.data_file(rank()))
+        if device().type == "cuda":
+            return torch.load(path, map_location=device(), weights_only=False)
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    _, data = ck.load_verified(folder, rank(), root)
+    return pickle.loads(data)  # noqa: S301 (this job's own checkpoint, verified)
+
+
+def restore() -> dict[str, Any] | None:
+    """This rank's state from the checkpoint to resume from, verified against its manifest
+    first; None when the job starts afresh.
+
+    Under the master, ``AIGRID_RESTORE`` names that checkpoint: the master chose the newest
+    one that every rank has and that verifies, and put it on this node. Run by hand (no
+    master), the newest verified checkpoint in ``checkpoint_dir()`` is used, falling back to
+    older ones with a warning.
+    """
+    began = time.monotonic()
+    chosen = os.environ.get("AIGRID_RESTORE")
+    if chosen:
+        folder = Path(chosen)
+        state = _load(folder, folder.parent)
+    elif job_id() is None:
+        root, state, folder = checkpoint_dir(), None, None
+        for name in reversed(ck.piece_names(root)):
+            try:
+                state = _load(root / name, root)
+            except (CheckpointError, OSError, pickle.UnpicklingError) as e:
+                sys.stderr.write(f"aigrid: checkpoint {name} skipped: {e}\n")
+                continue
+            folder = root / name
+            break
+        if folder is None:
+            return None
+    else:
+        return None
+    _state.seq = (ck.parse_name(folder.name) or (0, 0))[1]
+    _state.last_at = time.monotonic()
+    if job_id() is not None:
+        ck.write_json(
+            ck.restored_file(checkpoint_dir(), _attempt(), rank()),
+            {"checkpoint": folder.name, "seconds": round(time.monotonic() - began, 6)},
+        )
+    return state
+
+
+def _on_signal(signum, frame) -> None:
+    _state.signalled = True
+
+
+def _listen() -> None:
+    """Tell the master this rank answers checkpoint requests; take SIGUSR1 as a nudge."""
+    _state.listening = True
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGUSR1)
+
+        def handler(signum, frame):
+            _on_signal(signum, frame)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGUSR1, handler)
+    if job_id() is not None:
+        path = ck.listen_file(checkpoint_dir(), _attempt(), rank())
+        ck.write_json(path, {"pid": os.getpid()})
+
+
+def _requested() -> bool:
+    """Is there a request of the master that this rank has not answered?"""
+    path = ck.request_file(checkpoint_dir())
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return _state.signalled
+    if mtime != _state.request_mtime:
+        _state.request_mtime = mtime
+        request = ck.read_json(path, checkpoint_dir())
+        if request and request.get("id") != _state.answered:
+            _state.signalled = True
+    return _state.signalled
+
+
+def should_checkpoint() -> bool:
+    """Should the job checkpoint at this step? True when the master asks (to migrate or
+    preempt the job, or on a user's request) and every ``checkpoint_interval_s`` of the
+    spec. In a gang, every rank gets the same answer (one tiny all-reduce)."""
+    if not _state.listening:
+        _listen()
+    due = _requested()
+    interval = float(os.environ.get("AIGRID_CHECKPOINT_INTERVAL_S") or 0)
+    if interval and time.monotonic() - _state.last_at >= interval:
+        due = True
+    if world_size() > 1 and "torch" in sys.modules:
+        import torch
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            on = device() if dist.get_backend() == "nccl" else torch.device("cpu")
+            flag = torch.tensor([int(due)], device=on)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            due = bool(flag.item())
+    return due
+
+
+def rng_state() -> dict[str, Any]:
+    """The random generators' states: Python's, NumPy's, torch's on the CPU and on CUDA."""
+    state: dict[str, Any] = {"python": random.getstate()}
+    if "numpy" in sys.modules:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    if "torch" in sys.modules:
+        import torch
+
+        state["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "torch" in state:
+        import torch
+
+        torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def capture(
+    model: Any = None,
+    optimizer: Any = None,
+    step: int | None = None,
+    sampler: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A checkpoint state: model and optimizer ``state_dict()``s, every RNG state, the step,
+    the sampler's position (anything with ``state_dict()``) and ``extra`` values of yours."""
+    return {
+        "step": step,
+        "rng": rng_state(),
+        "model": model.state_dict() if model is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "sampler": sampler.state_dict() if sampler is not None else None,
+        "extra": extra,
+    }
+
+
+def resume(
+    state: dict[str, Any], model: Any = None, optimizer: Any = None, sampler: Any = None
+) -> dict[str, Any]:
+    """Load a state made by :func:`capture` back into ``model``, ``optimizer`` and ``sampler`` and
+    the RNGs; return ``{"step": ..., **extra}``."""
+    if model is not None and state.get("model") is not None:
+        model.load_state_dict(state["model"])
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if sampler is not None and state.get("sampler") is not None:
+        sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    return {"step": state.get("step"), **(state.get("extra") or {})}
+
+
+class ResumableSampler:
+    """Indices of a dataset for this rank, epoch by epoch, that resume mid-epoch.
+
+    Like ``torch.utils.data.DistributedSampler`` (each rank a disjoint share, shuffled per
+    epoch from ``seed``), with a position that :func:`capture` saves. Each index counts as
+    consumed once it has been yielded, so use it in the loop itself or with a DataLoader
+    whose ``num_workers=0``.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank_: int | None = None,
+    ) -> None:
+        self.length, self.shuffle, self.seed = length, shuffle, seed
+        self.num_replicas = world_size() if num_replicas is None else num_replicas
+        self.rank = rank() if rank_ is None else rank_
+        self.epoch = 0
+        self.position = 0
+
+    def _order(self) -> list[int]:
+        order = list(range(self.length))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)  # noqa: S311
+        padding = len(self) * self.num_replicas - len(order)  # equal shares: repeat some
+        if order and padding:
+            order += (order * -(-padding // len(order)))[:padding]
+        return order[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        return (self.length + self.num_replicas - 1) // self.num_replicas
+
+    def __iter__(self):
+        order = self._order()
+        while self.position < len(order):
+            self.position += 1
+            yield order[self.position - 1]
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -1,0 +1,426 @@
+"""Checkpoints on disk, shared by the job's runtime (which writes and restores them) and the
+master (which verifies them, moves them between nodes and asks for them).
+
+One folder per checkpoint, one piece per rank, each piece with its own manifest::
+
+    <root>/ckpt-<attempt>.<seq>/rank-<r>.pt     the state rank r saved
+    <root>/ckpt-<attempt>.<seq>/rank-<r>.json   its manifest: sha256 and size of every file,
+                                                the world size, the step, when
+    <root>/.control/                            the master's requests and the ranks' answers
+
+``root`` is a job's ``AIGRID_CHECKPOINT_DIR`` on one node. ``attempt`` is the attempt of the
+gang that wrote it and ``seq`` counts on from the checkpoint that attempt restored: newer
+means (attempt, seq) greater, so a piece of a line abandoned at a restore never pairs with one
+of the line that replaced it, nor passes for newer. A piece exists once its manifest does: the
+data file is written to a temp file, fsynced and renamed, and the manifest after it, the same
+way. A checkpoint is complete when every rank's piece is there, and verified when every file
+hashes to its manifest. Only the standard library is used (containers carry this module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .durable import open_inside, write_atomic
+
+FORMAT = 1
+CONTROL = ".control"
+CHUNK = 8 * 1024 * 1024
+_NAME = re.compile(r"ckpt-(\d{4,})\.(\d{6,})\Z")
+
+
+class CheckpointError(Exception):
+    """A checkpoint piece is missing, partial or does not match its manifest."""
+
+
+def name_of(attempt: int, seq: int) -> str:
+    return f"ckpt-{attempt:04d}.{seq:06d}"
+
+
+def parse_name(name: str) -> tuple[int, int] | None:
+    """(attempt, seq) of a checkpoint folder's name, which orders them; None for others."""
+    m = _NAME.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def data_file(rank: int) -> str:
+    return f"rank-{rank}.pt"
+
+
+def manifest_file(rank: int) -> str:
+    return f"rank-{rank}.json"
+
+
+def _digest(
+    f: BinaryIO, limit: int, sink: Callable[[bytes], None] | None = None
+) -> tuple[str, int]:
+    """sha256 and size of what ``f`` holds from its position, reading at most ``limit + 1``
+    bytes into one reused buffer (page-cache speed), each chunk also to ``sink``."""
+    sha, size = hashlib.sha256(), 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while size <= limit:
+        n = f.readinto(view)
+        if not n:
+            break
+        sha.update(view[:n])
+        size += n
+        if sink is not None and size <= limit:
+            sink(bytes(view[:n]))
+    return sha.hexdigest(), size
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file at ``path`` (an old one, or a link planted there, is removed first)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _real_dir(path: Path) -> Path:
+    """Create ``path`` if needed and insist it is a directory, not a link to one."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        msg = f"{path} is not a directory"
+        raise CheckpointError(msg)
+    return path
+
+
+def write_piece(
+    folder: Path, rank: int, world_size: int, write: Callable[[Any], None], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Write rank ``rank``'s piece into ``folder``: ``write(f)`` writes the data; the manifest
+    (with ``meta``) follows once the data is durable. Returns the manifest."""
+    _real_dir(folder)
+    target = folder / data_file(rank)
+    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
+    try:
+        with _create(tmp) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp, "rb") as f:  # hashed back from the page cache: faster than as written
+            sha, size = _digest(f, os.fstat(f.fileno()).st_size)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    manifest = {
+        **meta,
+        "format": FORMAT,
+        "rank": rank,
+        "world_size": world_size,
+        "time": time.time(),
+        "files": {target.name: {"sha256": sha, "bytes": size}},
+    }
+    write_atomic(folder / manifest_file(rank), json.dumps(manifest).encode())
+    return manifest
+
+
+def read_manifest(folder: Path, rank: int, root: Path) -> dict[str, Any]:
+    """The manifest of ``rank``'s piece in ``folder`` (below ``root``), read without links."""
+    path = folder / manifest_file(rank)
+    try:
+        with open_inside(path, root) as f:
+            manifest = json.loads(f.read(1024 * 1024).decode("utf-8"))
+    except FileNotFoundError:
+        msg = f"rank {rank} has no manifest"
+        raise CheckpointError(msg) from None
+    except (OSError, ValueError) as e:
+        msg = f"rank {rank}'s manifest cannot be read ({e})"
+        raise CheckpointError(msg) from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(files, dict)
+        or set(files) != {data_file(rank)}
+        or not isinstance(files[data_file(rank)], dict)
+        or not isinstance(files[data_file(rank)].get("sha256"), str)
+        or not isinstance(files[data_file(rank)].get("bytes"), int)
+        or manifest.get("rank") != rank
+        or not isinstance(manifest.get("world_size"), int)
+    ):
+        msg = f"rank {rank}'s manifest is malformed"
+        raise CheckpointError(msg)
+    return manifest
+
+
+def _check(rank: int, expected: dict[str, Any], sha: str, size: int) -> None:
+    """CheckpointError naming how rank ``rank``'s data differs from its manifest."""
+    if size != expected["bytes"]:
+        more = " or more" if size > expected["bytes"] else ""
+        msg = f"{data_file(rank)} has {size} bytes{more}, its manifest says {expected['bytes']}"
+        raise CheckpointError(msg)
+    if sha != expected["sha256"]:
+        msg = f"{data_file(rank)} does not match its sha256 in the manifest"
+        raise CheckpointError(msg)
+
+
+def read_verified(
+    folder: Path, rank: int, root: Path, sink: Callable[[bytes], None] | None = None
+) -> dict[str, Any]:
+    """Hash rank ``rank``'s data against its manifest, passing every chunk to ``sink``;
+    CheckpointError names the first difference. Returns the manifest."""
+    manifest = read_manifest(folder, rank, root)
+    expected = manifest["files"][data_file(rank)]
+    try:
+        with open_inside(folder / data_file(rank), root) as f:
+            sha, size = _digest(f, expected["bytes"], sink)
+    except FileNotFoundError:
+        msg = f"rank {rank}'s data file {data_file(rank)} is missing"
+        raise CheckpointError(msg) from None
+    _check(rank, expected, sha, size)
+    return manifest
+
+
+def load_verified(folder: Path, rank: int, root: Path) -> tuple[dict[str, Any], bytes]:
+    """Rank ``rank``'s manifest and data, the data verified as it was read (one pass)."""
+    parts: list[bytes] = []
+    manifest = read_verified(folder, rank, root, parts.append)
+    return manifest, b"".join(parts)
+
+
+def copy_verified(src: Path, src_root: Path, dst: Path, rank: int) -> int:
+    """Copy rank ``rank``'s piece from folder ``src`` to folder ``dst`` and verify the copy;
+    it is durable (and its manifest written) only once it matched. Returns bytes copied.
+
+    The bytes move in the kernel (``copy_file_range``: a reflink where the filesystem can),
+    then the copy is hashed back from the page cache against the source's manifest."""
+    manifest = read_manifest(src, rank, src_root)
+    expected = manifest["files"][data_file(rank)]
+    _real_dir(dst)
+    tmp = dst / f".{data_file(rank)}.{os.getpid()}.copy"
+    try:
+        try:
+            source = open_inside(src / data_file(rank), src_root)
+        except FileNotFoundError:
+            msg = f"rank {rank}'s data file {data_file(rank)} is missing"
+            raise CheckpointError(msg) from None
+        with source, _create(tmp) as out:
+            _copy_bytes(source.fileno(), out.fileno(), expected["bytes"] + 1)
+            out.flush()
+            os.fsync(out.fileno())
+        with open(tmp, "rb") as f:
+            sha, size = _digest(f, expected["bytes"])
+        _check(rank, expected, sha, size)
+        os.replace(tmp, dst / data_file(rank))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    write_atomic(dst / manifest_file(rank), json.dumps(manifest).encode())
+    return expected["bytes"]
+
+
+def _copy_bytes(source: int, target: int, most: int) -> None:
+    """Copy up to ``most`` bytes between file descriptors inside the kernel."""
+    left = most
+    while left > 0:
+        try:
+            n = os.copy_file_range(source, target, min(left, 1 << 30))
+        except OSError:  # not across these filesystems: plain reads and writes
+            while left > 0 and (chunk := os.read(source, min(left, CHUNK))):
+                os.write(target, chunk)
+                left -= len(chunk)
+            return
+        if n == 0:
+            return
+        left -= n
+
+
+def piece_names(root: Path) -> list[str]:
+    """Checkpoint folders in ``root``, oldest first."""
+    try:
+        with os.scandir(root) as entries:
+            names = [
+                e.name for e in entries if parse_name(e.name) and e.is_dir(follow_symlinks=False)
+            ]
+    except OSError:
+        return []
+    return sorted(names, key=lambda n: parse_name(n) or (0, 0))
+
+
+def ranks_in(root: Path, name: str) -> set[int]:
+    """Ranks whose manifest is in ``root/name`` (not verified)."""
+    found = set()
+    with contextlib.suppress(OSError), os.scandir(root / name) as entries:
+        for e in entries:
+            m = re.fullmatch(r"rank-(\d+)\.json", e.name)
+            if m and e.is_file(follow_symlinks=False):
+                found.add(int(m.group(1)))
+    return found
+
+
+@dataclass
+class Found:
+    """One checkpoint as seen across nodes: who holds each rank's piece."""
+
+    name: str
+    holders: dict[int, list[str]] = field(default_factory=dict)  # rank -> nodes
+
+    def missing(self, world_size: int) -> list[int]:
+        return [r for r in range(world_size) if r not in self.holders]
+
+
+def scan(roots: dict[str, Path]) -> list[Found]:
+    """Every checkpoint folder in the nodes' ``roots`` (node -> root), newest first."""
+    by_name: dict[str, Found] = {}
+    for node, root in roots.items():
+        for name in piece_names(root):
+            found = by_name.setdefault(name, Found(name))
+            for rank in ranks_in(root, name):
+                found.holders.setdefault(rank, []).append(node)
+    return sorted(by_name.values(), key=lambda f: parse_name(f.name) or (0, 0), reverse=True)
+
+
+def complete(roots: dict[str, Path], world_size: int) -> list[str]:
+    """Names of the checkpoints whose every piece has a manifest, newest first (a listing:
+    nothing is hashed; partial checkpoints never appear)."""
+    return [f.name for f in scan(roots) if not f.missing(world_size)]
+
+
+@dataclass
+class Staged:
+    """The outcome of :func:`stage`: the checkpoint chosen (None: there is none to restore),
+    its step and size, the bytes copied, and what was wrong with newer ones."""
+
+    name: str | None = None
+    step: int | None = None
+    bytes: int = 0
+    copied: int = 0
+    seconds: float = 0.0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def stage(
+    roots: dict[str, Path], ranks: dict[int, str], world_size: int, copy=copy_verified
+) -> Staged:
+    """Put the newest verified checkpoint where the ranks will run: ``ranks`` maps each rank
+    to its node. A piece already on its rank's node is verified in place; any other is copied
+    there and verified on the way (``copy(src, src_root, dst, rank)``). A checkpoint that is
+    partial or does not verify is passed over for the one before it, and reported."""
+    began = time.monotonic()
+    result = Staged()
+    for found in scan(roots):
+        missing = found.missing(world_size)
+        if missing:
+            what = ", ".join(str(r) for r in missing[:8])
+            result.problems.append((found.name, f"incomplete: no manifest for rank {what}"))
+            continue
+        try:
+            total = copied = 0
+            step = None
+            for rank, node in sorted(ranks.items()):
+                manifest, size, moved = _place_piece(found, rank, node, roots, copy)
+                copied += moved
+                if manifest.get("world_size") != world_size:
+                    msg = f"written by a gang of {manifest.get('world_size')}, not {world_size}"
+                    raise CheckpointError(msg)
+                total += size
+                step = manifest.get("step") if step is None else step
+        except (CheckpointError, OSError) as e:
+            result.problems.append((found.name, str(e)))
+            result.copied += copied
+            continue
+        result.name, result.step, result.bytes = found.name, step, total
+        result.copied += copied
+        break
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def _place_piece(
+    found: Found, rank: int, node: str, roots: dict[str, Path], copy
+) -> tuple[dict[str, Any], int, int]:
+    """Rank ``rank``'s piece of ``found`` verified on ``node``: the copy already there if it
+    verifies, else one copied from the first holder whose piece verifies. Returns the
+    manifest, the piece's size and the bytes copied; CheckpointError if no copy is good."""
+    dst = roots[node] / found.name
+    holders = sorted(found.holders[rank], key=lambda n: n != node)  # its own node first
+    errors = []
+    for holder in holders:
+        try:
+            if holder == node:
+                manifest = read_verified(dst, rank, roots[node])
+                return manifest, manifest["files"][data_file(rank)]["bytes"], 0
+            size = copy(roots[holder] / found.name, roots[holder], dst, rank)
+            return read_manifest(dst, rank, roots[node]), size, size
+        except (CheckpointError, OSError) as e:
+            errors.append(f"{e}" if len(holders) == 1 else f"{e} (on {holder})")
+    raise CheckpointError("; ".join(errors))
+
+
+def prune(root: Path, rank: int, keep: int, current: str) -> None:
+    """Keep rank ``rank``'s ``keep`` newest finished pieces up to ``current``: older ones go,
+    and so do its pieces of names after ``current`` (a line abandoned at a restore)."""
+    names = piece_names(root)
+    order = parse_name(current) or (0, 0)
+    mine = [n for n in names if rank in ranks_in(root, n) and (parse_name(n) or (0, 0)) <= order]
+    kept = mine[-keep:] if keep > 0 else []
+    oldest = parse_name(kept[0]) or order if kept else order
+    doomed = [
+        n for n in names if n not in kept and not oldest <= (parse_name(n) or (0, 0)) <= order
+    ]
+    for name in doomed:
+        folder = root / name
+        for f in (manifest_file(rank), data_file(rank)):  # manifest first: never a torn piece
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / f)
+        with contextlib.suppress(OSError):
+            for leftover in folder.glob(f".rank-{rank}.pt.*.tmp"):
+                leftover.unlink()
+            folder.rmdir()  # only once every rank's piece is gone
+
+
+# -- requests and answers between the master and the ranks -------------------------------------
+
+
+def control_dir(root: Path) -> Path:
+    return root / CONTROL
+
+
+def listen_file(root: Path, attempt: int, rank: int) -> Path:
+    return control_dir(root) / f"listen-{attempt}-{rank}"
+
+
+def ack_file(root: Path, attempt: int, rank: int) -> Path:
+    return control_dir(root) / f"ack-{attempt}-{rank}.json"
+
+
+def restored_file(root: Path, attempt: int, rank: int) -> Path:
+    return control_dir(root) / f"restored-{attempt}-{rank}.json"
+
+
+def request_file(root: Path) -> Path:
+    return control_dir(root) / "request.json"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    _real_dir(path.parent)
+    write_atomic(path, json.dumps(data).encode())
+
+
+def read_json(path: Path, root: Path) -> dict[str, Any] | None:
+    """A small JSON file the other side wrote, read without following links; None if absent
+    or not (yet) valid."""
+    try:
+        with open_inside(path, root) as f:
+            data = json.loads(f.read(65536).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def ask(roots: Iterable[Path], request_id: str, reason: str) -> None:
+    """The master's side: ask every rank under ``roots`` for a checkpoint."""
+    for root in roots:
+        write_json(request_file(root), {"id": request_id, "time": time.time(), "reason": reason})
