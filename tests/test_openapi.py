@@ -356,7 +356,8 @@ def test_cancel_answers_202_with_the_job():
 
 
 def test_error_responses():
-    """403 everywhere (every handler is authenticated), 404 for job paths, 409 for cancel."""
+    """403 everywhere (every handler is authenticated), 404 for job paths, 409 for cancel,
+    checkpoint and migrate."""
     doc = load_doc()
     for path, verb, op in operations(doc):
         codes = set(op["responses"])
@@ -364,9 +365,12 @@ def test_error_responses():
         # Job and image paths, and the events of one job (?job=), can name what is not there.
         named = "{job_id}" in path or "{image_id}" in path or path.endswith("/events")
         assert ("404" in codes) == named, (path, verb)
-        # Cancelling what has ended, and replaying an empty history, are state conflicts.
+        # Cancelling what has ended, checkpointing or moving what does not run, and replaying
+        # an empty history, are state conflicts.
         conflicts = {
             ("/aigrid/api/jobs/{job_id}", "delete"),
+            ("/aigrid/api/jobs/{job_id}/checkpoint", "post"),
+            ("/aigrid/api/jobs/{job_id}/migrate", "post"),
             ("/aigrid/api/simulate", "post"),
             ("/aigrid/api/images", "post"),
         }
@@ -381,6 +385,8 @@ def test_error_responses():
         ("/aigrid/api/jobs", "get"),
         ("/aigrid/api/jobs", "post"),
         ("/aigrid/api/jobs/{job_id}/logs", "get"),
+        ("/aigrid/api/jobs/{job_id}/checkpoint", "post"),
+        ("/aigrid/api/jobs/{job_id}/migrate", "post"),
         ("/aigrid/api/events", "get"),
         ("/aigrid/api/simulate", "post"),
         ("/aigrid/api/images", "post"),

@@ -36,7 +36,7 @@ def master(state: Path, executor: LocalExecutor | None = None) -> Master:
     )
 
 
-def crash_in(m: Master, where: str, when=lambda *a, **kw: True) -> None:
+def crash_in(m: Master, where: str, when=lambda *a, **kw: True, ticks: int = 100) -> None:
     """Make ``m.<where>`` die (when ``when`` says so), then tick until it does."""
     target = m if hasattr(m, where) else m.executor
     real = getattr(target, where)
@@ -47,7 +47,7 @@ def crash_in(m: Master, where: str, when=lambda *a, **kw: True) -> None:
         return real(*args, **kwargs)
 
     def tick_until_it_dies() -> None:
-        for _ in range(100):
+        for _ in range(ticks):
             m._tick()
             time.sleep(0.02)
 

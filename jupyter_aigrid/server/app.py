@@ -115,6 +115,19 @@ class AIGridApp(ExtensionApp):
     stop_grace_s = Float(
         10.0, config=True, help="Seconds between SIGTERM and SIGKILL when stopping a replica."
     )
+    checkpoint_timeout_s = Float(
+        120.0,
+        config=True,
+        help="Seconds a job has to answer a checkpoint request (for a migration, a preemption "
+        "or a user) and to restore one; after that the migration fails, the preemption "
+        "goes ahead without it.",
+    )
+    restart_backoff_s = Float(
+        1.0,
+        config=True,
+        help="Seconds before a failed gang restarts from its checkpoint; doubled at each "
+        "restart, at most 60.",
+    )
     admin_users = Set(
         Unicode(),
         config=True,
@@ -172,6 +185,8 @@ class AIGridApp(ExtensionApp):
             tick_s=self.tick_interval_s,
             stop_grace_s=self.stop_grace_s,
             allow_uncatalogued_images=self.allow_uncatalogued_images,
+            checkpoint_timeout_s=self.checkpoint_timeout_s,
+            restart_backoff_s=self.restart_backoff_s,
         )
         self.settings.update(aigrid_master=self.master, aigrid_admin_users=set(self.admin_users))
         simulated = sum(g.simulated for n in self.master.nodes for g in n.gpus)
@@ -221,8 +236,9 @@ class AIGridApp(ExtensionApp):
 
     def _emit(self, schema_id: str, data: dict) -> None:
         # Every user of the server may listen to its event bus: a job's name, owner and
-        # failure reason (its stderr) stay with its owner, who reads them over REST.
-        if schema_id == events.JOB_STATE:
+        # failure reason (its stderr) stay with its owner, who reads them over REST; so do the
+        # reasons and errors of its checkpoints and migrations.
+        if schema_id != events.JOB_PLACEMENT:
             data = public_event(data)
         self.serverapp.event_logger.emit(schema_id=schema_id, data=data)
 

@@ -7,9 +7,12 @@ from pathlib import Path
 
 JOB_STATE = "https://events.jupyter.org/jupyter_aigrid/job_state/v1"
 JOB_PLACEMENT = "https://events.jupyter.org/jupyter_aigrid/job_placement/v1"
-SCHEMA_IDS = (JOB_STATE, JOB_PLACEMENT)
+JOB_MIGRATION = "https://events.jupyter.org/jupyter_aigrid/job_migration/v1"
+JOB_CHECKPOINT = "https://events.jupyter.org/jupyter_aigrid/job_checkpoint/v1"
+SCHEMA_IDS = (JOB_STATE, JOB_PLACEMENT, JOB_MIGRATION, JOB_CHECKPOINT)
+_NAMES = ("job_state", "job_placement", "job_migration", "job_checkpoint")
 
 
 def schema_paths() -> list[Path]:
     root = files("jupyter_aigrid.server").joinpath("schemas/events")
-    return [Path(str(root.joinpath(name, "v1.yaml"))) for name in ("job_state", "job_placement")]
+    return [Path(str(root.joinpath(name, "v1.yaml"))) for name in _NAMES]

@@ -23,6 +23,7 @@ from . import events
 from .admission import check_admissible
 from .executors.base import ExecutorError
 from .images import check_image, resolve_image
+from .migration import MIGRATE, Mover, active
 from .model import (
     ACTIVE_STATES,
     CANCELLED,
@@ -35,11 +36,14 @@ from .model import (
     SUCCEEDED,
     Launch,
     LaunchRequest,
+    Migrate,
+    Placement,
     ReplicaExit,
     ReplicaHandle,
     Request,
 )
 from .policies import load_policy, schedule_round
+from .policies.defrag import defragment
 from .queries import JobQueries, NotFound, run_time_s
 from .replicas import JobFiles, replica_env
 from .snapshot import History
@@ -64,7 +68,7 @@ class Conflict(RuntimeError):
     """The job is not in a state that allows the request."""
 
 
-class Master(JobQueries):
+class Master(JobQueries, Mover):
     """Owns the store and the executor; the REST handlers call its coroutines."""
 
     def __init__(
@@ -78,6 +82,8 @@ class Master(JobQueries):
         tick_s: float = 1.0,
         stop_grace_s: float = 10.0,
         allow_uncatalogued_images: bool = False,
+        checkpoint_timeout_s: float = 120.0,
+        restart_backoff_s: float = 1.0,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -88,6 +94,17 @@ class Master(JobQueries):
         #: May a job name an image reference that is not in the catalog (pulled with the
         #: server's registry credentials, run on the cluster's hosts)?
         self.allow_uncatalogued_images = allow_uncatalogued_images
+        #: How long a gang has to answer a checkpoint request (and to restore one).
+        self.checkpoint_timeout_s = checkpoint_timeout_s
+        #: The first restart after a failure waits this long; each next one twice as long.
+        self.restart_backoff_s = restart_backoff_s
+        #: Checkpoints being verified and copied where gangs resume: job -> (attempt, future).
+        self._stager = ThreadPoolExecutor(2, thread_name_prefix="aigrid-stage")
+        self._staging: dict[str, tuple[int, Any]] = {}
+        #: Jobs with a checkpoint request or a restore outstanding.
+        self._watching: set[str] = set()
+        #: Queued jobs that wait for their restart backoff: job -> not before (epoch s).
+        self._not_before: dict[str, float] = {}
         self.nodes = executor.nodes()
         #: Does the executor start replicas in the background (and report it in started())?
         self._async_starts = callable(getattr(executor, "started", None))
@@ -141,6 +158,7 @@ class Master(JobQueries):
             self._task = None
         await asyncio.get_running_loop().run_in_executor(self._db, self._close)
         self._db.shutdown(wait=True)
+        self._stager.shutdown(wait=True, cancel_futures=True)
 
     def _close(self) -> None:
         self.executor.close()
@@ -163,7 +181,8 @@ class Master(JobQueries):
                 log.info("AI Grid master recovered")
         last_tick = 0.0
         while True:
-            timeout = EXIT_POLL_S if self._live_replicas else self.tick_s
+            busy = self._live_replicas or self._staging or self._watching
+            timeout = EXIT_POLL_S if busy else self.tick_s
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
                 woken = True
@@ -202,7 +221,9 @@ class Master(JobQueries):
         return history
 
     def _load_queue(self) -> None:
-        self._queue = {r["id"]: self._request(r) for r in self.store.jobs((QUEUED,))}
+        rows = self.store.jobs((QUEUED,))
+        self._queue = {r["id"]: self._request(r) for r in rows}
+        self._not_before = {r["id"]: r["retry_at"] for r in rows if r.get("retry_at")}
         self._positions = None
 
     def _flush(self) -> None:
@@ -239,6 +260,20 @@ class Master(JobQueries):
 
     async def cancel(self, job_id: str, user: str, admin: bool = False) -> dict[str, Any]:
         job = await self._call(self._cancel, job_id, user, admin)
+        self.wake()
+        return job
+
+    async def checkpoint(self, job_id: str, user: str, admin: bool = False) -> dict[str, Any]:
+        """Ask a running job for a checkpoint now (it answers at its next step boundary)."""
+        job = await self._call(self._checkpoint_now, job_id, user, admin)
+        self.wake()
+        return job
+
+    async def migrate(
+        self, job_id: str, user: str, admin: bool = False, node: str | None = None
+    ) -> dict[str, Any]:
+        """Move a running job's gang (to ``node``, or where the policy places it)."""
+        job = await self._call(self._migrate_now, job_id, user, admin, node)
         self.wake()
         return job
 
@@ -372,9 +407,11 @@ class Master(JobQueries):
             raise Conflict(msg)
         reason = f"cancelled by {user}"
         with self.store.write():
-            if row["state"] in (QUEUED, PREEMPTED):
+            unstarted = row["state"] == STARTING and not self.store.replicas(job_id, row["attempt"])
+            if row["state"] in (QUEUED, PREEMPTED) or unstarted:  # unstarted: still staging
                 self._set_state(row, CANCELLED, reason=reason, finished_at=time.time())
-            elif row.get("pending_state") in (None, QUEUED, PREEMPTED, REQUEUE):
+                self._end_migration(self.store.job(job_id), succeeded=False)
+            elif row.get("pending_state") in (None, QUEUED, PREEMPTED, REQUEUE, MIGRATE):
                 # A gang on its way back to the queue ends instead; one already failing for
                 # good keeps its failure as the reason.
                 self.store.update_job(job_id, pending_state=CANCELLED, reason=reason)
@@ -386,6 +423,7 @@ class Master(JobQueries):
     def _tick(self) -> None:
         self._handle_starts()
         self._handle_exits(self.executor.poll())
+        self._watch()
         self._enforce_time_limits(time.time())
         self._schedule()
 
@@ -418,6 +456,10 @@ class Master(JobQueries):
         exits = self.executor.poll()
         if exits:
             self._handle_exits(exits)
+        staged = len(self._staging)
+        if self._staging or self._watching:
+            self._watch()
+        if exits or staged != len(self._staging):
             self._schedule()
 
     def _handle_exits(self, exits: list[ReplicaExit]) -> None:
@@ -427,43 +469,141 @@ class Master(JobQueries):
         self._live_replicas = bool(self.store.replicas_in(LIVE_REPLICA))
 
     def _schedule(self) -> None:
-        if not self._queue:
+        now = time.time()
+        queue = [r for r in self._queue.values() if self._not_before.get(r.job_id, 0.0) <= now]
+        if not queue:
             return
-        decided = schedule_round(self.policy, list(self._queue.values()), self._snapshot())
+        snapshot = self._snapshot()
+        decided = schedule_round(self.policy, queue, snapshot)
         for launch in decided.launches:
             self._apply(launch)
         for preempt in decided.preemptions:
             with self.store.write():
                 self._preempt(preempt.job_id, preempt.reason)
+        if not decided.launches and not decided.preemptions:
+            for move in self._defragment(queue, snapshot):
+                with self.store.write():
+                    self._migrate_for(move)
 
     def _preempt(self, job_id: str, reason: str) -> None:
-        """Stop a running gang (SIGTERM: its chance to checkpoint) and requeue it after."""
+        """Checkpoint a running gang if it can, then stop it and requeue it: it resumes
+        from that checkpoint when it runs again."""
         row = self.store.job(job_id)
         if row is None or row["state"] not in ACTIVE_STATES or row.get("pending_state"):
             return  # ended, or already on its way out: nothing to do
+        request = (row.get("checkpoint") or {}).get("request")
+        if (request and request["state"] == "pending") or active(row.get("migration")):
+            return  # checkpointing already; it stops once that is done
+        if self._listening(row):
+            log.info("AI Grid: job %s checkpoints, then it is %s", job_id, reason)
+            self._request_checkpoint(row, reason, then="preempt")
+            return
+        self._stop_to_requeue(job_id, reason)
+
+    def _defragment(self, queue: list[Request], snapshot) -> list[Migrate]:
+        """When the next gang in the policy's order waits only because the free GPUs are
+        scattered, move small gangs (preemptible ones that answer checkpoint requests) so
+        that whole nodes come free. One move at a time."""
+        if any(active(r.get("migration")) for r in self.store.jobs(ACTIVE_STATES)):
+            return []
+        movable = {
+            r["id"]
+            for r in self.store.jobs((RUNNING,))
+            if r["spec"].get("preemptible") and not r.get("pending_state") and self._listening(r)
+        }
+        if not movable:
+            return []
+        first = self.policy.order(queue, snapshot)[0]
+        return defragment(first, snapshot, movable, self.policy.place)
+
+    def _migrate_for(self, move: Migrate) -> None:
+        row = self.store.job(move.job_id)
+        if row is None or row["state"] != RUNNING or row.get("pending_state"):
+            return
+        self._begin_migration(row, move.placement, move.reason)
+
+    def _stop_to_requeue(self, job_id: str, reason: str) -> None:
+        """Stop a gang (SIGTERM, then SIGKILL after the grace) and requeue it once stopped."""
+        row = self.store.job(job_id)
+        if row is None or row["state"] not in ACTIVE_STATES or row.get("pending_state"):
+            return
         log.info("AI Grid: job %s %s", job_id, reason)
         self.store.update_job(job_id, pending_state=PREEMPTED, reason=reason)
         self._stop_replicas(job_id, row["attempt"])
         self._settle_if_done(self.store.job(job_id))
 
     def _apply(self, launch: Launch) -> None:
-        """Record the placement, then start every replica; a failed start fails the gang."""
+        """Record the placement, then start every replica (after staging the gang's
+        checkpoint there, if it has one); a failed start fails the gang."""
         row = self.store.job(launch.job_id)
         assert row is not None
-        spec, attempt, job_id = row["spec"], row["attempt"], row["id"]
-        slots = launch.placement.slots
-        rendezvous = self.executor.rendezvous(slots[0].node)
-        requests = []
+        self._place(row, launch.placement)
+        self._start_or_stage(self.store.job(launch.job_id))
+
+    def _place(self, row: dict[str, Any], placement: Placement, **fields: Any) -> None:
         with self.store.write():
             self._set_state(
                 row,
                 STARTING,
-                placement=launch.placement.to_json(),
+                placement=placement.to_json(),
                 started_at=time.time(),
                 pending_state=None,
+                **fields,
             )
+            attempt = fields.get("attempt", row["attempt"])
+            self._record(
+                events.JOB_PLACEMENT,
+                row["id"],
+                {
+                    "job_id": row["id"],
+                    "attempt": attempt,
+                    "placement": [
+                        {
+                            "rank": s.rank,
+                            "node": s.node,
+                            "local_rank": s.local_rank,
+                            "gpus": list(s.gpus),
+                            "simulated": self._simulated(s.node),
+                        }
+                        for s in placement.slots
+                    ],
+                },
+            )
+
+    def _start_or_stage(self, row: dict[str, Any]) -> None:
+        """A gang with checkpoints resumes from the newest good one; others just start."""
+        if self._has_checkpoints(row["id"]):
+            with self.store.write():
+                self._stage(row)
+        else:
+            self._launch_replicas(row, None)
+
+    def _launch_replicas(self, row: dict[str, Any], restore: str | None) -> None:
+        """Start every replica of the placed gang, restoring checkpoint ``restore`` if set."""
+        # Each replica must be on record (committed) before its process starts.
+        assert not self.store.conn.in_transaction, "replicas start outside a transaction"
+        spec, attempt, job_id = row["spec"], row["attempt"], row["id"]
+        placement = Placement.from_json(row["placement"])
+        slots = placement.slots
+        self._clear_requests(row)
+        rendezvous = self.executor.rendezvous(slots[0].node)
+        requests = []
+        with self.store.write():
             for slot in slots:
                 stdout = self.files.log(job_id, attempt, slot.rank, "stdout")
+                env = replica_env(
+                    row,
+                    placement,
+                    slot,
+                    self._nodes_by_name[slot.node],
+                    rendezvous,
+                    self.files.results(job_id, attempt),
+                    self.files.key(job_id),
+                    self.files.inputs(job_id),
+                    host_env=getattr(self.executor, "host_env", True),
+                )
+                if restore:
+                    env["AIGRID_RESTORE"] = self._restore_path(row, slot.node, restore) or ""
                 requests.append(
                     LaunchRequest(
                         replica_id=f"{job_id}.{attempt}.{slot.rank}",
@@ -471,17 +611,7 @@ class Master(JobQueries):
                         attempt=attempt,
                         rank=slot.rank,
                         node=slot.node,
-                        env=replica_env(
-                            row,
-                            launch.placement,
-                            slot,
-                            self._nodes_by_name[slot.node],
-                            rendezvous,
-                            self.files.results(job_id, attempt),
-                            self.files.key(job_id),
-                            self.files.inputs(job_id),
-                            host_env=getattr(self.executor, "host_env", True),
-                        ),
+                        env=env,
                         job_key=self.files.key(job_id),
                         workdir=spec.get("workdir", ""),
                         stdout_path=str(stdout),
@@ -506,29 +636,11 @@ class Master(JobQueries):
                     for r, s in zip(requests, slots, strict=True)
                 ]
             )
-            self._record(
-                events.JOB_PLACEMENT,
-                job_id,
-                {
-                    "job_id": job_id,
-                    "attempt": attempt,
-                    "placement": [
-                        {
-                            "rank": s.rank,
-                            "node": s.node,
-                            "local_rank": s.local_rank,
-                            "gpus": list(s.gpus),
-                            "simulated": self._simulated(s.node),
-                        }
-                        for s in slots
-                    ],
-                },
-            )
         if "hostfile" in templates()[spec.get("template") or choose(spec)].files:
             self.files.attempt_dir(job_id, attempt).mkdir(parents=True, exist_ok=True)
             write_atomic(
                 self.files.attempt_dir(job_id, attempt) / "hostfile",
-                hostfile_text(launch.placement).encode(),
+                hostfile_text(placement).encode(),
             )
         for i, req in enumerate(requests):
             try:
@@ -659,9 +771,24 @@ class Master(JobQueries):
         ran_s = max(0.0, now - (row.get("started_at") or now))
         earlier = row.get("attained_gpu_s") or 0.0
         attained = earlier + ran_s * max(row["gpus"], 1)  # as Request.slots counts it
+        if pending == MIGRATE:  # stopped to move: the gang starts where it goes
+            migration = row["migration"]
+            self._place(
+                row,
+                Placement.from_json(migration["target"]),
+                exit_codes=codes,
+                attempt=row["attempt"] + 1,
+                attained_gpu_s=attained,
+                reason=f"migrating: {migration['reason']}",
+            )
+            self._stage(self.store.job(row["id"]))
+            return
+        self._end_migration(row, succeeded=pending is None and all(c == 0 for c in codes.values()))
+        row = self.store.job(row["id"])
         if pending in (QUEUED, REQUEUE):
             # QUEUED: a restart after a failure; REQUEUE: the master's doing, not counted.
             failed = pending == QUEUED
+            retry_at = now + min(self.restart_backoff_s * 2 ** row["restarts"], 60.0) * failed
             self._set_state(
                 row,
                 QUEUED,
@@ -672,8 +799,11 @@ class Master(JobQueries):
                 attempt=row["attempt"] + 1,
                 started_at=None,
                 attained_gpu_s=attained,
+                retry_at=retry_at if failed else None,
                 reason=f"{'restarting after' if failed else 'requeued'}: {row['reason']}",
             )
+            if failed:
+                self._not_before[row["id"]] = retry_at
         elif pending == PREEMPTED:
             self._set_state(row, PREEMPTED, exit_codes=codes, attained_gpu_s=attained)
             self._set_state(
@@ -752,7 +882,18 @@ class Master(JobQueries):
                 len(adopted),
                 len(self._lost_on_restart),
             )
+        self._staging.clear()
         for row in self.store.jobs(ACTIVE_STATES):
+            request = (row.get("checkpoint") or {}).get("request")
+            if (request and request["state"] == "pending") or (
+                active(row.get("migration")) and row["migration"]["state"] == "restoring"
+            ):
+                self._watching.add(row["id"])
+            unstarted = not self.store.replicas(row["id"], row["attempt"])
+            if row["state"] == STARTING and unstarted and row.get("pending_state") is None:
+                # It died between placing the gang and starting it (or while staging).
+                self._start_or_stage(row)
+                continue
             with self.store.write():
                 if row.get("pending_state") is not None:
                     self._stop_replicas(row["id"], row["attempt"])

@@ -6,6 +6,7 @@ These run on the master thread like everything else that touches the store; they
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from .inventory import nvml_utilisation
@@ -46,7 +47,8 @@ class JobQueries:
 
     def _view(self, row: dict[str, Any], positions: dict[str, int] | None = None) -> dict[str, Any]:
         positions = self._queue_positions() if positions is None else positions
-        return job_view(row, self._nodes_by_name, positions.get(row["id"]))
+        listening = row["state"] == "running" and self._listening(row)
+        return job_view(row, self._nodes_by_name, positions.get(row["id"]), listening)
 
     def _view_one(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         return self._view(self._visible(job_id, user, admin))
@@ -188,4 +190,9 @@ class JobQueries:
                     Placement.from_json(row["placement"]),
                     started_at=row.get("started_at") or snap.now,
                 )
+            migration = row.get("migration")
+            if migration and migration["state"] in ("checkpointing", "stopping"):
+                # A gang on the move holds where it goes as well as where it runs.
+                held = replace(self._request(row), job_id=f"{row['id']}>", preemptible=False)
+                snap = snap.allocate(held, Placement.from_json(migration["target"]))
         return snap

@@ -161,6 +161,7 @@ def replica_env(
             "AIGRID_NODE": slot.node,
             "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_key),
             "AIGRID_DATA": str(Path(node.scratch) / "data"),
+            "AIGRID_CHECKPOINT_INTERVAL_S": str(spec.get("checkpoint_interval_s") or ""),
             "AIGRID_RESULT_DIR": str(results),
             "AIGRID_INPUTS_DIR": str(inputs),
             "AIGRID_OUTPUTS": ",".join(spec.get("outputs", [])),

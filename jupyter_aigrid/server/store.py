@@ -24,10 +24,20 @@ import sqlite_utils
 
 from .model import Node
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Columns stored as JSON text, decoded on the way out.
 _JSON_COLUMNS = frozenset(
-    {"spec", "description", "placement", "exit_codes", "gpu_indices", "data", "labels"}
+    {
+        "spec",
+        "description",
+        "placement",
+        "exit_codes",
+        "gpu_indices",
+        "data",
+        "labels",
+        "migration",
+        "checkpoint",
+    }
 )
 
 
@@ -149,6 +159,9 @@ class Store:
                     "pending_state": str,
                     "attained_gpu_s": float,
                     "description": str,
+                    "migration": str,
+                    "checkpoint": str,
+                    "retry_at": float,
                 },
                 pk="id",
                 not_null={"seq", "owner", "state", "spec", "submitted_at"},
@@ -246,8 +259,16 @@ class Store:
                 # job description, with its image).
                 if "attained_gpu_s" not in db["jobs"].columns_dict:
                     db["jobs"].add_column("attained_gpu_s", float)
-                if "description" not in db["jobs"].columns_dict:
-                    db["jobs"].add_column("description", str)
+                # Version 5: migration, checkpoint (what the master asked for and learnt) and
+                # retry_at (the restart backoff).
+                for column, kind in (
+                    ("description", str),
+                    ("migration", str),
+                    ("checkpoint", str),
+                    ("retry_at", float),
+                ):
+                    if column not in db["jobs"].columns_dict:
+                        db["jobs"].add_column(column, kind)
                 db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
             elif current > SCHEMA_VERSION:
                 msg = (

@@ -20,8 +20,10 @@ def job_view(
     row: dict[str, Any],
     nodes: dict[str, Node],
     queue_position: int | None = None,
+    listening: bool = False,
 ) -> dict[str, Any]:
-    """A job as the API shows it: the stored row, with placement spelled out per GPU."""
+    """A job as the API shows it: the stored row, with placement spelled out per GPU.
+    ``listening``: its ranks answer checkpoint requests."""
     spec = row["spec"]
     placement = None
     if row.get("placement"):
@@ -66,9 +68,46 @@ def job_view(
         "finished_at": iso(row.get("finished_at")),
         "elapsed_s": round(end - started, 3) if started else None,
         "qos": qos_class(row["kind"], row["priority"], spec.get("preemptible", False)),
-        "migration": None,
+        "migration": migration_view(row.get("migration")),
+        "checkpoint": checkpoint_view(row.get("checkpoint"), listening),
         "description": row.get("description") or describe(spec),
         "spec": spec,
+    }
+
+
+def migration_view(migration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's latest migration (or resume from a checkpoint), its phases timed."""
+    if not migration:
+        return None
+    keep = ("id", "kind", "reason", "state", "from", "to", "checkpoint", "error")
+    return {k: migration.get(k) for k in keep} | {
+        "bytes": migration.get("bytes"),
+        "phases": [
+            {**p, "started_at": iso(p["started_at"]), "finished_at": iso(p["finished_at"])}
+            for p in migration["phases"]
+        ],
+        "started_at": iso(migration.get("started_at")),
+        "finished_at": iso(migration.get("finished_at")),
+    }
+
+
+def checkpoint_view(info: dict[str, Any] | None, listening: bool) -> dict[str, Any]:
+    """What the master knows of a job's checkpoints: the latest it asked for, and whether
+    the job can be asked at all."""
+    info = info or {}
+    latest, request = info.get("latest"), info.get("request")
+    return {
+        "listening": listening,
+        "latest": latest
+        and {k: latest.get(k) for k in ("name", "step", "bytes", "seconds")}
+        | {"at": iso(latest.get("at"))},
+        "request": request
+        and {
+            "id": request["id"],
+            "state": request["state"],
+            "reason": request.get("reason"),
+            "requested_at": iso(request.get("requested_at")),
+        },
     }
 
 
@@ -79,7 +118,16 @@ def qos_class(kind: str, priority: str, preemptible: bool) -> str:
 
 #: Fields of other users' events that anyone may see (the cluster view shows as much), and
 #: all that the server's event bus, every user's, carries.
-PUBLIC_EVENT_FIELDS = ("job_id", "state", "previous_state", "attempt", "gpus")
+PUBLIC_EVENT_FIELDS = (
+    "job_id",
+    "state",
+    "previous_state",
+    "attempt",
+    "gpus",
+    "migration",
+    "kind",
+    "phase",
+)
 
 
 def public_event(data: dict[str, Any]) -> dict[str, Any]:

@@ -216,6 +216,16 @@ class LocalExecutor:
             _killpg(proc.handle.pid, signal.SIGTERM)
             proc.kill_at = time.monotonic() + grace_s
 
+    def signal_checkpoint(self, handle: ReplicaHandle, pid: int) -> None:
+        """Nudge the replica's process ``pid`` (the one that listens) with SIGUSR1; only a
+        process of the replica's own group is signalled."""
+        proc = self._live.get(handle.replica_id)
+        if proc is None or proc.handle.pid is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == proc.handle.pid:
+                os.kill(pid, signal.SIGUSR1)
+
     def poll(self) -> list[ReplicaExit]:
         now = time.monotonic()
         for replica_id, proc in list(self._live.items()):

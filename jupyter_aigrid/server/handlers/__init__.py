@@ -5,7 +5,7 @@ from __future__ import annotations
 from .cluster import ClusterHandler
 from .events import EventsHandler
 from .images import ImageHandler, ImagesHandler
-from .jobs import JobHandler, JobsHandler
+from .jobs import CheckpointHandler, JobHandler, JobsHandler, MigrateHandler
 from .logs import LogsHandler
 from .openapi import OpenAPIHandler
 from .results import OutputHandler, ResultHandler
@@ -20,6 +20,8 @@ ROUTES = [
     (rf"{API}/jobs", JobsHandler),
     (rf"{API}/jobs/{_JOB}", JobHandler),
     (rf"{API}/jobs/{_JOB}/logs", LogsHandler),
+    (rf"{API}/jobs/{_JOB}/checkpoint", CheckpointHandler),
+    (rf"{API}/jobs/{_JOB}/migrate", MigrateHandler),
     (rf"{API}/jobs/{_JOB}/result", ResultHandler),
     (rf"{API}/jobs/{_JOB}/outputs/(?P<name>[^/]+)", OutputHandler),
     (rf"{API}/events", EventsHandler),

@@ -1,0 +1,440 @@
+"""Checkpoints the master asks for, migrations, and gangs resuming from their checkpoint.
+
+A migration moves a running gang: ``checkpointing -> stopping -> transferring -> restoring ->
+done``, or ``failed`` (the gang keeps running where it was, or resumes from its checkpoint).
+A gang that starts again after a failure or a preemption takes the second half of the same
+path (``transferring -> restoring``, kind ``resume``). Each step is stored on the job before
+it is taken, so a master that dies in the middle picks it up where it was.
+
+Mixed into :class:`~jupyter_aigrid.server.master.Master` (the master thread runs all of it);
+only the copying and hashing of checkpoints runs on a pool of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoints as ck
+from . import events
+from .model import RUNNING, STARTING, Placement
+from .snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+#: ``pending_state`` of a gang stopping so that it can move.
+MIGRATE = "migrate"
+#: Migration states in which the gang still runs at its source and holds its target too.
+HOLDING_TARGET = ("checkpointing", "stopping")
+ENDED = ("done", "failed")
+
+
+def active(migration: dict[str, Any] | None) -> bool:
+    return bool(migration) and migration["state"] not in ENDED
+
+
+def next_phase(
+    migration: dict[str, Any], state: str, now: float, nbytes: int | None = None, **fields: Any
+) -> dict[str, Any]:
+    """``migration`` with its open phase closed (with ``nbytes`` moved, if known) and
+    ``state`` begun: a new phase, or the end (``done``/``failed``)."""
+    phases = [dict(p) for p in migration["phases"]]
+    if phases and phases[-1]["finished_at"] is None:
+        last = phases[-1]
+        last["finished_at"] = now
+        last["duration_s"] = round(now - last["started_at"], 6)
+        if nbytes is not None:
+            last["bytes"] = nbytes
+    if state not in ENDED:
+        phases.append(
+            {
+                "phase": state,
+                "started_at": now,
+                "finished_at": None,
+                "duration_s": None,
+                "bytes": None,
+            }
+        )
+    out = {**migration, **fields, "state": state, "phases": phases}
+    if state in ENDED:
+        out["finished_at"] = now
+    return out
+
+
+class Mover:
+    """Asking for checkpoints, moving gangs, staging checkpoints where gangs resume."""
+
+    checkpoint_timeout_s: float
+    _staging: dict[str, tuple[int, Future]]
+    _watching: set[str]
+
+    # -- where checkpoints are --------------------------------------------------------------
+
+    def _roots(self, job_id: str) -> dict[str, Path]:
+        """Node -> the job's checkpoint folder there (its ``AIGRID_CHECKPOINT_DIR``)."""
+        key = self.files.key(job_id)
+        return {n.name: Path(n.scratch) / "checkpoints" / key for n in self.nodes}
+
+    @staticmethod
+    def _rank_nodes(row: dict[str, Any]) -> dict[int, str]:
+        return {s["rank"]: s["node"] for s in row.get("placement") or []}
+
+    def _listening(self, row: dict[str, Any]) -> bool:
+        """Does every rank of the running attempt answer checkpoint requests (it called
+        ``runtime.should_checkpoint()``)?"""
+        if row["state"] != RUNNING:
+            return False
+        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
+        return bool(ranks) and all(
+            ck.listen_file(roots[node], row["attempt"], rank).exists()
+            for rank, node in ranks.items()
+        )
+
+    # -- checkpoints on request ---------------------------------------------------------------
+
+    def _check_can_move(self, row: dict[str, Any], what: str) -> None:
+        from .master import Conflict
+
+        if row["state"] != RUNNING or row.get("pending_state"):
+            msg = f"job {row['id']} is {row['state']}; only a running job can {what}"
+            raise Conflict(msg)
+        if active(row.get("migration")):
+            msg = f"job {row['id']} is migrating ({row['migration']['state']}); wait for it to end"
+            raise Conflict(msg)
+        request = (row.get("checkpoint") or {}).get("request")
+        if request and request["state"] == "pending":
+            msg = f"job {row['id']} is already writing a checkpoint ({request['reason']})"
+            raise Conflict(msg)
+        if not self._listening(row):
+            msg = (
+                f"job {row['id']} does not answer checkpoint requests: its code never calls "
+                "jupyter_aigrid.runtime.should_checkpoint()"
+            )
+            raise Conflict(msg)
+
+    def _checkpoint_now(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
+        row = self._visible(job_id, user, admin)
+        self._check_can_move(row, "checkpoint")
+        with self.store.write():
+            self._request_checkpoint(row, f"requested by {user}")
+        return self._view(self.store.job(job_id))
+
+    def _request_checkpoint(self, row: dict[str, Any], reason: str, then: str | None = None):
+        """Ask every rank for a checkpoint at its next step boundary: a control file on each
+        node the gang runs on, and SIGUSR1 where the executor can deliver it."""
+        now = time.time()
+        info = dict(row.get("checkpoint") or {})
+        count = int(info.get("requests") or 0) + 1
+        request = {
+            "id": f"{row['attempt']}.{count}",
+            "state": "pending",
+            "requested_at": now,
+            "deadline": now + self.checkpoint_timeout_s,
+            "reason": reason,
+            "then": then,
+        }
+        info.update(requests=count, request=request)
+        self.store.update_job(row["id"], checkpoint=info)
+        self._checkpoint_event(row["id"], "requested", reason=reason)
+        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
+        ck.ask({roots[n] for n in ranks.values()}, request["id"], reason)
+        signal = getattr(self.executor, "signal_checkpoint", None)
+        if signal is not None:
+            for rep in self.store.replicas(row["id"], row["attempt"]):
+                root = roots[rep["node"]]
+                listener = ck.read_json(ck.listen_file(root, row["attempt"], rep["rank"]), root)
+                if listener and isinstance(listener.get("pid"), int):
+                    signal(self._handle(rep), listener["pid"])
+        self._watching.add(row["id"])
+
+    def _checkpoint_event(self, job_id: str, state: str, **data: Any) -> None:
+        self._record(
+            events.JOB_CHECKPOINT,
+            job_id,
+            {"job_id": job_id, "state": state}
+            | {k: data.get(k) for k in ("checkpoint", "bytes", "seconds", "reason")},
+        )
+
+    def _migration_event(self, job_id: str, migration: dict[str, Any]) -> None:
+        phase = migration["phases"][-1] if migration["phases"] else None
+        closed = [p for p in migration["phases"] if p["finished_at"] is not None]
+        last = closed[-1] if closed else None
+        self._record(
+            events.JOB_MIGRATION,
+            job_id,
+            {
+                "job_id": job_id,
+                "migration": migration["id"],
+                "kind": migration["kind"],
+                "state": migration["state"],
+                "phase": phase["phase"] if phase else None,
+                "duration_s": last["duration_s"] if last else None,
+                "bytes": last["bytes"] if last else None,
+                "checkpoint": migration.get("checkpoint"),
+                "reason": migration.get("error") or migration.get("reason"),
+            },
+        )
+
+    def _set_migration(self, job_id: str, migration: dict[str, Any] | None) -> None:
+        self.store.update_job(job_id, migration=migration)
+        if migration is not None:
+            self._migration_event(job_id, migration)
+
+    def _watch(self) -> None:
+        """Answers to checkpoint requests, restores, staging that finished, deadlines."""
+        self._collect_staging()
+        now = time.time()
+        for job_id in list(self._watching):
+            row = self.store.job(job_id)
+            request = (row.get("checkpoint") or {}).get("request") if row else None
+            migration = row.get("migration") if row else None
+            pending = bool(request) and request["state"] == "pending"
+            restoring = bool(migration) and migration["state"] == "restoring"
+            if row is None or row["state"] not in (RUNNING, STARTING) or not (pending or restoring):
+                self._watching.discard(job_id)
+                continue
+            with self.store.write():
+                if pending and row["state"] == RUNNING:
+                    self._check_answers(row, request, now)
+                elif restoring:
+                    self._check_restored(row, migration, now)
+
+    def _check_answers(self, row: dict[str, Any], request: dict[str, Any], now: float) -> None:
+        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
+        answers = [
+            ck.read_json(ck.ack_file(roots[node], row["attempt"], rank), roots[node])
+            for rank, node in sorted(ranks.items())
+        ]
+        if answers and all(a and a.get("request") == request["id"] for a in answers):
+            latest = {
+                "name": answers[0].get("checkpoint"),
+                "step": answers[0].get("step"),
+                "bytes": sum(int(a.get("bytes") or 0) for a in answers),
+                "at": now,
+                "seconds": max(float(a.get("seconds") or 0) for a in answers),
+            }
+            request = {**request, "state": "written", "checkpoint": latest["name"]}
+            info = {**(row.get("checkpoint") or {}), "request": request, "latest": latest}
+            self.store.update_job(row["id"], checkpoint=info)
+            self._checkpoint_event(
+                row["id"],
+                "written",
+                checkpoint=latest["name"],
+                bytes=latest["bytes"],
+                seconds=latest["seconds"],
+                reason=request["reason"],
+            )
+            self._after_checkpoint(self.store.job(row["id"]), request, latest)
+        elif now > request["deadline"]:
+            reason = f"the job did not checkpoint within {self.checkpoint_timeout_s:g} s"
+            request = {**request, "state": "timeout"}
+            info = {**(row.get("checkpoint") or {}), "request": request}
+            self.store.update_job(row["id"], checkpoint=info)
+            self._checkpoint_event(row["id"], "timeout", reason=reason)
+            log.warning("AI Grid: job %s: %s", row["id"], reason)
+            self._after_checkpoint(self.store.job(row["id"]), request, None, reason)
+
+    def _after_checkpoint(
+        self,
+        row: dict[str, Any],
+        request: dict[str, Any],
+        latest: dict[str, Any] | None,
+        error: str | None = None,
+    ) -> None:
+        """What the checkpoint was for: a migration goes on (or fails), a preemption stops
+        the gang either way (a gang that cannot checkpoint loses its progress since the
+        last one, as it would without us)."""
+        then, now = request.get("then"), time.time()
+        migration = row.get("migration")
+        if then == "migrate" and active(migration):
+            if latest is None:
+                self._set_migration(
+                    row["id"], next_phase(migration, "failed", now, error=f"{error}; it runs on")
+                )
+                return
+            moved = next_phase(migration, "stopping", now, latest["bytes"])
+            self._set_migration(row["id"], {**moved, "checkpoint": latest["name"]})
+            self.store.update_job(row["id"], pending_state=MIGRATE)
+            self._stop_replicas(row["id"], row["attempt"])
+            self._settle_if_done(self.store.job(row["id"]))
+        elif then == "preempt":
+            self._stop_to_requeue(row["id"], request["reason"])
+
+    # -- migrations -----------------------------------------------------------------------------
+
+    def _migrate_now(self, job_id: str, user: str, admin: bool, node: str | None) -> dict[str, Any]:
+        from .master import Conflict
+        from .spec import SpecError
+
+        row = self._visible(job_id, user, admin)
+        if node is not None and node not in self._nodes_by_name:
+            known = ", ".join(sorted(self._nodes_by_name))
+            msg = f"no node named {node!r}; the nodes are: {known}"
+            raise SpecError(msg, field="node")
+        self._check_can_move(row, "migrate")
+        target = self._target(row, node)
+        if target is None:
+            where = f"on {node}" if node else "on other GPUs"
+            msg = f"there is no room for job {job_id}'s gang {where} now"
+            raise Conflict(msg)
+        with self.store.write():
+            self._begin_migration(row, target, f"requested by {user}")
+        return self._view(self.store.job(job_id))
+
+    def _target(self, row: dict[str, Any], node: str | None) -> Placement | None:
+        """Where the gang could go now: on ``node``, or else on other nodes than its own
+        if it can, else on other GPUs of its own nodes."""
+        snapshot, request = self._snapshot(), self._request(row)
+        own = set(self._rank_nodes(row).values())
+        choices = [{node}] if node else [set(self._nodes_by_name) - own, set(self._nodes_by_name)]
+        for allowed in choices:
+            views = tuple(v for v in snapshot.nodes if v.name in allowed)
+            if views:
+                placed = self.policy.place(request, Snapshot(nodes=views, now=snapshot.now))
+                if placed is not None:
+                    return placed
+        return None
+
+    def _begin_migration(self, row: dict[str, Any], target: Placement, reason: str) -> None:
+        now = time.time()
+        previous = row.get("migration") or {}
+        migration = {
+            "id": int(previous.get("id") or 0) + 1,
+            "kind": "migrate",
+            "reason": reason,
+            "state": "checkpointing",
+            "from": sorted(set(self._rank_nodes(row).values())),
+            "to": list(target.nodes),
+            "target": target.to_json(),
+            "checkpoint": None,
+            "phases": [],
+            "error": None,
+            "started_at": now,
+            "finished_at": None,
+        }
+        log.info("AI Grid: job %s migrates to %s (%s)", row["id"], ", ".join(target.nodes), reason)
+        self._set_migration(row["id"], next_phase(migration, "checkpointing", now))
+        self._request_checkpoint(self.store.job(row["id"]), reason, then="migrate")
+
+    def _end_migration(self, row: dict[str, Any], succeeded: bool) -> None:
+        """A gang that ended (or went back to the queue) ends its migration too."""
+        migration = row.get("migration")
+        if not active(migration):
+            return
+        if succeeded:
+            self._set_migration(row["id"], next_phase(migration, "done", time.time()))
+        else:
+            error = row.get("reason") or "the gang stopped"
+            self._set_migration(
+                row["id"], next_phase(migration, "failed", time.time(), error=error)
+            )
+
+    # -- resuming from a checkpoint ------------------------------------------------------------
+
+    def _has_checkpoints(self, job_id: str) -> bool:
+        return any(ck.piece_names(root) for root in self._roots(job_id).values())
+
+    def _stage(self, row: dict[str, Any]) -> None:
+        """Put the newest verified checkpoint on the gang's nodes, in the background; the
+        replicas start once it is there (:meth:`_collect_staging`)."""
+        now = time.time()
+        migration = row.get("migration")
+        if active(migration) and migration["state"] == "stopping":
+            migration = next_phase(migration, "transferring", now)
+        elif not (active(migration) and migration["state"] == "transferring"):
+            migration = next_phase(
+                {
+                    "id": int((migration or {}).get("id") or 0) + 1,
+                    "kind": "resume",
+                    "reason": row.get("reason"),
+                    "from": [],
+                    "to": list(Placement.from_json(row["placement"]).nodes),
+                    "checkpoint": None,
+                    "phases": [],
+                    "error": None,
+                    "started_at": now,
+                    "finished_at": None,
+                },
+                "transferring",
+                now,
+            )
+        self._set_migration(row["id"], migration)
+        copy = getattr(self.executor, "copy_checkpoint", ck.copy_verified)
+        future = self._stager.submit(
+            ck.stage, self._roots(row["id"]), self._rank_nodes(row), row["replicas"], copy
+        )
+        self._staging[row["id"]] = (row["attempt"], future)
+
+    def _collect_staging(self) -> None:
+        for job_id, (attempt, future) in list(self._staging.items()):
+            if not future.done():
+                continue
+            del self._staging[job_id]
+            row = self.store.job(job_id)
+            if row is None or row["state"] != STARTING or row["attempt"] != attempt:
+                continue  # cancelled or requeued meanwhile
+            try:
+                staged = future.result()
+            except Exception as e:
+                log.exception("AI Grid: staging the checkpoint of job %s failed", job_id)
+                staged = ck.Staged(problems=[("", f"staging failed: {e}")])
+            with self.store.write():
+                self._staged(row, staged)
+            # Its own transactions: each replica is on record before its process starts.
+            self._launch_replicas(self.store.job(job_id), staged.name)
+
+    def _staged(self, row: dict[str, Any], staged: ck.Staged) -> None:
+        now = time.time()
+        for name, problem in staged.problems:
+            log.warning("AI Grid: job %s: checkpoint %s passed over: %s", row["id"], name, problem)
+            self._checkpoint_event(row["id"], "corrupt", checkpoint=name or None, reason=problem)
+        migration = row["migration"]
+        if staged.name is not None:
+            migration = next_phase(
+                migration,
+                "restoring",
+                now,
+                staged.copied,
+                checkpoint=staged.name,
+                bytes=staged.bytes,
+                deadline=now + self.checkpoint_timeout_s,
+            )
+            self._watching.add(row["id"])
+        else:
+            error = "no verified checkpoint to restore"
+            if staged.problems:
+                error += ": " + "; ".join(f"{n} {p}" for n, p in staged.problems[:3])
+            migration = next_phase(migration, "failed", now, staged.copied, error=error)
+        self._set_migration(row["id"], migration)
+
+    def _check_restored(self, row: dict[str, Any], migration: dict[str, Any], now: float) -> None:
+        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
+        answers = [
+            ck.read_json(ck.restored_file(roots[node], row["attempt"], rank), roots[node])
+            for rank, node in ranks.items()
+        ]
+        if answers and all(a and a.get("checkpoint") == migration["checkpoint"] for a in answers):
+            self._set_migration(row["id"], next_phase(migration, "done", now, migration["bytes"]))
+            self._checkpoint_event(
+                row["id"], "restored", checkpoint=migration["checkpoint"], bytes=migration["bytes"]
+            )
+        elif now > migration.get("deadline", now):
+            error = (
+                f"the job did not restore {migration['checkpoint']} within "
+                f"{self.checkpoint_timeout_s:g} s (does it call runtime.restore()?)"
+            )
+            self._set_migration(row["id"], next_phase(migration, "failed", now, error=error))
+
+    def _clear_requests(self, row: dict[str, Any]) -> None:
+        """A new attempt must not take an earlier attempt's request for its own."""
+        roots = self._roots(row["id"])
+        for node in set(self._rank_nodes(row).values()):
+            with contextlib.suppress(OSError):
+                os.unlink(ck.request_file(roots[node]))
+
+    def _restore_path(self, row: dict[str, Any], node: str, name: str | None) -> str | None:
+        return str(self._roots(row["id"])[node] / name) if name else None

@@ -1,0 +1,72 @@
+"""The master dies at each step of a migration; the next master completes the move or rolls
+it back (the gang resumes from its checkpoint), never leaves it half-done."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_migration import counted, counter
+from test_recovery import crash_in, finished, master, ran, submit
+
+from jupyter_aigrid.server.executors.local import LocalExecutor
+
+STEPS = 150
+
+
+def two_nodes(tmp_path):
+    return LocalExecutor(tmp_path, nodes=2, simulated_gpus=1, cpus_per_node=4)
+
+
+def always(*args, **kwargs) -> bool:
+    return True
+
+
+#: Where the master dies: the step under way, the method it dies in, and when.
+DEATHS = {
+    "checkpointing": ("_after_checkpoint", always),  # the checkpoint is written
+    "stopping": ("_stage", always),  # the gang has stopped; it is about to move
+    "transferring": ("_staged", always),  # the copy is verified; before the restore
+    "restoring": ("launch", lambda request, *rest: request.attempt > 0),  # starting it there
+    "restored": ("_check_restored", always),  # the gang has restored; before "done"
+}
+
+
+@pytest.mark.parametrize("step", list(DEATHS))
+async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_path, step):
+    a = master(tmp_path, two_nodes(tmp_path))
+    job_id = submit(a, counter(STEPS, 0.02))
+    deadline = time.monotonic() + 60
+    while not a._listening(a.store.job(job_id)):
+        assert time.monotonic() < deadline, a.store.job(job_id)
+        a._tick()
+        time.sleep(0.02)
+    source = a.store.job(job_id)["placement"][0]["node"]
+    a._migrate_now(job_id, "u", False, None)
+    where, when = DEATHS[step]
+    crash_in(a, where, when, ticks=3000)
+
+    b = master(tmp_path, two_nodes(tmp_path))
+    await b.start()
+    try:
+        done = await finished(b, job_id)
+        assert done["state"] == "succeeded", done["reason"]
+        assert done["restarts"] == 0
+        assert ran(tmp_path, job_id, done["attempt"]) == [f"{counted(STEPS)}\n"]
+        migration = done["migration"]
+        assert migration["state"] == "done", migration
+        states = [
+            e["data"]["state"]
+            for e in b.store.events(job_id)
+            if e["schema_id"].endswith("job_migration/v1")
+        ]
+        if step == "restoring":
+            # Rolled back: the move failed, the gang went back to the queue and resumed
+            # from the checkpoint where it was placed next.
+            assert migration["kind"] == "resume" and "failed" in states, states
+        else:
+            assert migration["kind"] == "migrate" and migration["id"] == 1
+            assert migration["to"] != [source]
+            assert states[-1] == "done" and "failed" not in states, states
+    finally:
+        await b.stop()
