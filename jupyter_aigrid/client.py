@@ -164,6 +164,17 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("DELETE", "jobs", str(job_id)).json()
 
+    def checkpoint(self, job_id: str) -> dict[str, Any]:
+        """Ask a running job's ranks for a checkpoint now; the job, its ``checkpoint.request``
+        pending. 409 when it is not running, does not listen, or is already checkpointing."""
+        return self._request("POST", "jobs", str(job_id), "checkpoint", data="{}").json()
+
+    def migrate(self, job_id: str, node: str | None = None) -> dict[str, Any]:
+        """Move a running job: checkpoint, stop, transfer, restore (onto ``node``, else where
+        the scheduler finds room); the job, its ``migration`` in state ``checkpointing``."""
+        body = {} if node is None else {"node": node}
+        return self._request("POST", "jobs", str(job_id), "migrate", data=json.dumps(body)).json()
+
     def result(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", "jobs", str(job_id), "result").json()
 

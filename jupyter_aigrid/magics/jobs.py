@@ -22,6 +22,7 @@ class JobHandle:
     In [1]: h = %aigrid run --detach --gpus 2 train.py
     In [2]: h.wait()          # blocks; returns the pulled values as a dict
     In [3]: h.cancel()        # or %aigrid cancel <id>
+    In [4]: h.migrate("node-1")   # or %aigrid migrate <id> --node node-1; h.checkpoint()
     """
 
     def __init__(
@@ -64,6 +65,22 @@ class JobHandle:
             if e.status != 409:  # it ended meanwhile: nothing to cancel
                 raise
         return self.job
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Ask the job's ranks for a checkpoint now; the job, its ``checkpoint.request``
+        pending. ``AIGridError`` (409) if it is not running or does not listen for them."""
+        return self._show(self.client.checkpoint(self.id))
+
+    def migrate(self, node: str | None = None) -> dict[str, Any]:
+        """Move the running job (checkpoint, stop, transfer, restore) onto ``node``, or where
+        the scheduler finds room; the job, its ``migration`` under way. The widget follows it."""
+        return self._show(self.client.migrate(self.id, node=node))
+
+    def _show(self, job: dict[str, Any]) -> dict[str, Any]:
+        self.job = job
+        if self.widget is not None:
+            self.widget.update(job)
+        return job
 
     def stream(self, output: str = "all") -> None:
         """Print each rank's lines, ``[rank] line``, until the job ends (stderr to stderr)."""

@@ -114,6 +114,21 @@ def _command_parsers() -> dict[str, _Parser]:
     )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
+    p = parsers["checkpoint"] = _Parser(
+        prog="checkpoint",
+        description="Ask a running job for a checkpoint now (its ranks must call "
+        "runtime.should_checkpoint()); shows the job, the request's state live.",
+    )
+    p.add_argument("job_id", metavar="ID")
+    p = parsers["migrate"] = _Parser(
+        prog="migrate",
+        description="Move a running job to other nodes (checkpoint, stop, transfer, restore); "
+        "shows the job, the migration's phases live.",
+    )
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument(
+        "--node", metavar="NODE", help="where to move it (default: wherever there is room)"
+    )
     parsers["cluster"] = _Parser(prog="cluster", description="A live grid of nodes and GPUs.")
     parsers["templates"] = _Parser(prog="templates", description="The job templates (--template).")
     parsers["images"] = _Parser(prog="images", description="The base-image catalog (--image).")
@@ -159,6 +174,8 @@ Line magics::
     %aigrid simulate --policy NAME [--option KEY=VALUE] [--preempt-overhead-s S]
     %aigrid connect URL [--token TOKEN]
     %aigrid wait ID [--timeout SECONDS]
+    %aigrid checkpoint ID
+    %aigrid migrate ID [--node NODE]
 
 Examples
 --------
@@ -180,6 +197,7 @@ Out[5]: <JobHandle 7 (cell)>         # shows the live job widget
 In [6]: %aigrid wait 7
 In [7]: %aigrid run --gpus 2 train.py --epochs 3
 In [8]: %aigrid cluster              # who holds which GPU, live
+In [9]: %aigrid migrate 7 --node node-1   # checkpoint, stop, move, restore; phases live
 
 The cell blocks while the job runs; Ctrl-C (or the stop button) cancels it. An exception on
 any rank becomes the cell's error, with the remote traceback. The kernel finds the Jupyter
@@ -312,6 +330,34 @@ class AIGridMagics(Magics):
         job = self.client.cancel(args.job_id)
         print(f"job {job['id']}: cancel requested ({job['state']})")
 
+    def _checkpoint(self, args: Any, cell: None) -> JobWidget:
+        job = self.client.checkpoint(args.job_id)
+        print(checkpoint_requested(job))
+        return JobWidget(self.client, job)
+
+    def _migrate(self, args: Any, cell: None) -> JobWidget:
+        try:
+            job = self.client.migrate(args.job_id, node=args.node)
+        except AIGridError as e:
+            if e.field != "node":
+                raise
+            raise UsageError(f"%aigrid migrate: {e}{self._nodes_hint(args.node)}") from e
+        print(migration_started(job))
+        return JobWidget(self.client, job)
+
+    def _nodes_hint(self, node: str | None) -> str:
+        """``; did you mean node-1? (nodes: node-0, node-1)``; empty if the cluster is unknown."""
+        try:
+            names = [n["name"] for n in self.client.cluster()["nodes"]]
+        except (AIGridError, KeyError, TypeError):
+            return ""
+        if not names:
+            return ""
+        close = difflib.get_close_matches(node or "", names, n=1)
+        if close and close[0] != node:
+            return f"; did you mean {close[0]}? (nodes: {', '.join(names)})"
+        return f"; nodes: {', '.join(names)}"
+
     def _cluster(self, args: Any, cell: None) -> ClusterWidget:
         # One live grid per kernel: the one shown before stops following.
         if self._cluster_widget is not None:
@@ -355,3 +401,36 @@ class AIGridMagics(Magics):
         self.shell.user_ns.update(values)
         pulled = f"; pulled {', '.join(values)}" if values else ""
         print(f"job {handle.id} succeeded{pulled}")
+
+
+def _nodes(nodes: Any) -> str:
+    if not nodes:
+        return "?"
+    return nodes if isinstance(nodes, str) else ",".join(str(n) for n in nodes)
+
+
+def migration_started(job: dict[str, Any]) -> str:
+    """``job 3: migration 1 started (checkpointing), node-0 -> node-1``."""
+    m = job.get("migration")
+    if not isinstance(m, dict):
+        return f"job {job['id']}: migration requested ({job['state']})"
+    what = "resume" if m.get("kind") == "resume" else "migration"
+    return (
+        f"job {job['id']}: {what} {m.get('id', '?')} started ({m.get('state', '?')}), "
+        f"{_nodes(m.get('from'))} -> {_nodes(m.get('to'))}"
+    )
+
+
+def checkpoint_requested(job: dict[str, Any]) -> str:
+    """``job 3: checkpoint c3 requested (pending); latest ckpt-00000004.0 (step 120)``."""
+    checkpoint = job.get("checkpoint") or {}
+    request = checkpoint.get("request") or {}
+    text = f"job {job['id']}: checkpoint"
+    if request.get("id"):
+        text += f" {request['id']}"
+    text += f" requested ({request.get('state', job['state'])})"
+    latest = checkpoint.get("latest")
+    if isinstance(latest, dict) and latest.get("name"):
+        step = f" (step {latest['step']})" if latest.get("step") is not None else ""
+        text += f"; latest {latest['name']}{step}"
+    return text

@@ -99,7 +99,8 @@ def _badge(text: str, colour: str) -> str:
 
 
 class JobWidget(widgets.VBox):
-    """A job's state, queue position, placement, QoS class, migration state and elapsed time.
+    """A job's state, queue position, placement, QoS class, elapsed time, latest checkpoint
+    and migration timeline (see :func:`migration_html`).
 
     The traits mirror ``GET /jobs/{id}``; ``placement`` is its list of slots (rank, node,
     GPUs). Created by ``%%aigrid run`` and ``%aigrid status``; ``close()`` stops following.
@@ -115,12 +116,15 @@ class JobWidget(widgets.VBox):
     template = Unicode()
     image = Unicode()
     migration = AnyTrait(allow_none=True)
+    checkpoint = AnyTrait(allow_none=True)
     elapsed_s = Float(allow_none=True)
 
     def __init__(self, client: Client, job: dict[str, Any], follow: bool = True) -> None:
         self._header = widgets.HTML()
         self._grid = widgets.HTML()
-        super().__init__([self._header, self._grid])
+        #: The checkpoint line and the migration timeline (empty while there is neither).
+        self._timeline = widgets.HTML()
+        super().__init__([self._header, self._grid, self._timeline])
         self.add_class("aigrid-job")
         self._client = Client(client.url, client.token, timeout=client.timeout)
         self._started: float | None = None
@@ -165,6 +169,7 @@ class JobWidget(widgets.VBox):
             self.template = description.get("template", "")
             self.image = (description.get("image") or {}).get("ref", "")
             self.migration = job.get("migration")
+            self.checkpoint = job.get("checkpoint")
             self.elapsed_s = job.get("elapsed_s")
             started = job.get("started_at")
             self._started = (
@@ -195,6 +200,8 @@ class JobWidget(widgets.VBox):
         reason = f"<div><i>{html.escape(self.reason)}</i></div>" if self.reason else ""
         self._header.value = " &middot; ".join(parts) + reason
         self._grid.value = placement_table(self.placement)
+        view = {"migration": self.migration, "checkpoint": self.checkpoint}
+        self._timeline.value = checkpoint_html(view) + migration_html(view, now=time.time())
 
     def close(self) -> None:
         if self._follower is not None:
@@ -218,6 +225,176 @@ def placement_table(placement: list[dict[str, Any]]) -> str:
     head = "<tr><th style='text-align:left;padding-right:8px'>"
     body = "".join(f"{head}{html.escape(node)}</th>{''.join(c)}</tr>" for node, c in rows.items())
     return f"<table style='border-collapse:collapse'>{body}</table>"
+
+
+#: A migration's phases, in the order they run.
+MIGRATION_PHASES = ("checkpointing", "stopping", "transferring", "restoring")
+MIGRATION_COLOURS = {
+    "done": "#2e7d32",
+    "failed": "#e53935",
+    "current": "#1e88e5",
+    "finished": "#c8e6c9",
+    "pending": "#f5f5f5",
+}
+CHECKPOINT_COLOURS = {"pending": "#1e88e5", "written": "#2e7d32", "timeout": "#e53935"}
+_CELL = "border:1px solid #ccc;padding:2px 8px;text-align:center"
+
+
+def human_bytes(n: Any) -> str:
+    """``12345678`` -> ``12.3 MB`` (decimal units); ``-`` when unknown."""
+    if n is None:
+        return "-"
+    try:
+        size = float(n)
+    except (TypeError, ValueError):
+        return html.escape(str(n))
+    units = ("B", "kB", "MB", "GB", "TB")
+    i = 0
+    while abs(size) >= 1000 and i < len(units) - 1:
+        size /= 1000
+        i += 1
+    return f"{int(size)} B" if i == 0 else f"{size:.1f} {units[i]}"
+
+
+def human_seconds(s: Any) -> str:
+    """``12.34`` -> ``12.3 s``, ``75`` -> ``1m 15s``; ``-`` when unknown."""
+    if s is None:
+        return "-"
+    try:
+        seconds = float(s)
+    except (TypeError, ValueError):
+        return html.escape(str(s))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def _timestamp(iso: Any) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(str(iso)).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _nodes(nodes: Any) -> str:
+    if not nodes:
+        return "?"
+    if isinstance(nodes, str):
+        return html.escape(nodes)
+    return html.escape(",".join(str(n) for n in nodes))
+
+
+def migration_html(job: dict[str, Any], now: float | None = None) -> str:
+    """A job's migration (``job["migration"]``) as a strip of its phases; ``""`` if none.
+
+    Each phase shows how long it took and the bytes it moved; the running one is highlighted
+    (with its time so far when ``now``, a Unix time, is given), the ones still to come are
+    grey, and a failed migration shows its error. Everything from the job is escaped.
+    """
+    m = job.get("migration")
+    if not isinstance(m, dict):
+        return ""
+    state = str(m.get("state") or "")
+    ended = state in ("done", "failed")
+    phases = [p for p in m.get("phases") or [] if isinstance(p, dict)]
+    seen = [str(p.get("phase")) for p in phases]
+    # The phases still to come: those after the last one reached (none once it has ended).
+    after = max((MIGRATION_PHASES.index(n) + 1 for n in seen if n in MIGRATION_PHASES), default=0)
+    if not seen and m.get("kind") == "resume":
+        after = len(MIGRATION_PHASES)  # a resume's phases are known only as they come
+    pending = [] if ended else [n for n in MIGRATION_PHASES[after:] if n not in seen]
+
+    heads, cells = [], []
+    for i, p in enumerate(phases):
+        name = seen[i]
+        running = p.get("finished_at") is None and not ended
+        # A failed migration's last unfinished phase is where it failed.
+        broke = state == "failed" and p.get("finished_at") is None and i == len(phases) - 1
+        if broke:
+            style, mark = f"background:{MIGRATION_COLOURS['failed']};color:white", " &#10007;"
+        elif running or (name == state and not ended):
+            style, mark = f"background:{MIGRATION_COLOURS['current']};color:white", " &hellip;"
+        else:
+            style, mark = f"background:{MIGRATION_COLOURS['finished']}", ""
+        took = p.get("duration_s")
+        if took is None and running and now is not None:
+            started = _timestamp(p.get("started_at"))
+            took = None if started is None else max(0.0, now - started)
+        heads.append(f'<th style="{_CELL};{style}">{html.escape(name)}{mark}</th>')
+        cells.append(
+            f'<td style="{_CELL}">{human_seconds(took)} &middot; {human_bytes(p.get("bytes"))}</td>'
+        )
+    for name in pending:
+        # Just started, before the master has timed its first phase: the state is the phase.
+        if name == state:
+            style, mark = f"background:{MIGRATION_COLOURS['current']};color:white", " &hellip;"
+        else:
+            style, mark = f"background:{MIGRATION_COLOURS['pending']};color:#9e9e9e", ""
+        heads.append(f'<th style="{_CELL};{style}">{html.escape(name)}{mark}</th>')
+        cells.append(f'<td style="{_CELL};color:#9e9e9e">-</td>')
+
+    colour = MIGRATION_COLOURS.get(state, MIGRATION_COLOURS["current"])
+    label = "resume" if m.get("kind") == "resume" else "migration"
+    title = [
+        f"<b>{label} {html.escape(str(m.get('id', '')))}</b>",
+        _badge(state or "?", colour),
+        f"{_nodes(m.get('from'))} &rarr; {_nodes(m.get('to'))}",
+    ]
+    if m.get("checkpoint"):
+        title.append(f"checkpoint {html.escape(str(m['checkpoint']))}")
+    if m.get("started_at") and m.get("finished_at"):
+        start, end = _timestamp(m["started_at"]), _timestamp(m["finished_at"])
+        if start is not None and end is not None:
+            title.append(f"took {human_seconds(max(0.0, end - start))}")
+    reason = f"<div><i>{html.escape(str(m['reason']))}</i></div>" if m.get("reason") else ""
+    error = ""
+    if m.get("error"):
+        error = (
+            f'<div style="color:{MIGRATION_COLOURS["failed"]}"><b>error:</b> '
+            f"{html.escape(str(m['error']))}</div>"
+        )
+    table = ""
+    if heads:
+        table = (
+            "<table style='border-collapse:collapse;margin-top:2px'>"
+            f"<tr>{''.join(heads)}</tr><tr>{''.join(cells)}</tr></table>"
+        )
+    return (
+        f"<div class='aigrid-migration'><div>{' &middot; '.join(title)}</div>"
+        f"{reason}{table}{error}</div>"
+    )
+
+
+def checkpoint_html(job: dict[str, Any]) -> str:
+    """A job's latest checkpoint and pending request (``job["checkpoint"]``); ``""`` if none."""
+    c = job.get("checkpoint")
+    if not isinstance(c, dict):
+        return ""
+    latest, request = c.get("latest"), c.get("request")
+    if not latest and not request:
+        return "<div>checkpoints: listening, none written yet</div>" if c.get("listening") else ""
+    parts = []
+    if isinstance(latest, dict):
+        step = latest.get("step")
+        detail = [human_bytes(latest.get("bytes"))]
+        if step is not None:
+            detail.insert(0, f"step {html.escape(str(step))}")
+        parts.append(
+            f"latest checkpoint <b>{html.escape(str(latest.get('name', '?')))}</b> "
+            f"({', '.join(detail)})"
+        )
+    if isinstance(request, dict):
+        state = str(request.get("state") or "?")
+        text = f"checkpoint request {html.escape(str(request.get('id', '')))} " + _badge(
+            state, CHECKPOINT_COLOURS.get(state, "#616161")
+        )
+        if request.get("reason"):
+            text += f" <i>{html.escape(str(request['reason']))}</i>"
+        parts.append(text)
+    return f"<div class='aigrid-checkpoint'>{' &middot; '.join(parts)}</div>"
 
 
 class ClusterWidget(widgets.VBox):

@@ -61,6 +61,27 @@ export async function cancelJob(id: string): Promise<IJob> {
   return (await send(`jobs/${encodeURIComponent(id)}`, { method: 'DELETE' })).json();
 }
 
+/** Ask a running job to write a checkpoint (202: the job view, its checkpoint request pending). */
+export async function checkpointJob(id: string): Promise<IJob> {
+  return (
+    await send(`jobs/${encodeURIComponent(id)}/checkpoint`, { method: 'POST', body: '{}' })
+  ).json();
+}
+
+/**
+ * Move a running job to other nodes: to `node` if given, else where the
+ * scheduling policy chooses (202: the job view, its migration checkpointing).
+ */
+export async function migrateJob(id: string, node?: string): Promise<IJob> {
+  const body = node ? { node } : {};
+  return (
+    await send(`jobs/${encodeURIComponent(id)}/migrate`, {
+      method: 'POST',
+      body: JSON.stringify(body)
+    })
+  ).json();
+}
+
 export async function submitJob(spec: Record<string, unknown>): Promise<IJob> {
   return (await send('jobs', { method: 'POST', body: JSON.stringify(spec) })).json();
 }

@@ -7,9 +7,10 @@ import { Event } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { getCluster, listJobs } from './api';
+import { isAIGridEvent } from './events';
 import { ICluster, IJob } from './types';
 
-export const SCHEMA_PREFIX = 'https://events.jupyter.org/jupyter_aigrid/';
+export { SCHEMA_PREFIX } from './events';
 export const FALLBACK_POLL_MS = 10000;
 const DEBOUNCE_MS = 150;
 
@@ -22,10 +23,22 @@ export class AIGridModel {
     return this._changed;
   }
 
-  /** Call with every event of the server's event bus; ours trigger a refresh. */
+  /**
+   * Call with every event of the server's event bus; ours (job_state,
+   * job_placement, job_migration, job_checkpoint, ...) trigger a refresh.
+   */
   onEvent(event: Event.Emission): void {
-    if (String(event.schema_id ?? '').startsWith(SCHEMA_PREFIX)) {
+    if (isAIGridEvent(event.schema_id)) {
       this.refreshSoon();
+    }
+  }
+
+  /** Show a job the server just answered with (a POST's answer) before the next refresh. */
+  update(job: IJob): void {
+    const index = this.jobs.findIndex(j => j.id === job.id);
+    if (index >= 0) {
+      this.jobs[index] = job;
+      this._changed.emit();
     }
   }
 

@@ -1,16 +1,30 @@
 /**
- * The "AI Grid" sidebar: jobs (list, detail with placement and a following
- * log tail, cancel), the cluster map, and a submit form.
+ * The "AI Grid" sidebar: jobs (list, detail with placement, migration
+ * timeline, checkpoints and a following log tail; cancel, checkpoint and
+ * migrate), the cluster map, and a submit form.
  */
 import { Widget } from '@lumino/widgets';
 
-import { AIGridError, cancelJob, followLogs, submitJob } from './api';
+import {
+  AIGridError,
+  cancelJob,
+  checkpointJob,
+  followLogs,
+  migrateJob,
+  submitJob
+} from './api';
 import { AIGridModel } from './model';
 import {
+  checkpointBlocker,
+  checkpointFacts,
+  checkpointSummary,
   clusterMap,
   el,
   jobFacts,
   jobRow,
+  migrateBlocker,
+  migrationTimeline,
+  nodeSelect,
   placementTable,
   splitCommand,
   stateBadge
@@ -54,6 +68,8 @@ export class AIGridPanel extends Widget {
     this._tab = tab;
     if (jobId !== this._selected) {
       this._stopLogs();
+      this._actionError = null;
+      this._migrateTo = '';
     }
     this._selected = jobId;
     this.render();
@@ -111,10 +127,8 @@ export class AIGridPanel extends Widget {
       return el('div', {}, back, el('p', {}, `No job ${id}.`));
     }
     const facts = jobFacts(job);
-    const cancel = el('button', { class: 'aigrid-cancel jp-mod-warn' }, 'Cancel job');
-    cancel.toggleAttribute('disabled', ['succeeded', 'failed', 'cancelled'].includes(job.state));
-    cancel.addEventListener('click', () => void this._cancel(job));
     this._followLogs(job);
+    const checkpoints = checkpointFacts(job.checkpoint);
     return el(
       'div',
       { class: 'aigrid-detail', 'data-job-id': job.id },
@@ -124,18 +138,80 @@ export class AIGridPanel extends Widget {
       el('dl', {}, ...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
       el('h4', {}, 'Placement'),
       placementTable(job.placement),
-      el('div', { class: 'aigrid-actions' }, cancel),
+      this._actions(job),
+      job.migration ? el('h4', {}, 'Migration') : null,
+      job.migration ? migrationTimeline(job.migration) : null,
+      checkpoints.length ? el('h4', {}, 'Checkpoints') : null,
+      checkpoints.length ? checkpointSummary(job.checkpoint) : null,
       el('h4', {}, 'Output'),
       this._logs
     );
   }
 
-  private async _cancel(job: IJob): Promise<void> {
+  /** Cancel, Checkpoint, Migrate (with its destination picker), and the server's refusal if any. */
+  private _actions(job: IJob): HTMLElement {
+    const busy = this._busy === job.id;
+    const button = (
+      cls: string,
+      label: string,
+      blocker: string | null,
+      run: () => Promise<IJob>
+    ) => {
+      const b = el('button', { class: cls }, label);
+      b.toggleAttribute('disabled', busy || blocker !== null);
+      if (blocker !== null) {
+        b.title = `${label}: not now, ${blocker}`;
+      }
+      b.addEventListener('click', () => void this._act(job, run));
+      return b;
+    };
+    const cancel = button(
+      'aigrid-cancel jp-mod-warn',
+      'Cancel job',
+      ['succeeded', 'failed', 'cancelled'].includes(job.state) ? `the job is ${job.state}` : null,
+      () => cancelJob(job.id)
+    );
+    const checkpoint = button('aigrid-checkpoint-job', 'Checkpoint', checkpointBlocker(job), () =>
+      checkpointJob(job.id)
+    );
+    const migrateBlocked = migrateBlocker(job);
+    const nodes = [...new Set((job.placement ?? []).map(slot => slot.node))];
+    const target = nodeSelect(this.model.cluster, nodes, this._migrateTo);
+    target.toggleAttribute('disabled', busy || migrateBlocked !== null);
+    target.addEventListener('change', () => {
+      this._migrateTo = target.value;
+    });
+    const migrate = button('aigrid-migrate-job', 'Migrate', migrateBlocked, () =>
+      migrateJob(job.id, target.value || undefined)
+    );
+    const refusal = this._actionError?.jobId === job.id ? this._actionError.message : null;
+    const error = refusal
+      ? el('p', { class: 'aigrid-error aigrid-action-error', role: 'alert' }, refusal)
+      : null;
+    return el(
+      'div',
+      { class: 'aigrid-actions' },
+      cancel,
+      checkpoint,
+      el('span', { class: 'aigrid-migrate' }, migrate, el('label', {}, ' to ', target)),
+      error
+    );
+  }
+
+  /** Run one action on the job: the server's answer shows at once, a refusal under the buttons. */
+  private async _act(job: IJob, run: () => Promise<IJob>): Promise<void> {
+    this._busy = job.id;
+    this._actionError = null;
+    this.render();
     try {
-      await cancelJob(job.id);
+      this.model.update(await run());
     } catch (error) {
-      this.model.error = (error as Error).message;
+      // An AIGridError: the master's own words (409: not running, not listening, ...).
+      this._actionError = { jobId: job.id, message: String((error as Error).message ?? error) };
+    } finally {
+      this._busy = null;
     }
+    this.render();
     await this.model.refresh();
   }
 
@@ -258,4 +334,10 @@ export class AIGridPanel extends Widget {
   private _logs = el('pre', { class: 'aigrid-logs' });
   private _logsFor: string | null = null;
   private _logsAbort: AbortController | null = null;
+  /** The job whose action is in flight: its buttons wait. */
+  private _busy: string | null = null;
+  /** The server's refusal of the last action, shown under that job's buttons. */
+  private _actionError: { jobId: string; message: string } | null = null;
+  /** Migrate's destination as the user picked it ("" = the policy chooses), kept across renders. */
+  private _migrateTo = '';
 }

@@ -14,6 +14,69 @@ export interface IPlacementSlot {
   gpus: IPlacementGpu[];
 }
 
+/** The steps of a migration, in the order the master runs them. */
+export const MIGRATION_PHASES = ['checkpointing', 'stopping', 'transferring', 'restoring'] as const;
+
+export type MigrationPhaseName = (typeof MIGRATION_PHASES)[number];
+
+/** A migration's state: the phase it is in, or how it ended. */
+export type MigrationState = MigrationPhaseName | 'done' | 'failed';
+
+export interface IMigrationPhase {
+  phase: MigrationPhaseName;
+  started_at: string;
+  /** null while the phase runs. */
+  finished_at: string | null;
+  duration_s: number | null;
+  /** What the phase wrote or moved, if it measures that. */
+  bytes: number | null;
+}
+
+export interface IMigration {
+  /** 1, 2, ... per job. */
+  id: number;
+  /** "resume": a restart from a checkpoint (after a failure or a preemption). */
+  kind: 'migrate' | 'resume';
+  reason: string | null;
+  state: MigrationState;
+  /** The job's nodes before and after. */
+  from: string[];
+  to: string[];
+  /** The checkpoint moved or restored. */
+  checkpoint: string | null;
+  /** In order; the last one may still be running. */
+  phases: IMigrationPhase[];
+  /** What the migration moved in all, if the server says. */
+  bytes?: number | null;
+  /** Why it failed (state "failed"). */
+  error: string | null;
+  started_at: string;
+  finished_at: string | null;
+}
+
+export interface ICheckpointInfo {
+  name: string;
+  step: number | null;
+  bytes: number;
+  /** How long writing it took, if the server says. */
+  seconds?: number | null;
+  at: string;
+}
+
+export interface ICheckpointRequest {
+  id: string;
+  state: 'pending' | 'written' | 'timeout';
+  requested_at: string;
+  reason: string | null;
+}
+
+export interface IJobCheckpoint {
+  /** The job's ranks call runtime.should_checkpoint(): checkpoint and migrate are possible. */
+  listening: boolean;
+  latest: ICheckpointInfo | null;
+  request: ICheckpointRequest | null;
+}
+
 export interface IJob {
   id: string;
   name: string;
@@ -35,7 +98,10 @@ export interface IJob {
   started_at: string | null;
   finished_at: string | null;
   elapsed_s: number | null;
-  migration: unknown;
+  /** The job's latest migration or resume (restart from a checkpoint); null if none yet. */
+  migration: IMigration | null;
+  /** Whether the job can checkpoint, its latest checkpoint and request (servers since issue 5). */
+  checkpoint?: IJobCheckpoint | null;
   /** The rendered job description: its template and the image it runs in (if any). */
   description?: {
     template: string;
