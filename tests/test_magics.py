@@ -336,3 +336,45 @@ def test_kernel_started_by_the_server_finds_it(server):
         assert any("ID" in o and "STATE" in o for o in outputs), outputs
     finally:
         session.delete(server.url + f"api/kernels/{kernel_id}", timeout=30)
+
+
+LISTENING_CELL = """
+import time
+from jupyter_aigrid import runtime
+state = runtime.restore()
+step = state["step"] if state else 0
+while step < 300:
+    step += 1
+    if runtime.should_checkpoint():
+        runtime.checkpoint({"step": step})
+    time.sleep(0.05)
+print("resumed" if state else "fresh", "at", state and state["step"])
+"""
+
+
+def test_checkpoint_and_migrate_magics(ip, server):
+    client = server.client()
+    with capture_output():
+        handle = ip.run_cell_magic("aigrid", "run --gpus 1 --detach --name mover", LISTENING_CELL)
+    job_id = handle.job["id"]
+    _until(lambda: client.job(job_id)["checkpoint"]["listening"], what="the job to listen")
+    with capture_output() as cap:
+        ip.run_line_magic("aigrid", f"checkpoint {job_id}")
+    assert f"job {job_id}: checkpoint" in cap.stdout
+    _until(
+        lambda: client.job(job_id)["checkpoint"]["request"]["state"] == "written",
+        what="the checkpoint",
+    )
+    source = client.job(job_id)["placement"][0]["node"]
+    with capture_output() as cap:
+        ip.run_line_magic("aigrid", f"migrate {job_id}")
+    assert f"job {job_id}: migration 1 started (checkpointing)" in cap.stdout, cap.stdout
+    done = _until(
+        lambda: (j := client.job(job_id))["migration"]["state"] in ("done", "failed") and j,
+        what="the migration",
+    )
+    assert done["migration"]["state"] == "done", done["migration"]
+    assert done["placement"][0]["node"] != source
+    with pytest.raises(UsageError, match="nope"):
+        ip.run_line_magic("aigrid", f"migrate {job_id} --node nope")
+    client.cancel(job_id)

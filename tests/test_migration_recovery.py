@@ -70,3 +70,49 @@ async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_pa
             assert states[-1] == "done" and "failed" not in states, states
     finally:
         await b.stop()
+
+
+#: Listens for checkpoint requests, and never writes one.
+DEAF = """
+import time
+from jupyter_aigrid import runtime
+while True:
+    runtime.should_checkpoint()
+    time.sleep(0.05)
+"""
+
+
+def tick_until(m, done, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline
+        m._tick()
+        time.sleep(0.02)
+
+
+def test_a_checkpoint_that_never_comes_times_out(tmp_path):
+    m = master(tmp_path, two_nodes(tmp_path))
+    m.checkpoint_timeout_s = 0.5
+    job_id = submit(m, {"code": DEAF, "gpus": 1, "preemptible": True})
+    tick_until(m, lambda: m._listening(m.store.job(job_id)))
+    source = m.store.job(job_id)["placement"]
+
+    # A migration fails, and the gang runs on where it was.
+    m._migrate_now(job_id, "u", False, None)
+    tick_until(m, lambda: m.store.job(job_id)["migration"]["state"] != "checkpointing")
+    row = m.store.job(job_id)
+    assert row["migration"]["state"] == "failed"
+    assert "did not checkpoint within 0.5 s; it runs on" in row["migration"]["error"]
+    assert row["state"] == "running" and row["placement"] == source and row["attempt"] == 0
+    assert row["checkpoint"]["request"]["state"] == "timeout"
+
+    # A preemption goes ahead without the checkpoint.
+    with m.store.write():
+        m._preempt(job_id, "preempted for a test")
+    assert m.store.job(job_id)["pending_state"] is None  # asked for a checkpoint first
+    tick_until(m, lambda: m.store.job(job_id)["attempt"] == 1)
+    states = [e["data"].get("state") for e in m.store.events(job_id)]
+    assert states.count("timeout") == 2 and "preempted" in states
+    m._cancel(job_id, "u", False)
+    tick_until(m, lambda: m.store.job(job_id)["state"] == "cancelled")
+    m.store.close()
