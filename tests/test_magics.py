@@ -343,7 +343,7 @@ import time
 from jupyter_aigrid import runtime
 state = runtime.restore()
 step = state["step"] if state else 0
-while step < 300:
+while step < 600:
     step += 1
     if runtime.should_checkpoint():
         runtime.checkpoint({"step": step})

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_magics import LISTENING_CELL
 
 CHROMIUM = os.environ.get("AIGRID_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -146,3 +147,109 @@ def test_markup_in_a_job_name_is_shown_as_text(page, server):
     assert name.inner_text() == evil
     assert panel(page).locator(".aigrid-jobs img").count() == 0
     assert page.evaluate("window.__aigrid_pwned") is None
+
+
+#: A job that answers checkpoint requests, for about 30 s.
+CHECKPOINTING = LISTENING_CELL
+
+
+def listening_job(client, job_id: str, timeout_s: float = 90.0) -> dict:
+    """The job over REST once it runs and its ranks listen for checkpoint requests."""
+    deadline = time.monotonic() + timeout_s
+    job = client.job(job_id)
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if job["state"] == "running" and (job.get("checkpoint") or {}).get("listening"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never ran listening: {job}")
+
+
+def seen_migration_states(page, until: str, timeout_s: float = 120.0) -> list[str]:
+    """The states the open detail's migration timeline shows, in order, until ``until``."""
+    states: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    timeline = panel(page).locator(".aigrid-detail .aigrid-migration")
+    while time.monotonic() < deadline:
+        text = timeline.get_attribute("data-state", timeout=5_000) if timeline.count() else None
+        if text and (not states or states[-1] != text):
+            states.append(text)
+        if text == until:
+            return states
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the migration never showed {until!r}; it showed {states}")
+
+
+def test_checkpoint_and_migrate_from_the_detail(page, server):
+    from playwright.sync_api import expect
+
+    client = server.client()
+    job = client.submit({"code": CHECKPOINTING, "gpus": 1, "name": "migrate-me"})
+    job_id = job["id"]
+    page.evaluate("window.__aigrid_no_reload = true")
+
+    panel(page).locator('.aigrid-tab[data-tab="jobs"]').click()
+    panel(page).locator(f'.aigrid-job[data-job-id="{job_id}"]').click()
+    detail = panel(page).locator(f'.aigrid-detail[data-job-id="{job_id}"]')
+    detail.wait_for()
+    running = listening_job(client, job_id)
+    source = {slot["node"] for slot in running["placement"]}
+
+    # Both actions become possible once the job runs and listens, shown live.
+    checkpoint = detail.locator("button.aigrid-checkpoint-job")
+    migrate = detail.locator("button.aigrid-migrate-job")
+    expect(checkpoint).to_be_enabled(timeout=60_000)
+    expect(migrate).to_be_enabled(timeout=60_000)
+    expect(detail.locator('.aigrid-checkpoint dd[data-fact="listening"]')).to_contain_text("yes")
+
+    # Checkpoint: the request shows up and ends "written".
+    checkpoint.click()
+    written = detail.locator(".aigrid-checkpoint dd.aigrid-request-written")
+    written.wait_for(timeout=60_000)
+    assert written.inner_text().startswith("written ("), written.inner_text()
+    assert detail.locator(".aigrid-action-error").count() == 0
+    after = client.job(job_id)["checkpoint"]
+    assert after["request"]["state"] == "written", after
+    assert after["latest"] is not None, after
+    expect(detail.locator('.aigrid-checkpoint dd[data-fact="latest"]')).not_to_have_text("none")
+
+    # Migrate to the other node, picked in the destination list.
+    nodes = [node["name"] for node in client.cluster()["nodes"]]
+    others = [name for name in nodes if name not in source]
+    assert others, f"no node to move to: {nodes}, job on {source}"
+    target = others[0]
+    picker = detail.locator("select.aigrid-migrate-node")
+    expect(picker).to_be_enabled()
+    picker.select_option(target)
+    expect(migrate).to_be_enabled()
+    migrate.click()
+    states = seen_migration_states(page, "done")
+    assert detail.locator(".aigrid-action-error").count() == 0
+    timeline = detail.locator(".aigrid-migration")
+    assert timeline.locator(".aigrid-migration-state").get_attribute("title") == "done"
+    assert "done" in timeline.locator(".aigrid-migration-state").inner_text()
+    assert target in timeline.locator(".aigrid-migration-to").inner_text()
+    for node in source:
+        assert node in timeline.locator(".aigrid-migration-from").inner_text()
+    assert "Migration #" in timeline.locator(".aigrid-migration-title").inner_text()
+
+    moved = client.job(job_id)
+    assert moved["migration"]["state"] == "done", moved["migration"]
+    assert moved["migration"]["to"] == [target], moved["migration"]
+    assert moved["state"] == "running", moved
+    assert {slot["node"] for slot in moved["placement"]} == {target}
+    assert [p["phase"] for p in moved["migration"]["phases"]] == [
+        "checkpointing",
+        "stopping",
+        "transferring",
+        "restoring",
+    ]
+    assert states[-1] == "done"
+    assert set(states) <= {"checkpointing", "stopping", "transferring", "restoring", "done"}
+    expect(detail.locator(".aigrid-placement")).to_contain_text(target)
+
+    # Cancel it from the detail.
+    detail.locator("button.aigrid-cancel").click()
+    panel(page).locator(".aigrid-detail .aigrid-state[title='cancelled']").wait_for()
+    assert client.job(job_id)["state"] == "cancelled"
+    assert page.evaluate("window.__aigrid_no_reload") is True  # never reloaded
