@@ -297,7 +297,6 @@ class Staged:
     step: int | None = None
     bytes: int = 0
     copied: int = 0
-    seconds: float = 0.0
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -308,7 +307,6 @@ def stage(
     to its node. A piece already on its rank's node is verified in place; any other is copied
     there and verified on the way (``copy(src, src_root, dst, rank)``). A checkpoint that is
     partial or does not verify is passed over for the one before it, and reported."""
-    began = time.monotonic()
     result = Staged()
     for found in scan(roots):
         missing = found.missing(world_size)
@@ -334,7 +332,6 @@ def stage(
         result.name, result.step, result.bytes = found.name, step, total
         result.copied += copied
         break
-    result.seconds = time.monotonic() - began
     return result
 
 

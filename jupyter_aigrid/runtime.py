@@ -44,6 +44,7 @@ __all__ = [
     "ResumableSampler",
     "capture",
     "checkpoint",
+    "checkpoints",
     "device",
     "init_distributed",
     "job_id",
@@ -213,6 +214,13 @@ def checkpoint(state: dict[str, Any], keep: int | None = None) -> str:
         )
         _state.answered = request.get("id")
     return name
+
+
+def checkpoints() -> list[str]:
+    """This rank's finished checkpoints, oldest first: those whose piece of this rank has
+    its manifest (a piece killed mid-write never appears)."""
+    root = checkpoint_dir()
+    return [n for n in ck.piece_names(root) if rank() in ck.ranks_in(root, n)]
 
 
 def _load(folder: Path, root: Path) -> dict[str, Any]:

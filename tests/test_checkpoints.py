@@ -388,7 +388,6 @@ def test_stage_with_nothing_to_restore(tmp_path: Path):
     staged = ck.stage({"n": tmp_path / "none"}, {0: "n"}, 1)
     assert (staged.name, staged.step, staged.bytes, staged.copied) == (None, None, 0, 0)
     assert staged.problems == []
-    assert staged.seconds >= 0
 
     put(tmp_path, 0, 1)
     damage(tmp_path / ck.name_of(0, 1), "flip")
@@ -888,11 +887,12 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path, mo
     assert partial[0].startswith(".rank-0.pt.")  # the temp file, never renamed
     assert partial[0].endswith(".tmp")
     assert ck.complete({"n": root}, 1) == [first]
+    monkeypatch.setenv("AIGRID_CHECKPOINT_DIR", str(root))
+    assert runtime.checkpoints() == [first]  # the partial one is never listed
     staged = ck.stage({"n": root}, {0: "n"}, 1)
     assert staged.name == first
     assert {name for name, _ in staged.problems} <= {second}
 
-    monkeypatch.setenv("AIGRID_CHECKPOINT_DIR", str(root))
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     assert runtime.restore() == {"step": 1, "weights": list(range(100))}
     assert f"checkpoint {second} skipped" in capsys.readouterr().err
