@@ -168,6 +168,16 @@ def parse_body(body: bytes | str) -> dict[str, Any]:
     return data
 
 
+def parse_fields(body: bytes | str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object body (an empty one is ``{}``) with no field but ``allowed``."""
+    data = parse_body(body) if body and body.strip() else {}
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        msg = f"unknown field {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}"
+        raise SpecError(msg, field=unknown[0])
+    return data
+
+
 def _check_values(value: Any, field: str) -> Any:
     """Refuse what JSON carries but a job cannot use; turn 2.0 into 2. Returns the value."""
     if isinstance(value, float):

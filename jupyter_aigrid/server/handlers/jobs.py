@@ -8,7 +8,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..model import JOB_STATES
-from ..spec import SpecError, parse_body, parse_submission
+from ..spec import SpecError, parse_fields, parse_submission
 from .base import AIGridHandler
 
 
@@ -49,22 +49,12 @@ class JobHandler(AIGridHandler):
         self.write_json(await self.master.cancel(job_id, self.owner, self.is_admin), status=202)
 
 
-def _fields(body: bytes, allowed: tuple[str, ...]) -> dict:
-    """A JSON object body (empty is ``{}``) with only ``allowed`` fields."""
-    data = parse_body(body) if body and body.strip() else {}
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        msg = f"unknown field {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}"
-        raise SpecError(msg, field=unknown[0])
-    return data
-
-
 class CheckpointHandler(AIGridHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
         """Ask a running job for a checkpoint; it answers at its next step boundary."""
-        _fields(self.request.body, ())
+        parse_fields(self.request.body, ())
         job = await self.master.checkpoint(job_id, self.owner, self.is_admin)
         self.write_json(job, status=202)
 
@@ -74,7 +64,7 @@ class MigrateHandler(AIGridHandler):
     @authorized
     async def post(self, job_id: str) -> None:
         """Move a running job: checkpoint, stop, transfer, restore (``node`` optional)."""
-        node = _fields(self.request.body, ("node",)).get("node")
+        node = parse_fields(self.request.body, ("node",)).get("node")
         if node is not None and (not isinstance(node, str) or not node or len(node) > 253):
             msg = "'node' must be the name of a node of the cluster (GET /cluster lists them)"
             raise SpecError(msg, field="node")

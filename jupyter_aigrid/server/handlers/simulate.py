@@ -7,7 +7,7 @@ import math
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..spec import SpecError, parse_body
+from ..spec import SpecError, parse_fields
 from .base import AIGridHandler
 
 
@@ -20,11 +20,7 @@ class SimulateHandler(AIGridHandler):
         Admins only (it sums up every user's jobs)."""
         if not self.is_admin:
             raise web.HTTPError(403, "only admins may replay the cluster's job history")
-        body = parse_body(self.request.body)
-        unknown = sorted(set(body) - {"policy", "options", "preempt_overhead_s"})
-        if unknown:
-            msg = f"unknown field {unknown[0]!r}; allowed: policy, options, preempt_overhead_s"
-            raise SpecError(msg, field=unknown[0])
+        body = parse_fields(self.request.body, ("policy", "options", "preempt_overhead_s"))
         policy = body.get("policy")
         if not isinstance(policy, str) or not policy:
             raise SpecError("'policy' must be the name of a policy, e.g. fifo", field="policy")
