@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _files import MiB, write_file
 from _server import BenchServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,6 @@ TARGET_FACTOR = 1.5
 STEPS = 10_000_000  # never reached: the job is cancelled after its migration
 SLEEP_S = 0.02  # per step: the job answers a checkpoint request within a step or so
 HTTP_TIMEOUT_S = 60.0
-MiB = 2**20
 
 
 class BenchError(RuntimeError):
@@ -59,17 +59,6 @@ class BenchError(RuntimeError):
 
 
 # -- baseline --------------------------------------------------------------------------------
-
-
-def write_file(path: Path, size: int) -> None:
-    """``size`` bytes of incompressible data at ``path``; left in the page cache (no drop)."""
-    block = os.urandom(MiB)
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            n = min(left, len(block))
-            f.write(block[:n])
-            left -= n
 
 
 def time_cp(src: Path, dst: Path) -> float:
