@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -108,6 +109,111 @@ def test_data_locality_hook_prefers_nodes_holding_the_data():
     p = place_gang(req(replicas=2, datasets=("imagenet",)), local)
     assert set(p.nodes) == {"n1"}
     assert set(place_gang(req(replicas=2), local).nodes) == {"n0"}
+
+
+def with_data(snapshot: Snapshot, **held: dict[str, int]) -> Snapshot:
+    """``snapshot`` with node name -> {dataset key -> bytes} on its nodes."""
+    return snapshot.with_data(held, {"a@1": 100, "b@1": 100})
+
+
+def test_locality_is_the_bytes_of_the_jobs_data_on_a_node():
+    snap = with_data(cluster(8, 8), n0={"a@1": 60, "b@1": 100, "c@1": 7})
+    job = req(datasets=("a@1", "b@1", "a@1"))  # a dataset named twice counts once
+    assert snap.locality(job, "n0") == 160
+    assert snap.locality(job, "n1") == 0 and snap.locality(req(), "n0") == 0
+    assert snap.missing_bytes(job, ["n0", "n1", "n0"]) == 40 + 200
+    assert cluster(8).locality(job, "n0") == 0  # no data_on at all
+
+
+def test_locality_picks_the_node_with_the_most_data_among_equally_tight_ones():
+    snap = busy(busy(cluster(8, 8, 8, 8), "n0", *range(5)), "n2", *range(5), job_id="b2")
+    snap = with_data(
+        snap,
+        n0={"a@1": 100},
+        n2={"a@1": 100, "b@1": 30},
+        n3={"a@1": 100, "b@1": 100},  # a whole free node: more data, but roomier
+    )
+    job = req(replicas=2, datasets=("a@1", "b@1"))
+    assert place_gang(job, snap).nodes == ("n2",)
+    assert place_gang(req(replicas=2), snap).nodes == ("n0",)  # data-blind: node order
+    # Equal bytes: node order, as without data.
+    assert place_gang(req(replicas=2, datasets=("a@1",)), snap).nodes == ("n0",)
+
+
+def test_locality_never_makes_a_gang_wait_or_breaks_a_whole_node():
+    # n0: 2 free, n1: 6 free with the data, n2 whole and free with the data.
+    snap = busy(busy(cluster(8, 8, 8), "n0", *range(6)), "n1", 0, 1, job_id="b1")
+    snap = with_data(snap, n1={"a@1": 100}, n2={"a@1": 100})
+    job = req(replicas=2, datasets=("a@1",))
+    assert place_gang(job, snap).nodes == ("n0",)  # best fit wins over data
+    assert place_gang(req(replicas=6, datasets=("a@1",)), snap).nodes == ("n1",)
+    # The only node with the data is full: the gang starts elsewhere now, it does not wait.
+    full = with_data(busy(cluster(4, 4), "n1", *range(4)), n1={"a@1": 100})
+    assert place_gang(req(replicas=3, datasets=("a@1",)), full).nodes == ("n0",)
+    # Nothing fits anywhere: data changes nothing either.
+    assert place_gang(req(replicas=5, datasets=("a@1",)), full) is None
+
+
+def test_multi_node_gangs_prefer_nodes_holding_the_data():
+    data = {"n1": {"a@1": 100}, "n3": {"a@1": 100}}
+    # Whole nodes: any whole free node is as good as another, so the two with the data.
+    whole = with_data(cluster(8, 8, 8, 8), **data)
+    big = place_gang(req(replicas=16, datasets=("a@1",)), whole)
+    assert big.nodes == ("n1", "n3")
+    assert [s.node for s in big.slots[:8]] == ["n1"] * 8  # rank 0 on the first in order
+    assert place_gang(req(replicas=16), whole).nodes == ("n0", "n1")
+    # Spanning nodes (no node takes it whole): the roomiest, then the tightest that takes the
+    # rest; among equally roomy or equally tight nodes, those with the data.
+    twelve = req(replicas=12, datasets=("a@1",))
+    spread = busy(busy(cluster(8, 8, 8, 8), "n0", *range(4)), "n1", *range(4), job_id="b1")
+    assert set(place_gang(twelve, with_data(spread, **data)).nodes) == {"n3", "n1"}
+    assert set(place_gang(replace(twelve, datasets=()), spread).nodes) == {"n2", "n0"}
+    # ... but the tightest node still takes the rest, even when a roomier one has the data.
+    tight = with_data(busy(cluster(8, 8, 8, 8), "n0", *range(4)), n2={"a@1": 100}, n3={"a@1": 9})
+    assert set(place_gang(twelve, tight).nodes) == {"n2", "n0"}
+    # Two-GPU replicas: n0 (5 free) and n1, n2 (4 free) each take two. The data node goes
+    # first only among nodes as free as itself, or it would leave other GPUs free.
+    pairs = busy(busy(busy(cluster(8, 8, 8), "n0", *range(3)), "n1", *range(4), job_id="b1"),
+                 "n2", *range(4), job_id="b2")  # fmt: skip
+    p = place_gang(req(replicas=3, per=2, datasets=("a@1",)), with_data(pairs, n2={"a@1": 100}))
+    assert [(s.node, s.gpus) for s in p.slots] == [("n0", (3, 4)), ("n0", (5, 6)), ("n2", (4, 5))]
+    # Exactly K nodes.
+    k = place_gang(req(replicas=4, nodes=2, datasets=("a@1",)), whole)
+    assert set(k.nodes) == {"n1", "n3"}
+    assert set(place_gang(req(replicas=4, nodes=2), whole).nodes) == {"n0", "n1"}
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_locality_leaves_the_queue_the_same_free_gpus_as_a_data_blind_placement(seed):
+    rng = random.Random(seed)
+    snap = cluster(*[rng.choice([4, 8, 8]) for _ in range(rng.randint(2, 7))])
+    for i in range(12):  # a random fill
+        r = req(f"f{i}", replicas=rng.randint(1, 6))
+        p = place_gang(r, snap)
+        if p is not None and rng.random() < 0.7:
+            snap = snap.allocate(r, p)
+    held = {
+        n.name: {"a@1": rng.choice([0, 40, 100]), "b@1": rng.choice([0, 100])}
+        for n in snap.nodes
+        if rng.random() < 0.6
+    }
+    local = with_data(snap, **held)
+    for i in range(40):
+        kw = rng.choice([{}, {}, {"per": 2}, {"nodes": rng.randint(1, 3)}])
+        r = req(f"j{i}", replicas=rng.choice([1, 2, 3, 4, 6, 8, 12, 16]), **kw)
+        blind = place_gang(r, snap)
+        aware = place_gang(replace(r, datasets=("a@1", "b@1")), local)
+        assert (aware is None) == (blind is None)
+        if blind is None:
+            continue
+
+        def shape(p, s=snap, r=r):
+            return sorted(len(n.free_gpus) for n in s.allocate(r, p).nodes)
+
+        assert shape(aware) == shape(blind), r
+        if len(blind.nodes) == 1:
+            wants = replace(r, datasets=("a@1", "b@1"))
+            assert local.locality(wants, aware.nodes[0]) >= local.locality(wants, blind.nodes[0])
 
 
 def test_nodes_k_spreads_over_exactly_k():

@@ -1,4 +1,5 @@
-"""The frozen input of every policy: nodes and what is free, running gangs, time, history.
+"""The frozen input of every policy: nodes and what is free, running gangs, time, history,
+and which datasets each node holds.
 
 A snapshot never changes. :meth:`Snapshot.allocate` and :meth:`Snapshot.release` return new
 ones that share everything they did not touch, and keep an index of nodes by free GPU count,
@@ -11,7 +12,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import statistics
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -196,8 +197,12 @@ class Snapshot:
     #: job id -> its running gang.
     running: FrozenMap = field(default_factory=FrozenMap)
     history: History = field(default_factory=History)
-    #: node name -> datasets it holds (the data-locality hook of placement).
-    data_on: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
+    #: node name -> {dataset key -> bytes of it verified on that node}: what placement reads
+    #: to prefer nodes that already hold a job's data. Empty: placement is data-blind.
+    data_on: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: _EMPTY)
+    #: dataset key -> its full size in bytes (what a node lacking it copies); only
+    #: :meth:`missing_bytes` reads it.
+    dataset_bytes: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     # Derived indexes, shared between snapshots that do not change them.
     _position: Mapping[str, int] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
     _by_free: tuple[tuple[int, ...], ...] = field(default=(), compare=False, repr=False)
@@ -260,6 +265,34 @@ class Snapshot:
     def estimate_s(self, request: Request) -> float | None:
         return self.history.estimate_s(request)
 
+    def locality(self, req: Request, node_name: str) -> int:
+        """The locality score of ``node_name`` for ``req``: bytes of ``req.datasets`` already
+        verified there (each dataset counted once). A node given as a bare set of keys (no
+        sizes) scores 1 per dataset it holds."""
+        held = self.data_on.get(node_name)
+        if not held or not req.datasets:
+            return 0
+        keys = dict.fromkeys(req.datasets)
+        if not isinstance(held, Mapping):
+            return sum(1 for key in keys if key in held)
+        return sum(held.get(key, 0) for key in keys)
+
+    def missing_bytes(self, req: Request, node_names: Iterable[str]) -> int:
+        """Bytes a gang of ``req`` on ``node_names`` still has to stage: for each node, what
+        it lacks of each dataset's full size (:attr:`dataset_bytes`; a dataset of unknown
+        size counts as nothing to copy)."""
+        keys = dict.fromkeys(req.datasets)
+        total = 0
+        for name in dict.fromkeys(node_names):
+            held = self.data_on.get(name) or _EMPTY
+            for key in keys:
+                size = self.dataset_bytes.get(key, 0)
+                if isinstance(held, Mapping):
+                    total += max(0, size - held.get(key, 0))
+                elif key not in held:
+                    total += size
+        return total
+
     def most_served(self) -> Iterator[Running]:
         """Running gangs, the most attained service (GPU-seconds) first, lazily."""
         now = self.now
@@ -278,6 +311,15 @@ class Snapshot:
 
     def with_history(self, history: History) -> Snapshot:
         return replace(self, history=history)
+
+    def with_data(
+        self,
+        data_on: Mapping[str, Mapping[str, int]],
+        dataset_bytes: Mapping[str, int] | None = None,
+    ) -> Snapshot:
+        """This snapshot with other datasets on its nodes (and, if given, other sizes)."""
+        sizes = self.dataset_bytes if dataset_bytes is None else dataset_bytes
+        return replace(self, data_on=data_on, dataset_bytes=sizes)
 
     def allocate(
         self, req: Request, placement: Placement, started_at: float | None = None

@@ -3,12 +3,14 @@
 It imports ``server.policies`` and ``server.snapshot``, never the executors or the server.
 """
 
+from .data import Staging
 from .engine import SimResult, Simulator, make_nodes
 from .trace import TraceError, TraceJob, load_trace, synthetic_trace
 
 __all__ = [
     "SimResult",
     "Simulator",
+    "Staging",
     "TraceError",
     "TraceJob",
     "load_trace",

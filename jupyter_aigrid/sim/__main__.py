@@ -7,6 +7,13 @@
 its time limit (an oracle baseline, named ``<policy>+oracle``). ``--synthetic N`` replays N
 generated jobs instead of a file. Without ``--json`` it prints a table and writes two PNG
 plots: a JCT CDF per policy, and GPU utilisation over time.
+
+``--staging-gbps`` models datasets (traces have none): each job type reads one dataset of
+``--dataset-gb`` (a size, or LOW:HIGH drawn per dataset); a gang on nodes that lack it holds
+its GPUs while they copy it, and they keep it (``--node-cache-gb``: LRU per node).
+``--preload TYPE=NODES`` puts a dataset on nodes at the start; ``--data-blind`` hides where
+data is from the policy (a baseline). Runs with staging report staging seconds, staging
+GPU-seconds, bytes staged and the fraction of placements that staged nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from pathlib import Path
 
 from ..options import policy_option
 from ..server.policies import available_policies, load_policy
-from .engine import METRICS, SimResult, Simulator, make_nodes
+from .data import Staging
+from .engine import METRICS, STAGING_METRICS, SimResult, Simulator, make_nodes
 from .trace import TraceError, load_trace, synthetic_trace
 
 COLUMNS = (*METRICS, ("wall_s", "wall (s)"), ("decisions_per_s", "decisions/s"))
@@ -51,7 +59,107 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", action="store_true", help="declare true durations (a baseline)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plots", type=Path, default=Path(), metavar="DIR", help="where PNGs go")
+    data = p.add_argument_group(
+        "datasets", "model data staging (off unless --staging-gbps is given)"
+    )
+    data.add_argument(
+        "--staging-gbps",
+        type=float,
+        metavar="GBPS",
+        help="GB/s one node copies a dataset at; a gang holds its GPUs while its nodes copy "
+        "what they lack (nodes copy in parallel, one dataset at a time each)",
+    )
+    data.add_argument(
+        "--dataset-gb",
+        type=_sizes,
+        default=100.0,
+        metavar="GB|LOW:HIGH",
+        help="size of the one dataset each job type (model) reads, or a range that sizes are "
+        "drawn from log-uniformly per dataset with --seed (default 100)",
+    )
+    data.add_argument(
+        "--node-cache-gb",
+        type=float,
+        metavar="GB",
+        help="what a node keeps; least recently used data no running gang reads goes first "
+        "(default: unbounded)",
+    )
+    data.add_argument(
+        "--preload",
+        type=_preload,
+        action="append",
+        default=[],
+        metavar="TYPE=NODES",
+        help="nodes holding a job type's dataset at the start (repeatable), e.g. "
+        "'ResNet-50=0-3,7' (node indices); TYPE * means every dataset",
+    )
+    data.add_argument(
+        "--data-blind",
+        action="store_true",
+        help="stage data but hide where it is from the policy (a baseline; '+data-blind')",
+    )
     return p
+
+
+def _sizes(text: str) -> float | tuple[float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts  # type: ignore[return-value]
+    msg = f"must be GB or LOW:HIGH, such as 100 or 10:1000, got {text!r}"
+    raise argparse.ArgumentTypeError(msg)
+
+
+def _preload(text: str) -> tuple[str, tuple[int, ...]]:
+    job_type, _, spec = text.rpartition("=")
+    indices: list[int] = []
+    try:
+        for part in spec.split(","):
+            low, _, high = part.partition("-")
+            indices.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        indices = []
+    if not job_type or not indices:
+        msg = f"must be TYPE=NODES, with node indices such as 0-3,7, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return job_type, tuple(indices)
+
+
+def staging_of(args: argparse.Namespace, node_names: list[str]) -> Staging | None:
+    """The --staging-gbps group as a :class:`Staging`; None when staging is off."""
+    if args.staging_gbps is None:
+        given = [
+            flag
+            for flag, on in (
+                ("--node-cache-gb", args.node_cache_gb is not None),
+                ("--preload", bool(args.preload)),
+                ("--data-blind", args.data_blind),
+            )
+            if on
+        ]
+        if given:
+            msg = f"{', '.join(given)} need(s) --staging-gbps (data staging is off without it)"
+            raise TraceError(msg)
+        return None
+    preload: dict[str, tuple[str, ...]] = {}
+    for job_type, indices in args.preload:
+        bad = [i for i in indices if i >= len(node_names)]
+        if bad:
+            msg = f"--preload {job_type}: node {bad[0]} does not exist (--nodes {len(node_names)})"
+            raise TraceError(msg)
+        preload[job_type] = (*preload.get(job_type, ()), *(node_names[i] for i in indices))
+    return Staging(
+        args.staging_gbps,
+        args.dataset_gb,
+        cache_gb=args.node_cache_gb,
+        preload=preload,
+        blind=args.data_blind,
+        seed=args.seed,
+    )
 
 
 def run(args: argparse.Namespace) -> list[SimResult]:
@@ -74,16 +182,19 @@ def run(args: argparse.Namespace) -> list[SimResult]:
     if options and len(names) > 1:
         msg = "--policy-option goes with one --policy: each policy takes its own options"
         raise TraceError(msg)
+    nodes = make_nodes(args.nodes, args.gpus_per_node)
+    staging = staging_of(args, [n.name for n in nodes])
     results = []
     for name in names:
         policy = load_policy(name, **options)
         sim = Simulator(
             jobs,
-            make_nodes(args.nodes, args.gpus_per_node),
+            nodes,
             policy,
             preempt_overhead_s=args.preempt_overhead_s,
             oracle=args.oracle,
             source=source,
+            staging=staging,
         )
         results.append(sim.run())
         if not args.json:
@@ -92,8 +203,11 @@ def run(args: argparse.Namespace) -> list[SimResult]:
 
 
 def table(results: list[SimResult]) -> str:
-    header = ["policy", *(label for _, label in COLUMNS)]
-    rows = [[r.policy, *(f"{r.metrics[k]:,}" for k, _ in COLUMNS)] for r in results]
+    columns = COLUMNS
+    if any("staged_bytes" in r.metrics for r in results):
+        columns = (*METRICS, *STAGING_METRICS, *COLUMNS[len(METRICS) :])
+    header = ["policy", *(label for _, label in columns)]
+    rows = [[r.policy, *(f"{r.metrics[k]:,}" for k, _ in columns)] for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(

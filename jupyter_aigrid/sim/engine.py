@@ -7,6 +7,11 @@ pays ``preempt_overhead_s`` (checkpoint + restore) when it next starts, holding 
 without progress for that long. Policies see :class:`Request` objects only: never a job's
 true duration, except in ``oracle`` mode, which declares it as the job's time limit (and is
 named as such in every output).
+
+With ``staging`` (:class:`~jupyter_aigrid.sim.data.Staging`), every job reads a dataset and
+a gang placed on nodes that lack it also holds its GPUs without progress until its nodes
+have copied it (and then for any restore); policies see where data is through the snapshot's
+``data_on``, unless the staging is ``blind``. Without it, datasets play no part at all.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..server.inventory import simulated_gpus
 from ..server.model import Node, Placement, Request
 from ..server.policies import Policy, schedule_round
 from ..server.snapshot import History, Snapshot
+from .data import NodeCaches, Staging, dataset_of
 from .trace import TraceJob, check_fits
 
 _FINISH, _ARRIVAL, _TICK = 0, 1, 2
@@ -36,6 +42,13 @@ METRICS = (
     ("gpu_utilization", "GPU util"),
     ("preemptions", "preemptions"),
     ("jobs", "jobs"),
+)
+#: The figures of a run with staging, after METRICS.
+STAGING_METRICS = (
+    ("staging_s", "staging (s)"),
+    ("staging_gpu_s", "staging GPU-s"),
+    ("staged_bytes", "staged bytes"),
+    ("no_staging_fraction", "no staging"),
 )
 #: Rounds at one instant before the simulator moves on (a policy that keeps preempting).
 MAX_ROUNDS_PER_INSTANT = 16
@@ -99,6 +112,7 @@ class Simulator:
         preempt_overhead_s: float = 40.0,
         oracle: bool = False,
         source: str = "trace",
+        staging: Staging | None = None,
     ) -> None:
         self.nodes = nodes
         total = sum(len(n.gpus) for n in nodes)
@@ -106,6 +120,7 @@ class Simulator:
         self.policy = policy
         self.overhead = preempt_overhead_s
         self.oracle = oracle
+        self.staging = staging
         self.records = {j.job_id: self._record(j, seq) for seq, j in enumerate(jobs)}
         self.tick_s: float | None = getattr(policy, "tick_s", None)
 
@@ -118,6 +133,8 @@ class Simulator:
                 attained_gpu_s=0.0,
                 time_limit_s=job.duration_s if self.oracle else job.request.time_limit_s,
             )
+            if self.staging is not None and not request.datasets:
+                request = replace(request, datasets=(dataset_of(job.job_type),))
             return JobRecord(job, request, job.duration_s)
         request = Request(
             job_id=job.job_id,
@@ -131,6 +148,7 @@ class Simulator:
             preemptible=True,
             time_limit_s=job.duration_s if self.oracle else None,
             job_type=job.job_type,
+            datasets=(dataset_of(job.job_type),) if self.staging is not None else (),
         )
         return JobRecord(job, request, job.duration_s)
 
@@ -143,6 +161,10 @@ class Simulator:
             seq += 1
         heapq.heapify(events)
         snapshot = Snapshot.empty(self.nodes)
+        caches = self._caches()
+        shown = caches is not None and not caches.staging.blind
+        if shown:
+            snapshot = snapshot.with_data(caches.data_on, caches.sizes)
         history = History()
         queue: dict[str, Request] = {}
         timeline: list[tuple[float, int]] = [(0.0, 0)]
@@ -157,6 +179,8 @@ class Simulator:
                     queue[job_id] = rec.request
                 elif kind == _FINISH and rec is not None and run_id == rec.run_id:
                     snapshot = snapshot.release(job_id)
+                    if caches is not None:
+                        caches.release(rec.request, rec.placements[-1].nodes)
                     used -= rec.request.gpus
                     rec.held_s += now - rec.run_start
                     rec.finish = now
@@ -181,6 +205,11 @@ class Simulator:
                     if rec.first_start is None:
                         rec.first_start = now
                     rec.placements.append(launch.placement)
+                    if caches is not None:
+                        nodes = launch.placement.nodes
+                        rec.run_overhead_s += caches.stage(rec.request, nodes, now)
+                        if shown:
+                            snapshot = snapshot.with_data(caches.data_on)
                     used += rec.request.gpus
                     end = now + rec.run_overhead_s + rec.remaining_s
                     heapq.heappush(events, (end, _FINISH, seq, launch.job_id, rec.run_id))
@@ -197,6 +226,8 @@ class Simulator:
                         attained_gpu_s=rec.request.attained_gpu_s + ran * rec.request.slots,
                     )
                     snapshot = snapshot.release(pre.job_id)
+                    if caches is not None:
+                        caches.release(rec.request, rec.placements[-1].nodes)
                     used -= rec.request.gpus
                     queue[pre.job_id] = rec.request
                 decisions += len(result.launches) + len(result.preemptions)
@@ -212,12 +243,19 @@ class Simulator:
                 heapq.heappush(events, (next_tick, _TICK, seq, "", 0))
                 seq += 1
         wall = time.perf_counter() - started
-        return SimResult(
-            self.policy.name + ("+oracle" if self.oracle else ""),
-            self._metrics(wall, decisions, preemptions, rounds, timeline),
-            list(self.records.values()),
-            timeline,
-        )
+        metrics = self._metrics(wall, decisions, preemptions, rounds, timeline)
+        if caches is not None:
+            metrics.update(caches.metrics())
+        name = self.policy.name + ("+oracle" if self.oracle else "")
+        if caches is not None and caches.staging.blind:
+            name += "+data-blind"
+        return SimResult(name, metrics, list(self.records.values()), timeline)
+
+    def _caches(self) -> NodeCaches | None:
+        if self.staging is None:
+            return None
+        datasets = dict.fromkeys(k for r in self.records.values() for k in r.request.datasets)
+        return NodeCaches(self.staging, (n.name for n in self.nodes), datasets)
 
     def _metrics(
         self,

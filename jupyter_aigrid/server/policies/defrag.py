@@ -37,7 +37,11 @@ def defragment(
         cleared = snapshot
         for g in gangs:
             cleared = cleared.release(g.request.job_id)
-        elsewhere = Snapshot(nodes=tuple(v for v in cleared.nodes if v.name != name))
+        elsewhere = Snapshot(
+            nodes=tuple(v for v in cleared.nodes if v.name != name),
+            data_on=cleared.data_on,
+            dataset_bytes=cleared.dataset_bytes,
+        )
         moves = []
         for g in sorted(gangs, key=lambda g: -g.request.gpus):
             target = place(g.request, elsewhere)
