@@ -141,3 +141,13 @@ def wait_for_state(client: Client, job_id: str, states, timeout_s: float = 60.0)
         time.sleep(0.1)
     msg = f"job {job_id} still {job['state']} after {timeout_s:g} s"
     raise AssertionError(msg)
+
+
+def write_tree(root: str | Path, files: dict[str, bytes]) -> Path:
+    """Write ``{relative path: bytes}`` under ``root`` (a dataset to upload, say); ``root``."""
+    root = Path(root)
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root

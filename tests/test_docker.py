@@ -394,3 +394,48 @@ def test_gpus_go_by_uuid_in_a_device_request_and_a_failed_start_leaves_nothing(e
     mine = {"label": f"aigrid.master={executor.master_id}"}
     assert docker_client.containers.list(all=True, sparse=True, filters=mine) == []
     executor.close()
+
+
+READ_DATA = textwrap.dedent(
+    """
+    import os, pathlib
+    root = pathlib.Path(os.environ["AIGRID_DATA"]) / "toy"
+    print("DATA", (root / "a.txt").read_text().strip())
+    try:
+        (root / "b.txt").write_text("x")
+        print("WROTE")
+    except OSError as e:
+        print("REFUSED", e.errno)
+    """
+)
+
+
+def test_a_dataset_is_mounted_read_only_in_the_container(server, engine):
+    _, docker_client = engine
+    s = server.session()
+    files = [{"path": "a.txt", "size": 6}]
+    up = s.post(server.api("uploads"), json={"name": "toy", "files": files})
+    up.raise_for_status()
+    upload_id = up.json()["id"]
+    s.put(
+        server.api("uploads", upload_id, "data"),
+        params={"path": "a.txt", "offset": "0"},
+        data=b"hello\n",
+    ).raise_for_status()
+    s.post(server.api("uploads", upload_id, "commit")).raise_for_status()
+    c = server.client()
+    job = c.submit(
+        {
+            "code": READ_DATA + "import time; time.sleep(3)",
+            "image": "local-python",
+            "datasets": ["toy"],
+        }
+    )
+    wait_for_state(c, job["id"], ("running",), timeout_s=120)
+    [container] = containers_of(docker_client, server, job["id"])
+    data = [m for m in container.attrs["Mounts"] if "/datasets/" in m["Source"]]
+    assert data and all(not m["RW"] for m in data), data
+    done = c.wait(job["id"], timeout_s=120)
+    assert done["state"] == "succeeded", done["reason"]
+    out = "".join(r["line"] for r in c.logs(job["id"]) if r["stream"] == "stdout")
+    assert "DATA hello" in out and "REFUSED" in out and "WROTE" not in out, out

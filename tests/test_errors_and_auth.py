@@ -25,7 +25,7 @@ from jupyter_aigrid.server.handlers import ROUTES
         ({"code": "pass", "env": {"RANK": "3"}}, "env.RANK", "cannot be overridden"),
         ({"code": "pass", "template": "horovod-9"}, "template", "unknown template"),
         ({"code": "pass", "image": "pytorch:2"}, "image", "local executor"),
-        ({"code": "pass", "datasets": ["imagenet"]}, "datasets", "unknown dataset"),
+        ({"code": "pass", "datasets": ["imagenet"]}, "datasets[0]", "no dataset 'imagenet'"),
         ({"code": "pass", "time_limit_s": 0}, "time_limit_s", "less than or equal to the minimum"),
         ('{"code": "pass", "time_limit_s": NaN}', "body", "NaN is not a number JSON allows"),
         ('{"code": "pass", "time_limit_s": 1e999}', "time_limit_s", "must be a finite number"),

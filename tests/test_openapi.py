@@ -356,30 +356,44 @@ def test_cancel_answers_202_with_the_job():
 
 
 def test_error_responses():
-    """403 everywhere (every handler is authenticated), 404 for job paths, 409 for cancel,
-    checkpoint and migrate."""
+    """403 everywhere (every handler is authenticated), 404 for paths that name something,
+    409 for state conflicts, 413 for quotas and chunk sizes."""
     doc = load_doc()
     for path, verb, op in operations(doc):
         codes = set(op["responses"])
         assert "403" in codes, (path, verb)
-        # Job and image paths, and the events of one job (?job=), can name what is not there.
-        named = "{job_id}" in path or "{image_id}" in path or path.endswith("/events")
+        # Paths that name a job, image, dataset or upload, and the events of one job (?job=),
+        # can name what is not there.
+        named = "{" in path or path.endswith("/events")
         assert ("404" in codes) == named, (path, verb)
-        # Cancelling what has ended, checkpointing or moving what does not run, and replaying
-        # an empty history, are state conflicts.
+        # Cancelling what has ended, checkpointing or moving what does not run, replaying an
+        # empty history, a dataset version with no usable copy, deleting a dataset a job
+        # uses, a chunk at the wrong offset and committing an incomplete upload are state
+        # conflicts.
         conflicts = {
+            ("/aigrid/api/jobs", "post"),
             ("/aigrid/api/jobs/{job_id}", "delete"),
             ("/aigrid/api/jobs/{job_id}/checkpoint", "post"),
             ("/aigrid/api/jobs/{job_id}/migrate", "post"),
             ("/aigrid/api/simulate", "post"),
             ("/aigrid/api/images", "post"),
+            ("/aigrid/api/datasets/{name}", "delete"),
+            ("/aigrid/api/uploads/{upload_id}/data", "put"),
+            ("/aigrid/api/uploads/{upload_id}/commit", "post"),
         }
-        assert ("409" in codes) == ((path, verb) in conflicts)
-        for code in codes & {"400", "403", "404", "409"}:
+        assert ("409" in codes) == ((path, verb) in conflicts), (path, verb)
+        # The dataset quota, and the size of one chunk.
+        too_large = {
+            ("/aigrid/api/uploads", "post"),
+            ("/aigrid/api/uploads/{upload_id}/data", "put"),
+            ("/aigrid/api/uploads/{upload_id}/commit", "post"),
+        }
+        assert ("413" in codes) == ((path, verb) in too_large), (path, verb)
+        for code in codes & {"400", "403", "404", "409", "413"}:
             response = resolve(doc, op["responses"][code])
             schema = response["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/Error"}, (path, verb, code)
-    # 400 exactly where a body or a query argument is read.
+    # 400 exactly where a body, a query argument or a dataset name is read.
     with_400 = {(p, v) for p, v, op in operations(doc) if "400" in op["responses"]}
     assert with_400 == {
         ("/aigrid/api/jobs", "get"),
@@ -391,6 +405,12 @@ def test_error_responses():
         ("/aigrid/api/simulate", "post"),
         ("/aigrid/api/images", "post"),
         ("/aigrid/api/images/{image_id}", "put"),
+        ("/aigrid/api/datasets", "post"),
+        ("/aigrid/api/datasets/{name}", "get"),
+        ("/aigrid/api/datasets/{name}", "delete"),
+        ("/aigrid/api/datasets/{name}/verify", "post"),
+        ("/aigrid/api/uploads", "post"),
+        ("/aigrid/api/uploads/{upload_id}/data", "put"),
     }
 
 
@@ -474,8 +494,10 @@ _QUERY_READS = re.compile(
 def test_query_parameters_are_the_ones_read(route, handler):
     doc = load_doc()
     item = doc["paths"][route_to_path(route)]
+    # A handler that streams its body reads its query arguments in prepare(), before the body.
+    prepare = inspect.getsource(handler.prepare) if "prepare" in vars(handler) else ""
     for verb in implemented_verbs(handler):
-        read = set(_QUERY_READS.findall(inspect.getsource(getattr(handler, verb))))
+        read = set(_QUERY_READS.findall(inspect.getsource(getattr(handler, verb)) + prepare))
         params = [resolve(doc, p) for p in item[verb].get("parameters", [])]
         documented = {p["name"] for p in params if p["in"] == "query"}
         assert documented == read, (route, verb)

@@ -111,9 +111,15 @@ def test_a_version_1_database_gains_the_new_columns(tmp_path):
     raw.commit()
     raw.close()
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 5
-    assert {"attained_gpu_s", "description", "migration", "checkpoint", "retry_at"} <= set(
-        store.db["jobs"].columns_dict
-    )
+    assert store.schema_version() == SCHEMA_VERSION == 6
+    assert {"datasets", "dataset_versions", "dataset_locations"} <= set(store.db.table_names())
+    assert {
+        "attained_gpu_s",
+        "description",
+        "migration",
+        "checkpoint",
+        "retry_at",
+        "staging",
+    } <= set(store.db["jobs"].columns_dict)
     assert store.job(job["id"])["name"] == "old"  # nothing lost
     store.close()

@@ -24,9 +24,6 @@ def check_admissible(spec: dict[str, Any], nodes: list[Node], executor: str) -> 
             "its container; a host 'workdir' is never mounted: remove it"
         )
         raise SpecError(msg, field="workdir")
-    if spec.get("datasets"):
-        msg = f"unknown dataset {spec['datasets'][0]!r}: no datasets are registered"
-        raise SpecError(msg, field="datasets")
     req = to_request("new", "", spec, 0.0, 0)
     empty = Snapshot.empty(nodes)
     if place_gang(req, empty) is not None:

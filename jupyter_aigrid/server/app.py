@@ -128,6 +128,24 @@ class AIGridApp(ExtensionApp):
         help="Seconds before a failed gang restarts from its checkpoint; doubled at each "
         "restart, at most 60.",
     )
+    dataset_root = Unicode(
+        "",
+        config=True,
+        help="Where each node keeps its datasets: <dataset_root>/<node>. Default each node's "
+        "scratch (<scratch>/datasets). Admins may register data already under it.",
+    )
+    dataset_quota_bytes = Int(
+        100 * 2**30,
+        config=True,
+        help="Bytes of datasets each user may own (every version once, however many copies "
+        "exist); 0 for no limit.",
+    )
+    dataset_verify_interval_s = Float(
+        6 * 3600.0,
+        config=True,
+        help="Every copy of every dataset is hashed again this often (and before each job "
+        "uses it); a copy that no longer matches is marked corrupt and never used.",
+    )
     admin_users = Set(
         Unicode(),
         config=True,
@@ -151,7 +169,7 @@ class AIGridApp(ExtensionApp):
             raise TraitError(msg)
         return proposal["value"]
 
-    @validate("local_nodes", "tick_interval_s")
+    @validate("local_nodes", "tick_interval_s", "dataset_verify_interval_s")
     def _check_positive(self, proposal):
         if proposal["value"] <= 0:
             msg = f"AIGridApp.{proposal['trait'].name} must be positive, got {proposal['value']!r}"
@@ -187,6 +205,9 @@ class AIGridApp(ExtensionApp):
             allow_uncatalogued_images=self.allow_uncatalogued_images,
             checkpoint_timeout_s=self.checkpoint_timeout_s,
             restart_backoff_s=self.restart_backoff_s,
+            dataset_root=self.dataset_root,
+            dataset_quota_bytes=self.dataset_quota_bytes,
+            dataset_verify_interval_s=self.dataset_verify_interval_s,
         )
         self.settings.update(aigrid_master=self.master, aigrid_admin_users=set(self.admin_users))
         simulated = sum(g.simulated for n in self.master.nodes for g in n.gpus)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from ..durable import write_atomic
 from . import events
 from .admission import check_admissible
+from .datasets import Datasets
 from .executors.base import ExecutorError
 from .images import check_image, resolve_image
 from .migration import MIGRATE, Mover, active
@@ -44,11 +45,13 @@ from .model import (
 )
 from .policies import load_policy, schedule_round
 from .policies.defrag import defragment
-from .queries import JobQueries, NotFound, run_time_s
+from .queries import Conflict, JobQueries, NotFound, run_time_s
 from .replicas import JobFiles, replica_env
 from .snapshot import History
 from .spec import SpecError
+from .staging import DataStaging
 from .templating import choose, describe, hostfile_text, templates
+from .uploads import Uploads
 from .views import image_view
 
 T = TypeVar("T")
@@ -64,11 +67,7 @@ RECOVER_RETRY_S = (1.0, 30.0)
 LIVE_REPLICA = ("launching", "running", "stopping")
 
 
-class Conflict(RuntimeError):
-    """The job is not in a state that allows the request."""
-
-
-class Master(JobQueries, Mover):
+class Master(JobQueries, Mover, Datasets, DataStaging):
     """Owns the store and the executor; the REST handlers call its coroutines."""
 
     def __init__(
@@ -84,6 +83,9 @@ class Master(JobQueries, Mover):
         allow_uncatalogued_images: bool = False,
         checkpoint_timeout_s: float = 120.0,
         restart_backoff_s: float = 1.0,
+        dataset_root: str = "",
+        dataset_quota_bytes: int = 0,
+        dataset_verify_interval_s: float = 6 * 3600.0,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -105,6 +107,23 @@ class Master(JobQueries, Mover):
         self._watching: set[str] = set()
         #: Queued jobs that wait for their restart backoff: job -> not before (epoch s).
         self._not_before: dict[str, float] = {}
+        #: Where nodes keep datasets ('' = <scratch>/datasets); per-user bytes (0 = no limit).
+        self.dataset_root = dataset_root
+        self.dataset_quota_bytes = dataset_quota_bytes
+        #: Every copy of a dataset is hashed again this often (and before each use).
+        self.dataset_verify_interval_s = dataset_verify_interval_s
+        self.uploads = Uploads(Path(state_dir) / "uploads")
+        #: Hashing (uploads, verification) off the master thread.
+        self._hasher = ThreadPoolExecutor(2, thread_name_prefix="aigrid-hash")
+        #: Copies being verified: (name, version, node) -> future of the problems found.
+        self._verifying: dict[tuple[str, int, str], Any] = {}
+        self._next_verify_check = 0.0
+        #: Uploads being moved into place (not to be verified before they are there).
+        self._placing: set[tuple[str, int, str]] = set()
+        #: Jobs whose datasets are being staged: job -> (attempt, future, location keys).
+        self._data_staging: dict[str, tuple[int, Any, set]] = {}
+        #: job -> [bytes done, bytes in all, time of the last progress event].
+        self._data_progress: dict[str, list] = {}
         self.nodes = executor.nodes()
         #: Does the executor start replicas in the background (and report it in started())?
         self._async_starts = callable(getattr(executor, "started", None))
@@ -122,6 +141,7 @@ class Master(JobQueries, Mover):
         self.recovery_error: str | None = "not started"
         self._live_replicas = False
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self._wake: asyncio.Event | None = None
         self._new_events: asyncio.Event | None = None
         self._queue: dict[str, Request] = {}
@@ -152,6 +172,9 @@ class Master(JobQueries, Mover):
     async def stop(self) -> None:
         """Stop the loop and close the store. Replicas keep running; a restart adopts them."""
         if self._task is not None:
+            # Python 3.11's wait_for() can swallow a cancellation that meets a wake-up (a
+            # cancel() just before stop()): the loop then ends on the flag instead.
+            self._stopping = True
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -159,6 +182,7 @@ class Master(JobQueries, Mover):
         await asyncio.get_running_loop().run_in_executor(self._db, self._close)
         self._db.shutdown(wait=True)
         self._stager.shutdown(wait=True, cancel_futures=True)
+        self._hasher.shutdown(wait=True, cancel_futures=True)
 
     def _close(self) -> None:
         self.executor.close()
@@ -180,8 +204,8 @@ class Master(JobQueries, Mover):
             if await self._try_recover():
                 log.info("AI Grid master recovered")
         last_tick = 0.0
-        while True:
-            busy = self._live_replicas or self._staging or self._watching
+        while not self._stopping:
+            busy = self._live_replicas or self._staging or self._watching or self._data_staging
             timeout = EXIT_POLL_S if busy else self.tick_s
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -372,6 +396,7 @@ class Master(JobQueries, Mover):
     # -- commands ------------------------------------------------------------------------------
 
     def _submit(self, spec: dict[str, Any], owner: str, inputs: dict[str, bytes]) -> dict[str, Any]:
+        spec = self._resolve_datasets(spec)
         check_admissible(spec, self.nodes, self.executor.name)
         image = None
         if getattr(self.executor, "host_env", True) is False:  # replicas run in an image
@@ -423,7 +448,9 @@ class Master(JobQueries, Mover):
     def _tick(self) -> None:
         self._handle_starts()
         self._handle_exits(self.executor.poll())
+        self._collect_data()
         self._watch()
+        self._verify_due(time.time())
         self._enforce_time_limits(time.time())
         self._schedule()
 
@@ -456,10 +483,13 @@ class Master(JobQueries, Mover):
         exits = self.executor.poll()
         if exits:
             self._handle_exits(exits)
-        staged = len(self._staging)
+        staged = len(self._staging) + len(self._data_staging)
+        if self._data_staging:
+            self._collect_data()
+            self._staging_progress()
         if self._staging or self._watching:
             self._watch()
-        if exits or staged != len(self._staging):
+        if exits or staged != len(self._staging) + len(self._data_staging):
             self._schedule()
 
     def _handle_exits(self, exits: list[ReplicaExit]) -> None:
@@ -571,8 +601,11 @@ class Master(JobQueries, Mover):
             )
 
     def _start_or_stage(self, row: dict[str, Any]) -> None:
-        """A gang with checkpoints resumes from the newest good one; others just start."""
-        if self._has_checkpoints(row["id"]):
+        """A gang's datasets are staged where it goes first; a gang with checkpoints resumes
+        from the newest good one; others just start."""
+        if self._needs_data(row):
+            self._stage_data(row)
+        elif self._has_checkpoints(row["id"]):
             with self.store.write():
                 self._stage(row)
         else:
@@ -602,6 +635,7 @@ class Master(JobQueries, Mover):
                     self.files.inputs(job_id),
                     host_env=getattr(self.executor, "host_env", True),
                 )
+                env["AIGRID_DATA"] = self._data_view_dir(row, slot.node)
                 if restore:
                     env["AIGRID_RESTORE"] = self._restore_path(row, slot.node, restore) or ""
                 requests.append(
@@ -691,7 +725,7 @@ class Master(JobQueries, Mover):
             ),
             "read_only": (
                 str(self.files.inputs(job_id)),
-                str(Path(node.scratch) / "data"),
+                *self._data_mounts(row, slot.node),
                 str(self.files.attempt_dir(job_id, attempt) / "hostfile"),
             ),
         }
@@ -781,7 +815,7 @@ class Master(JobQueries, Mover):
                 attained_gpu_s=attained,
                 reason=f"migrating: {migration['reason']}",
             )
-            self._stage(self.store.job(row["id"]))
+            self._start_or_stage(self.store.job(row["id"]))
             return
         self._end_migration(row, succeeded=pending is None and all(c == 0 for c in codes.values()))
         row = self.store.job(row["id"])
@@ -883,6 +917,8 @@ class Master(JobQueries, Mover):
                 len(self._lost_on_restart),
             )
         self._staging.clear()
+        self._data_staging.clear()
+        self._sweep()
         for row in self.store.jobs(ACTIVE_STATES):
             request = (row.get("checkpoint") or {}).get("request")
             if (request and request["state"] == "pending") or (

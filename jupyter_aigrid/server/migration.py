@@ -97,7 +97,7 @@ class Mover:
     # -- checkpoints on request ---------------------------------------------------------------
 
     def _check_can_move(self, row: dict[str, Any], what: str) -> None:
-        from .master import Conflict
+        from .queries import Conflict
 
         if row["state"] != RUNNING or row.get("pending_state"):
             msg = f"job {row['id']} is {row['state']}; only a running job can {what}"
@@ -267,7 +267,7 @@ class Mover:
     # -- migrations -----------------------------------------------------------------------------
 
     def _migrate_now(self, job_id: str, user: str, admin: bool, node: str | None) -> dict[str, Any]:
-        from .master import Conflict
+        from .queries import Conflict
         from .spec import SpecError
 
         row = self._visible(job_id, user, admin)

@@ -26,6 +26,10 @@ class NotFound(LookupError):
     """No such job, or not one the caller may see."""
 
 
+class Conflict(RuntimeError):
+    """The job is not in a state that allows the request."""
+
+
 class JobQueries:
     """Mixed into :class:`~jupyter_aigrid.server.master.Master`, which provides the state.
 
@@ -48,7 +52,11 @@ class JobQueries:
     def _view(self, row: dict[str, Any], positions: dict[str, int] | None = None) -> dict[str, Any]:
         positions = self._queue_positions() if positions is None else positions
         listening = row["state"] == "running" and self._listening(row)
-        return job_view(row, self._nodes_by_name, positions.get(row["id"]), listening)
+        view = job_view(row, self._nodes_by_name, positions.get(row["id"]), listening)
+        counter = self._data_progress.get(row["id"])
+        if counter is not None and view["staging"] and view["staging"]["state"] == "staging":
+            view["staging"]["done"] = min(counter[0], counter[1])
+        return view
 
     def _view_one(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         return self._view(self._visible(job_id, user, admin))
@@ -183,6 +191,9 @@ class JobQueries:
 
     def _snapshot(self) -> Snapshot:
         snap = Snapshot.empty(self.nodes, now=time.time(), history=self._history)
+        data_on = self._data_on()
+        if data_on:
+            snap = replace(snap, data_on=data_on)
         for row in self.store.jobs(ACTIVE_STATES):
             if row.get("placement"):
                 snap = snap.allocate(

@@ -22,9 +22,10 @@ from typing import Any
 
 import sqlite_utils
 
+from .dataset_rows import DatasetRows, create_tables
 from .model import Node
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: Columns stored as JSON text, decoded on the way out.
 _JSON_COLUMNS = frozenset(
     {
@@ -37,6 +38,7 @@ _JSON_COLUMNS = frozenset(
         "labels",
         "migration",
         "checkpoint",
+        "staging",
     }
 )
 
@@ -89,7 +91,7 @@ def exclusive_lock(path: Path, what: str = "database"):
     return f
 
 
-class Store:
+class Store(DatasetRows):
     """All persistent state. Not thread-safe by design: one thread owns it."""
 
     def __init__(self, path: str | Path) -> None:
@@ -162,6 +164,7 @@ class Store:
                     "migration": str,
                     "checkpoint": str,
                     "retry_at": float,
+                    "staging": str,
                 },
                 pk="id",
                 not_null={"seq", "owner", "state", "spec", "submitted_at"},
@@ -243,6 +246,8 @@ class Store:
                 from .images import DEFAULT_IMAGES
 
                 db["images"].insert_all({**i, "updated_at": time.time()} for i in DEFAULT_IMAGES)
+            # Version 6: datasets, their versions and locations; jobs.staging.
+            create_tables(db)
             current = self.schema_version()
             if current is None:
                 db["meta"].insert_all(

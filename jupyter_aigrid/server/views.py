@@ -70,9 +70,36 @@ def job_view(
         "qos": qos_class(row["kind"], row["priority"], spec.get("preemptible", False)),
         "migration": migration_view(row.get("migration")),
         "checkpoint": checkpoint_view(row.get("checkpoint"), listening),
+        "datasets": spec.get("datasets") or [],
+        "staging": staging_view(row.get("staging"), row["state"]),
+        "phase": job_phase(row),
         "description": row.get("description") or describe(spec),
         "spec": spec,
     }
+
+
+def staging_view(staging: dict[str, Any] | None, state: str) -> dict[str, Any] | None:
+    """The datasets of the job's latest start, verified or copied onto its nodes."""
+    if not staging:
+        return None
+    return {
+        **staging,
+        "started_at": iso(staging.get("started_at")),
+        "finished_at": iso(staging.get("finished_at")),
+    }
+
+
+def job_phase(row: dict[str, Any]) -> str | None:
+    """What a starting job is doing: ``staging`` its data, ``restoring`` its checkpoint."""
+    if row["state"] != "starting":
+        return None
+    staging = row.get("staging") or {}
+    if staging.get("state") == "staging" and staging.get("attempt") == row.get("attempt"):
+        return "staging"
+    migration = row.get("migration") or {}
+    if migration.get("state") in ("transferring", "restoring"):
+        return migration["state"]
+    return None
 
 
 def migration_view(migration: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -127,6 +154,11 @@ PUBLIC_EVENT_FIELDS = (
     "migration",
     "kind",
     "phase",
+    "dataset",
+    "version",
+    "node",
+    "bytes",
+    "done",
 )
 
 

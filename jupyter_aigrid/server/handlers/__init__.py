@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from .cluster import ClusterHandler
+from .datasets import (
+    CommitHandler,
+    DatasetHandler,
+    DatasetsHandler,
+    UploadDataHandler,
+    UploadHandler,
+    UploadsHandler,
+    VerifyHandler,
+)
 from .events import EventsHandler
 from .images import ImageHandler, ImagesHandler
 from .jobs import CheckpointHandler, JobHandler, JobsHandler, MigrateHandler
@@ -14,6 +23,8 @@ from .templates import TemplatesHandler
 
 API = "/aigrid/api"
 _JOB = r"(?P<job_id>[^/]+)"
+_NAME = r"(?P<name>[^/]+)"
+_UPLOAD = r"(?P<upload_id>[^/]+)"
 
 #: (route, handler); the OpenAPI document lists exactly these paths.
 ROUTES = [
@@ -30,5 +41,12 @@ ROUTES = [
     (rf"{API}/templates", TemplatesHandler),
     (rf"{API}/images", ImagesHandler),
     (rf"{API}/images/(?P<image_id>[^/]+)", ImageHandler),
+    (rf"{API}/datasets", DatasetsHandler),
+    (rf"{API}/datasets/{_NAME}", DatasetHandler),
+    (rf"{API}/datasets/{_NAME}/verify", VerifyHandler),
+    (rf"{API}/uploads", UploadsHandler),
+    (rf"{API}/uploads/{_UPLOAD}", UploadHandler),
+    (rf"{API}/uploads/{_UPLOAD}/data", UploadDataHandler),
+    (rf"{API}/uploads/{_UPLOAD}/commit", CommitHandler),
     (rf"{API}/openapi.yaml", OpenAPIHandler),
 ]

@@ -1,0 +1,499 @@
+"""Datasets: versions by content hash, verified copies on nodes, uploads and registration.
+
+Mixed into :class:`~jupyter_aigrid.server.master.Master`. The store says which versions exist
+and where each copy lives; hashing, copying and moving trees run on worker threads, and the
+master thread only records what they found. Every node keeps its copies under its dataset
+root (``c.AIGridApp.dataset_root``/<node>, default ``<scratch>/datasets``):
+
+- ``.aigrid/<name>/<root hash>/``: copies the master made (uploads, staging), read-only;
+- ``.aigrid-jobs/<job>/<name>``: links a job sees as ``$AIGRID_DATA/<name>``;
+- anything else: data an admin put there and registered in place (never deleted by us).
+
+Job staging (copying a version where a gang is placed, verifying copies before use) lives in
+:mod:`.staging`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import contents
+from . import events
+from .dataset_rows import CORRUPT, UNVERIFIED, VERIFIED
+from .model import FINAL_STATES
+from .queries import Conflict, NotFound
+from .spec import SpecError
+from .uploads import UploadConflict, declared_files
+from .views import iso
+
+log = logging.getLogger(__name__)
+
+MANAGED = ".aigrid"
+VIEWS = ".aigrid-jobs"
+_READ_ONLY_DIR = stat.S_IRUSR | stat.S_IXUSR
+_REF = re.compile(r"^(?P<name>[^@]+)(@(?P<version>[^@]+))?$")
+
+
+def seal(tree: Path) -> None:
+    """Make a dataset copy read-only, for its owner (the server's user) alone: files 0400,
+    folders 0500 (never following links). Jobs run as that user, or in containers as
+    ``docker_user``, which defaults to it."""
+    for folder, dirs, files in os.walk(tree, topdown=False):
+        for name in files:
+            os.chmod(os.path.join(folder, name), stat.S_IRUSR, follow_symlinks=False)
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), _READ_ONLY_DIR, follow_symlinks=False)
+    os.chmod(tree, _READ_ONLY_DIR)
+
+
+def remove(tree: Path) -> None:
+    """Delete a sealed copy (its folders made writable first)."""
+    if not tree.exists() and not tree.is_symlink():
+        return
+    if tree.is_dir() and not tree.is_symlink():
+        os.chmod(tree, stat.S_IRWXU)
+        for folder, dirs, _ in os.walk(tree):
+            for name in dirs:
+                path = os.path.join(folder, name)
+                if not os.path.islink(path):
+                    os.chmod(path, stat.S_IRWXU)
+    contents.remove_tree(tree)
+
+
+def location_view(loc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "node": loc["node"],
+        "path": loc["path"],
+        "state": loc["state"],
+        "managed": bool(loc["managed"]),
+        "verified_at": iso(loc.get("verified_at")),
+        "error": loc.get("error"),
+    }
+
+
+class Datasets:
+    """The dataset half of the master (see the module docstring)."""
+
+    # -- where things are ---------------------------------------------------------------------
+
+    def _node_root(self, node: str) -> Path:
+        if self.dataset_root:
+            return Path(self.dataset_root) / node
+        return Path(self._nodes_by_name[node].scratch) / "datasets"
+
+    def _location_path(self, loc: dict[str, Any]) -> Path:
+        return contents.contained(self._node_root(loc["node"]), loc["path"])
+
+    @staticmethod
+    def _managed_path(name: str, root: str) -> str:
+        return f"{MANAGED}/{name}/{root}"
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _dataset_view(self, name: str) -> dict[str, Any]:
+        row = self.store.dataset(name)
+        if row is None:
+            raise NotFound(f"no dataset {name!r}")
+        locations: dict[int, list] = {}
+        for loc in self.store.dataset_locations(name):
+            locations.setdefault(loc["version"], []).append(location_view(loc))
+        versions = [
+            {
+                "version": v["version"],
+                "ref": f"{name}@{v['version']}",
+                "root": v["root"],
+                "bytes": v["bytes"],
+                "files": v["files"],
+                "created_at": iso(v["created_at"]),
+                "locations": locations.get(v["version"], []),
+            }
+            for v in self.store.dataset_versions(name)
+        ]
+        latest = versions[-1] if versions else {}
+        return {
+            "name": name,
+            "owner": row["owner"],
+            "created_at": iso(row["created_at"]),
+            "latest": latest.get("version"),
+            "root": latest.get("root"),
+            "bytes": latest.get("bytes", 0),
+            "files": latest.get("files", 0),
+            "versions": versions,
+        }
+
+    def _datasets_view(self) -> list[dict[str, Any]]:
+        return [self._dataset_view(d["name"]) for d in self.store.datasets()]
+
+    def _resolve(self, ref: Any, field: str) -> dict[str, Any]:
+        """``name``, ``name@N`` or ``name@<root hash prefix>`` -> that version's row."""
+        match = _REF.match(ref) if isinstance(ref, str) else None
+        if match is None:
+            raise SpecError(f"{field} must be NAME, NAME@VERSION or NAME@HASH, got {ref!r}", field)
+        name, wanted = match["name"], match["version"]
+        try:
+            contents.check_name(name, field)
+        except contents.ContentError as e:
+            raise SpecError(e.message, field) from None
+        versions = self.store.dataset_versions(name)
+        if not versions:
+            known = ", ".join(d["name"] for d in self.store.datasets()[:20]) or "none yet"
+            raise SpecError(f"{field}: there is no dataset {name!r} (datasets: {known})", field)
+        if wanted is None:
+            return versions[-1]
+        for v in versions:
+            if wanted == str(v["version"]) or (len(wanted) >= 8 and v["root"].startswith(wanted)):
+                return v
+        have = ", ".join(str(v["version"]) for v in versions)
+        msg = (
+            f"{field}: dataset {name!r} has no version {wanted!r} (versions {have}, or a "
+            "root hash prefix of at least 8 digits)"
+        )
+        raise SpecError(msg, field)
+
+    def _resolve_datasets(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Pin a submitted spec's datasets to versions (``name@N``): later uploads never
+        change what a queued job reads."""
+        refs = spec.get("datasets") or []
+        pinned, names = [], set()
+        for i, ref in enumerate(refs):
+            field = f"datasets[{i}]"
+            version = self._resolve(ref, field)
+            if version["name"] in names:
+                msg = f"{field}: dataset {version['name']!r} is listed twice"
+                raise SpecError(msg, field)
+            names.add(version["name"])
+            usable = [
+                loc
+                for loc in self.store.dataset_locations(version["name"], version["version"])
+                if loc["state"] != CORRUPT
+            ]
+            if not usable:
+                msg = (
+                    f"{field}: {version['name']}@{version['version']} has no usable copy (every "
+                    "copy failed verification); upload it again"
+                )
+                raise SpecError(msg, field, status=409)
+            pinned.append(f"{version['name']}@{version['version']}")
+        return {**spec, "datasets": pinned} if refs else spec
+
+    def _data_on(self) -> dict[str, dict[str, int]]:
+        """node -> {name@version -> bytes verified there}: the policies' locality input."""
+        sizes = {}
+        data: dict[str, dict[str, int]] = {}
+        for loc in self.store.dataset_locations():
+            if loc["state"] != VERIFIED:
+                continue
+            key = f"{loc['name']}@{loc['version']}"
+            if key not in sizes:
+                version = self.store.dataset_version(loc["name"], loc["version"])
+                sizes[key] = version["bytes"] if version else 0
+            data.setdefault(loc["node"], {})[key] = sizes[key]
+        return data
+
+    def _users_of(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
+        """Unfinished jobs that read ``name`` (any version, or ``version``)."""
+        users = []
+        for row in self.store.jobs():
+            if row["state"] in FINAL_STATES:
+                continue
+            for ref in row["spec"].get("datasets") or []:
+                ref_name, _, number = ref.partition("@")
+                if ref_name == name and (version is None or number == str(version)):
+                    users.append(row)
+                    break
+        return users
+
+    # -- changing -----------------------------------------------------------------------------
+
+    def _may_write(self, name: str, user: str, admin: bool) -> None:
+        row = self.store.dataset(name)
+        if row is not None and row["owner"] != user and not admin:
+            msg = f"dataset {name!r} belongs to {row['owner']}; only they and admins change it"
+            raise SpecError(msg, "name", status=403)
+
+    def _check_quota(self, owner: str, adding: int) -> None:
+        used = self.store.bytes_owned(owner) + self.uploads.pending_bytes(owner)
+        if self.dataset_quota_bytes and used + adding > self.dataset_quota_bytes:
+            msg = (
+                f"this would put {owner}'s datasets at {used + adding} bytes, over the quota "
+                f"of {self.dataset_quota_bytes} (c.AIGridApp.dataset_quota_bytes); delete "
+                "some versions first"
+            )
+            raise SpecError(msg, "files", status=413)
+
+    def _check_node(self, node: Any) -> str:
+        if node is None:
+            return self.nodes[0].name
+        if node not in self._nodes_by_name:
+            known = ", ".join(self._nodes_by_name)
+            raise SpecError(f"'node' must be one of {known}, got {node!r}", "node")
+        return node
+
+    def _create_upload(self, body: dict[str, Any], user: str, admin: bool) -> dict[str, Any]:
+        try:
+            name = contents.check_name(body.get("name"))
+        except contents.ContentError as e:
+            raise SpecError(e.message, e.field) from None
+        self._may_write(name, user, admin)
+        files = declared_files(body.get("files"))
+        node = self._check_node(body.get("node"))
+        self._check_quota(user, sum(f["size"] for f in files))
+        return self.uploads.view(self.uploads.create(user, name, node, files))
+
+    def _record_upload(
+        self, meta: dict[str, Any], manifest: dict[str, Any]
+    ) -> tuple[int, Path, bool]:
+        """Store the version an upload makes and its location on the upload's node (to be
+        verified once the tree is there). Returns (version, where it goes, must it move)."""
+        name, node, owner = meta["name"], meta["node"], meta["owner"]
+        with self.store.write():
+            self._may_write(name, owner, admin=False)
+            existing = self.store.dataset(name) is not None and any(
+                v["root"] == manifest["root"] for v in self.store.dataset_versions(name)
+            )
+            if not existing:
+                used = self.store.bytes_owned(owner)
+                if self.dataset_quota_bytes and used + manifest["bytes"] > self.dataset_quota_bytes:
+                    msg = f"{owner}'s datasets would exceed the quota of {self.dataset_quota_bytes}"
+                    raise SpecError(msg, "files", status=413)
+            version, _ = self.store.add_dataset_version(name, owner, manifest)
+            number = version["version"]
+            loc = next(
+                (x for x in self.store.dataset_locations(name, number) if x["node"] == node), None
+            )
+            if loc is not None and loc["state"] == VERIFIED:
+                return number, self._location_path(loc), False
+            path = self._managed_path(name, manifest["root"])
+            self.store.put_location(name, number, node, path=path, managed=1, state=UNVERIFIED)
+            return number, contents.contained(self._node_root(node), path), True
+
+    def _record_verified(
+        self, name: str, number: int, node: str, problems: list[str], **fields: Any
+    ) -> None:
+        """What hashing a copy found: verified now, or corrupt (and an event)."""
+        now = time.time()
+        with self.store.write():
+            if self.store.dataset_version(name, number) is None:
+                return  # deleted meanwhile
+            if problems:
+                error = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+                self.store.put_location(name, number, node, state=CORRUPT, error=error, **fields)
+                log.warning(
+                    "AI Grid: dataset %s@%s on %s is corrupt: %s", name, number, node, error
+                )
+                self._dataset_event(name, number, node, "corrupt", reason=error)
+            else:
+                self.store.put_location(
+                    name, number, node, state=VERIFIED, verified_at=now, error=None, **fields
+                )
+                self._dataset_event(name, number, node, "verified")
+
+    def _dataset_event(self, name: str, number: int, node: str, state: str, **data: Any) -> None:
+        self._record(
+            events.DATASET,
+            None,
+            {"dataset": name, "version": number, "node": node, "state": state, **data},
+        )
+
+    def _delete_dataset(
+        self, name: str, version: int | None, user: str, admin: bool
+    ) -> tuple[list[int], list[Path]]:
+        """Forget ``name`` (or one version) unless a job still needs it; return the versions
+        and the copies (ours) to delete from disk."""
+        if self.store.dataset(name) is None:
+            raise NotFound(f"no dataset {name!r}")
+        self._may_write(name, user, admin)
+        numbers = [v["version"] for v in self.store.dataset_versions(name)]
+        if version is not None:
+            if version not in numbers:
+                raise NotFound(f"dataset {name!r} has no version {version}")
+            numbers = [version]
+        users = self._users_of(name, version)
+        if users:
+            jobs = ", ".join(f"{r['id']} ({r['state']})" for r in users[:5])
+            raise Conflict(f"dataset {name!r} is in use by job(s) {jobs}; cancel them first")
+        trees = []
+        with self.store.write():
+            for number in numbers:
+                for loc in self.store.dataset_locations(name, number):
+                    if loc["managed"]:
+                        trees.append(self._location_path(loc))
+                    self._dataset_event(name, number, loc["node"], "removed")
+            self.store.delete_dataset_versions(name, numbers)
+        return numbers, trees
+
+    def _verify_targets(self, name: str | None = None) -> list[tuple[dict, dict, Path]]:
+        """(location, manifest, path) of every copy (of ``name``)."""
+        targets = []
+        for loc in self.store.dataset_locations(name):
+            version = self.store.dataset_version(loc["name"], loc["version"])
+            targets.append((loc, version["manifest"], self._location_path(loc)))
+        return targets
+
+    # -- public API (coroutines) --------------------------------------------------------------
+
+    async def _in_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
+
+    async def datasets(self) -> list[dict[str, Any]]:
+        return await self._call(self._datasets_view)
+
+    async def dataset(self, name: str) -> dict[str, Any]:
+        return await self._call(self._dataset_view, name)
+
+    async def create_upload(self, body: dict[str, Any], user: str, admin: bool) -> dict:
+        return await self._call(self._create_upload, body, user, admin)
+
+    async def upload(self, upload_id: str, user: str, admin: bool) -> dict[str, Any]:
+        return self.uploads.view(self.uploads.meta(upload_id, None if admin else user))
+
+    async def uploads_of(self, user: str) -> list[dict[str, Any]]:
+        return [self.uploads.view(m) for m in await self._in_thread(self.uploads.all, user)]
+
+    async def delete_upload(self, upload_id: str, user: str, admin: bool) -> None:
+        self.uploads.meta(upload_id, None if admin else user)
+        await self._in_thread(self.uploads.remove, upload_id)
+
+    async def commit_upload(self, upload_id: str, user: str, admin: bool) -> dict[str, Any]:
+        """Hash the upload, store its version, move its tree where it belongs, verify it."""
+        meta = self.uploads.meta(upload_id, None if admin else user)
+        try:
+            manifest = await self._in_thread(self.uploads.manifest, meta)
+        except UploadConflict as e:
+            raise SpecError(str(e), e.field, status=409) from None
+        number, dest, move = await self._call(self._record_upload, meta, manifest.to_json())
+        problems: list[str] = []
+        if move:  # else a verified copy of these bytes is there already
+            key = (meta["name"], number, meta["node"])
+            self._placing.add(key)
+            try:
+                problems = await self._in_thread(self._place_upload, upload_id, dest, manifest)
+                await self._call(self._record_verified, *key, problems)
+            finally:
+                self._placing.discard(key)
+        if problems:
+            raise Conflict(f"the uploaded copy did not verify: {'; '.join(problems[:3])}")
+        await self._in_thread(self.uploads.remove, upload_id)
+        self.wake()
+        return await self._call(self._dataset_view, meta["name"])
+
+    def _place_upload(self, upload_id: str, dest: Path, manifest: contents.Manifest) -> list:
+        if not self.uploads.take(upload_id, dest):
+            # Already there: a commit retried after a crash, or the same bytes again.
+            problems = contents.verify_tree(dest, manifest)
+            if not problems:
+                return []
+            remove(dest)
+            self.uploads.take(upload_id, dest)
+        seal(dest)
+        return contents.verify_tree(dest, manifest)
+
+    async def register_dataset(self, body: dict[str, Any], user: str, admin: bool) -> dict:
+        """Record data an admin put under a node's dataset root (``{"name", "node",
+        "path"}``, ``path`` relative to that root), hashed in place."""
+        if not admin:
+            raise SpecError("only admins may register data already on a node", "path", 403)
+        try:
+            name = contents.check_name(body.get("name"))
+            path = contents.check_relpath(body.get("path"), "path")
+        except contents.ContentError as e:
+            raise SpecError(e.message, e.field) from None
+        if path.split("/")[0] in (MANAGED, VIEWS):
+            raise SpecError(f"'path' must not be inside {MANAGED} or {VIEWS}", "path")
+        node = self._check_node(body.get("node"))
+        try:
+            tree = contents.contained(self._node_root(node), path)
+        except contents.ContentError as e:
+            raise SpecError(e.message, "path") from None
+        if not tree.is_dir():
+            raise SpecError(f"'path' {path!r} is not a folder on {node}", "path")
+        try:
+            manifest = await self._in_thread(contents.build_manifest, tree)
+        except contents.ContentError as e:
+            raise SpecError(e.message, "path") from None
+        await self._call(self._record_registered, name, node, path, manifest.to_json(), user)
+        return await self._call(self._dataset_view, name)
+
+    def _record_registered(self, name, node, path, manifest, user) -> None:
+        with self.store.write():
+            self._may_write(name, user, admin=True)
+            version, _ = self.store.add_dataset_version(name, user, manifest)
+            self.store.put_location(
+                name, version["version"], node, path=path, managed=0, state=UNVERIFIED
+            )
+            self._record_verified(name, version["version"], node, [])
+
+    async def delete_dataset(
+        self, name: str, version: int | None, user: str, admin: bool
+    ) -> dict[str, Any]:
+        numbers, trees = await self._call(self._delete_dataset, name, version, user, admin)
+        for tree in trees:
+            await self._in_thread(remove, tree)
+        return {"deleted": name, "versions": numbers}
+
+    async def verify_dataset(self, name: str, user: str, admin: bool) -> dict[str, Any]:
+        """Hash every copy of ``name`` now (its owner and admins: it costs the cluster a read
+        of every copy); record what each one is."""
+        await self._call(self._dataset_view, name)  # 404 first
+        await self._call(self._may_write, name, user, admin)
+        for loc, manifest, path in await self._call(self._verify_targets, name):
+            problems = await self._in_thread(
+                contents.verify_tree, path, contents.Manifest.from_json(manifest)
+            )
+            await self._call(
+                self._record_verified, loc["name"], loc["version"], loc["node"], problems
+            )
+        return await self._call(self._dataset_view, name)
+
+    # -- the loop: periodic verification ------------------------------------------------------
+
+    def _verify_due(self, now: float) -> None:
+        """Start hashing copies not verified for ``dataset_verify_interval_s`` (and those
+        never verified); record what the finished ones found."""
+        for key, future in list(self._verifying.items()):
+            if future.done():
+                del self._verifying[key]
+                try:
+                    problems = future.result()
+                except Exception as e:
+                    problems = [f"verification failed: {e}"]
+                self._record_verified(*key, problems)
+        if now < self._next_verify_check:
+            return
+        self._next_verify_check = now + min(60.0, self.dataset_verify_interval_s / 4)
+        staging = {k for plan in self._data_staging.values() for k in plan}
+        for loc, manifest, path in self._verify_targets():
+            key = (loc["name"], loc["version"], loc["node"])
+            due = (loc.get("verified_at") or 0.0) + self.dataset_verify_interval_s <= now
+            busy = key in self._verifying or key in staging or key in self._placing
+            if loc["state"] == CORRUPT or not due or busy:
+                continue
+            self._verifying[key] = self._hasher.submit(
+                contents.verify_tree, path, contents.Manifest.from_json(manifest)
+            )
+
+    def _sweep(self) -> None:
+        """After a crash: delete copies of ours that no location names (a delete or a
+        staging cut short), and views of jobs that have ended."""
+        known = {
+            (loc["node"], loc["path"]) for loc in self.store.dataset_locations() if loc["managed"]
+        }
+        for node in self._nodes_by_name:
+            managed = self._node_root(node) / MANAGED
+            if not managed.is_dir():
+                continue
+            for name_dir in managed.iterdir():
+                for tree in name_dir.iterdir() if name_dir.is_dir() else ():
+                    rel = f"{MANAGED}/{name_dir.name}/{tree.name}"
+                    if (node, rel) not in known and not stat.S_ISLNK(tree.lstat().st_mode):
+                        log.info("AI Grid: removing %s on %s, which no dataset names", rel, node)
+                        with contextlib.suppress(OSError):
+                            remove(tree)

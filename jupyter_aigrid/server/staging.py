@@ -1,0 +1,287 @@
+"""Staging: a gang's datasets are verified (or copied) on each of its nodes before it starts.
+
+For every dataset of the job and every node of its placement, in the background:
+
+1. the node's own copy, if it has one, is hashed again (every use is preceded by a
+   verification); if it matches, that is the copy the job reads;
+2. otherwise (no copy, or a corrupt one, which is marked so and emits an event) a verified
+   copy on another node is copied there, through :func:`jupyter_aigrid.contents.copy_tree`,
+   which hashes what it wrote: a source that turns out corrupt is marked so, and the next
+   verified copy is tried.
+
+The job shows ``phase: staging`` with the bytes done, and then starts (resuming from its
+checkpoint if it has one). If no verified copy is left anywhere, it fails with the reason.
+Mixed into :class:`~jupyter_aigrid.server.master.Master`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import contents
+from . import events
+from .dataset_rows import CORRUPT, VERIFIED
+from .datasets import VIEWS, remove, seal
+from .model import FAILED, STARTING, Placement
+
+log = logging.getLogger(__name__)
+#: Seconds between two staging progress events of one job.
+PROGRESS_EVERY_S = 1.0
+
+
+def _stage_one(item: dict[str, Any], progress) -> dict[str, Any]:
+    """Runs on a staging thread: make ``item``'s node hold a verified copy (see above)."""
+    manifest = contents.Manifest.from_json(item["manifest"])
+    out = {
+        "key": item["key"],
+        "node": item["node"],
+        "path": None,
+        "managed": 1,
+        "copied_from": None,
+        "corrupt": [],
+    }
+    here = item.get("here")
+    if here is not None:
+        problems = contents.verify_tree(Path(here["abs"]), manifest, progress)
+        if not problems:
+            return {**out, "path": here["path"], "managed": here["managed"]}
+        out["corrupt"].append((item["node"], problems))
+        if here["managed"]:
+            remove(Path(here["abs"]))
+    dest = Path(item["dest"])
+    if dest.exists():  # left by a staging cut short, or another job's just now
+        if not contents.verify_tree(dest, manifest):
+            return {**out, "path": item["dest_path"]}
+        remove(dest)
+    errors = []
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for node, source in item["sources"]:
+        try:
+            contents.copy_tree(Path(source), dest, manifest, progress)
+        except FileExistsError:
+            if not contents.verify_tree(dest, manifest):
+                return {**out, "path": item["dest_path"]}
+            errors.append(f"a bad copy appeared at {item['dest_path']} on {item['node']}")
+            continue
+        except contents.ContentError as e:
+            out["corrupt"].append((node, [e.message]))
+            continue
+        except OSError as e:
+            errors.append(f"copying from {node} failed: {e}")
+            continue
+        seal(dest)
+        return {**out, "path": item["dest_path"], "copied_from": node}
+    why = "; ".join(errors) or "no node holds a verified copy"
+    return {**out, "error": f"{item['key']} could not be staged to {item['node']}: {why}"}
+
+
+def stage_items(items: list[dict[str, Any]], progress) -> list[dict[str, Any]]:
+    return [_stage_one(item, progress) for item in items]
+
+
+class DataStaging:
+    """Staging datasets before a gang starts (see the module docstring)."""
+
+    def _needs_data(self, row: dict[str, Any]) -> bool:
+        return bool(row["spec"].get("datasets"))
+
+    def _data_items(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        items = []
+        nodes = Placement.from_json(row["placement"]).nodes
+        for key in row["spec"]["datasets"]:
+            name, _, number = key.partition("@")
+            version = self.store.dataset_version(name, int(number))
+            if version is None:
+                continue  # deleted: refused while the job is unfinished, so never
+            locations = self.store.dataset_locations(name, int(number))
+            sources = sorted(
+                (loc for loc in locations if loc["state"] == VERIFIED),
+                key=lambda loc: -(loc.get("verified_at") or 0.0),
+            )
+            for node in nodes:
+                mine = next((loc for loc in locations if loc["node"] == node), None)
+                here = None
+                if mine is not None and mine["state"] != CORRUPT:
+                    here = {
+                        "abs": str(self._location_path(mine)),
+                        "path": mine["path"],
+                        "managed": mine["managed"],
+                    }
+                dest_path = self._managed_path(name, version["root"])
+                items.append(
+                    {
+                        "key": key,
+                        "name": name,
+                        "version": int(number),
+                        "node": node,
+                        "bytes": version["bytes"],
+                        "manifest": version["manifest"],
+                        "here": here,
+                        "dest_path": dest_path,
+                        "dest": str(contents.contained(self._node_root(node), dest_path)),
+                        "sources": [
+                            (loc["node"], str(self._location_path(loc)))
+                            for loc in sources
+                            if loc["node"] != node
+                        ],
+                    }
+                )
+        return items
+
+    def _stage_data(self, row: dict[str, Any]) -> None:
+        """Start verifying/copying the gang's datasets where it is placed (in a transaction
+        of the caller's or its own); the gang starts once :meth:`_collect_data` sees it done."""
+        items = self._data_items(row)
+        total = sum(item["bytes"] for item in items)
+        staging = {
+            "state": "staging",
+            "attempt": row["attempt"],
+            "bytes": total,
+            "done": 0,
+            "datasets": [
+                {"dataset": i["key"], "node": i["node"], "bytes": i["bytes"]} for i in items
+            ],
+            "started_at": time.time(),
+            "finished_at": None,
+            "error": None,
+        }
+        with self.store.write():
+            self.store.update_job(row["id"], staging=staging)
+            self._staging_event(row["id"], staging)
+        counter = self._data_progress[row["id"]] = [0, total, 0.0]
+
+        def progress(n: int) -> None:
+            counter[0] += n
+
+        future = self._stager.submit(stage_items, items, progress)
+        keys = {(i["name"], i["version"], i["node"]) for i in items}
+        self._data_staging[row["id"]] = (row["attempt"], future, keys)
+
+    def _staging_event(self, job_id: str, staging: dict[str, Any]) -> None:
+        self._record(
+            events.JOB_STAGING,
+            job_id,
+            {
+                "job_id": job_id,
+                "state": staging["state"],
+                "attempt": staging["attempt"],
+                "bytes": staging["bytes"],
+                "done": staging["done"],
+                "error": staging.get("error"),
+            },
+        )
+
+    def _staging_progress(self) -> None:
+        """A progress event per staging job, at most every PROGRESS_EVERY_S, stored like
+        every event so that widgets following ``GET /events`` see it too."""
+        now = time.time()
+        for job_id, counter in list(self._data_progress.items()):
+            if job_id in self._data_staging and now - counter[2] >= PROGRESS_EVERY_S:
+                counter[2] = now
+                progress = {
+                    "state": "progress",
+                    "attempt": self._data_staging[job_id][0],
+                    "bytes": counter[1],
+                    "done": min(counter[0], counter[1]),
+                }
+                with self.store.write():
+                    self._staging_event(job_id, progress)
+
+    def _collect_data(self) -> None:
+        for job_id, (attempt, future, _) in list(self._data_staging.items()):
+            if not future.done():
+                continue
+            del self._data_staging[job_id]
+            done = self._data_progress.pop(job_id, [0, 0])[0]
+            failure = None
+            try:
+                results = future.result()
+            except Exception as e:
+                log.exception("AI Grid: staging the datasets of job %s failed", job_id)
+                results, failure = [], f"staging failed: {e}"
+            self._staged_data(job_id, attempt, results, done, failure)
+
+    def _staged_data(
+        self, job_id: str, attempt: int, results: list, done: int, failure: str | None = None
+    ) -> None:
+        now = time.time()
+        errors = [failure] if failure else []
+        with self.store.write():
+            for res in results:
+                name, _, number = res["key"].partition("@")
+                for node, problems in res["corrupt"]:
+                    self._record_verified(name, int(number), node, problems)
+                if res.get("error"):
+                    errors.append(res["error"])
+                elif res["path"] is not None and self.store.dataset_version(name, int(number)):
+                    node = res["node"]
+                    self.store.put_location(
+                        name,
+                        int(number),
+                        node,
+                        path=res["path"],
+                        managed=res["managed"],
+                        state=VERIFIED,
+                        verified_at=now,
+                        error=None,
+                    )
+                    if res["copied_from"]:
+                        self._dataset_event(
+                            name, int(number), node, "staged", source=res["copied_from"]
+                        )
+            row = self.store.job(job_id)
+            if row is None or row["state"] != STARTING or row["attempt"] != attempt:
+                return  # cancelled meanwhile: the copies are kept, the job does not start
+            staging = {
+                **(row.get("staging") or {}),
+                "state": "failed" if errors else "done",
+                "done": min(done, (row.get("staging") or {}).get("bytes") or done),
+                "finished_at": now,
+                "error": "; ".join(errors) or None,
+            }
+            self.store.update_job(job_id, staging=staging)
+            self._staging_event(job_id, staging)
+            if errors:
+                reason = "staging its data failed: " + "; ".join(errors)
+                self._set_state(row, FAILED, reason=reason, finished_at=now)
+                self._end_migration(self.store.job(job_id), succeeded=False)
+                return
+            if self._has_checkpoints(job_id):
+                self._stage(self.store.job(job_id))
+                return
+        self._launch_replicas(self.store.job(job_id), None)
+
+    def _data_view_dir(self, row: dict[str, Any], node: str) -> str:
+        """``$AIGRID_DATA`` of the job on ``node``: a folder of links, ``<name>`` -> the
+        verified copy there (made afresh for every attempt)."""
+        folder = self._node_root(node) / VIEWS / self.files.key(row["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in os.listdir(folder):
+            os.unlink(folder / entry)
+        for key in row["spec"].get("datasets") or []:
+            name, _, number = key.partition("@")
+            loc = next(
+                (
+                    x
+                    for x in self.store.dataset_locations(name, int(number))
+                    if x["node"] == node and x["state"] == VERIFIED
+                ),
+                None,
+            )
+            if loc is not None:
+                os.symlink(self._location_path(loc), folder / name)
+        return str(folder)
+
+    def _data_mounts(self, row: dict[str, Any], node: str) -> tuple[str, ...]:
+        """What a container on ``node`` mounts read-only: the links and the copies."""
+        paths = [str(self._node_root(node) / VIEWS / self.files.key(row["id"]))]
+        for key in row["spec"].get("datasets") or []:
+            name, _, number = key.partition("@")
+            for loc in self.store.dataset_locations(name, int(number)):
+                if loc["node"] == node and loc["state"] == VERIFIED:
+                    paths.append(str(self._location_path(loc)))
+        return tuple(paths)
