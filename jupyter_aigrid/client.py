@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -21,8 +21,12 @@ import requests
 from .server.model import FINAL_STATES
 
 API = "aigrid/api"
+#: Bytes per ``PUT /uploads/{id}/data`` (the master takes at most 64 MiB).
+CHUNK_BYTES = 8 * 2**20
 #: Seconds without even a heartbeat after which an event stream counts as dead.
 EVENTS_SILENCE_S = 35.0
+#: Seconds to wait for the master to hash a dataset (committing an upload, verifying copies).
+HASHING_S = 3600.0
 
 
 class AIGridError(RuntimeError):
@@ -130,8 +134,10 @@ class Client:
         read_timeout: float | None = None,
         **kwargs: Any,
     ):
-        """``read_timeout`` bounds the silence of a stream (default: unbounded)."""
-        timeout = (self.timeout, read_timeout) if stream else self.timeout
+        """``read_timeout`` bounds the silence of a stream (default: unbounded), or the wait
+        for an answer that takes long work on the master (default: ``timeout``)."""
+        long_wait = stream or read_timeout is not None
+        timeout = (self.timeout, read_timeout) if long_wait else self.timeout
         try:
             resp = self.session.request(
                 method, self._url(*parts), stream=stream, timeout=timeout, **kwargs
@@ -214,6 +220,97 @@ class Client:
 
     def cluster(self) -> dict[str, Any]:
         return self._request("GET", "cluster").json()
+
+    # -- datasets ---------------------------------------------------------------------------------
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """Every dataset, each with its versions and their copies (``GET /datasets``)."""
+        return self._request("GET", "datasets").json()["datasets"]
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        return self._request("GET", "datasets", name).json()
+
+    def delete_dataset(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """Delete a dataset, or one version of it: ``{"deleted", "versions"}``. 409 while an
+        unfinished job uses it (the message names the jobs)."""
+        params = {} if version is None else {"version": version}
+        return self._request("DELETE", "datasets", name, params=params).json()
+
+    def verify_dataset(self, name: str) -> dict[str, Any]:
+        """Hash every copy of every version now; the dataset, each copy's state updated."""
+        return self._request(
+            "POST", "datasets", name, "verify", data="{}", read_timeout=HASHING_S
+        ).json()
+
+    def register_dataset(self, name: str, node: str, path: str) -> dict[str, Any]:
+        """Make data already on ``node`` (``path`` relative to its dataset root) a version of
+        ``name``, hashed in place (admins)."""
+        body = {"name": name, "node": node, "path": path}
+        return self._request(
+            "POST", "datasets", data=json.dumps(body), read_timeout=HASHING_S
+        ).json()
+
+    def upload_dataset(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        node: str | None = None,
+        progress: Callable[[int, int], object] | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> dict[str, Any]:
+        """Upload a file or a folder as a new version of dataset ``name``; return the dataset.
+
+        Each file is hashed here (BLAKE3) and declared, then sent in chunks read from disk.
+        An unfinished upload of the same name and files is resumed, so running this again
+        after an interruption sends only what the master has not acknowledged.
+        ``progress(sent, total)`` follows the bytes on the master. See
+        :mod:`jupyter_aigrid.uploading`.
+        """
+        from .uploading import upload_dataset
+
+        return upload_dataset(self, path, name, node, progress, chunk_bytes)
+
+    # -- uploads: the steps upload_dataset takes --------------------------------------------------
+
+    def create_upload(
+        self, name: str, files: list[dict[str, Any]], node: str | None = None
+    ) -> dict[str, Any]:
+        """Declare an upload's files (``[{"path", "size", "hash"}]``); the upload."""
+        body: dict[str, Any] = {"name": name, "files": files}
+        if node is not None:
+            body["node"] = node
+        return self._request("POST", "uploads", data=json.dumps(body)).json()
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """This user's unfinished uploads, each file with what the master has ``received``."""
+        return self._request("GET", "uploads").json()["uploads"]
+
+    def upload(self, upload_id: str) -> dict[str, Any]:
+        return self._request("GET", "uploads", upload_id).json()
+
+    def delete_upload(self, upload_id: str) -> dict[str, Any]:
+        return self._request("DELETE", "uploads", upload_id).json()
+
+    def put_chunk(self, upload_id: str, path: str, offset: int, body: Any) -> int:
+        """Append ``body`` (bytes, or a file-like object with a length) to file ``path`` of
+        the upload at ``offset``; what the file has received now. 409 when ``offset`` is not
+        what it has received."""
+        return self._request(
+            "PUT",
+            "uploads",
+            upload_id,
+            "data",
+            params={"path": path, "offset": offset},
+            data=body,
+            headers={"Content-Type": "application/octet-stream"},
+        ).json()["received"]
+
+    def commit_upload(self, upload_id: str) -> dict[str, Any]:
+        """Make a complete upload a version of its dataset (hashed and compared on the
+        master); the dataset."""
+        return self._request(
+            "POST", "uploads", upload_id, "commit", data="{}", read_timeout=HASHING_S
+        ).json()
 
     def templates(self) -> list[dict[str, Any]]:
         """The job templates (``GET /templates``)."""

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 from tornado.httpclient import HTTPClientError
 
 from jupyter_aigrid.testing import ServerProcess
@@ -130,3 +132,16 @@ def server(tmp_path_factory):
         "--AIGridApp.tick_interval_s=0.2",
     ) as srv:
         yield srv
+
+
+@pytest.fixture
+def ip(server):
+    """An IPython shell with the extension loaded, connected to ``server``."""
+    shell = InteractiveShell.instance()
+    if "aigrid" not in shell.magics_manager.magics["cell"]:
+        shell.run_line_magic("load_ext", "jupyter_aigrid")
+    with capture_output():
+        shell.run_line_magic("aigrid", f"connect {server.url} --token {server.token}")
+    yield shell
+    for name in ("losses", "y", "w", "scale"):
+        shell.user_ns.pop(name, None)

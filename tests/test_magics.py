@@ -10,7 +10,6 @@ import time
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from jupyter_aigrid.magics import JobFailed, JobHandle, RemoteError
@@ -25,18 +24,6 @@ dist.all_reduce(t)
 losses = [t.item(), float(runtime.rank())]
 print("rank", runtime.rank(), "of", runtime.world_size(), "sum", t.item())
 """
-
-
-@pytest.fixture
-def ip(server):
-    shell = InteractiveShell.instance()
-    if "aigrid" not in shell.magics_manager.magics["cell"]:
-        shell.run_line_magic("load_ext", "jupyter_aigrid")
-    with capture_output():
-        shell.run_line_magic("aigrid", f"connect {server.url} --token {server.token}")
-    yield shell
-    for name in ("losses", "y", "w", "scale"):
-        shell.user_ns.pop(name, None)
 
 
 def _job_count(server) -> int:

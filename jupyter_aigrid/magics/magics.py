@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
 from ..cli import (
@@ -29,34 +27,17 @@ from ..cli import (
 from ..client import AIGridError, Client
 from ..options import add_job_options, policy_option, spec_fields
 from ..server.model import JOB_STATES
+from .datasets import DatasetCommands, dataset_parsers
 from .jobs import OUTPUT_MODES, JobHandle, PullError, run_blocking
+from .parsing import MagicParser
 from .transfer import check_pull, encode_push, split_names
 from .widgets import ClusterWidget, JobWidget
 
 CELL_FILE = "<aigrid cell>"
 
 
-class _Parser(MagicArgumentParser):
-    """Turns argparse's complaints into a UsageError that suggests the right spelling."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        # No abbreviations: --gpu is a typo to point out, not a prefix to guess from.
-        super().__init__(**kwargs)
-        self.allow_abbrev = False
-
-    def error(self, message: str) -> None:
-        unknown = re.search(r"unrecognized arguments: (\S+)", message)
-        hint = ""
-        if unknown:
-            options = [o for a in self._actions for o in a.option_strings]
-            close = difflib.get_close_matches(unknown.group(1).split("=")[0], options, n=1)
-            if close:
-                hint = f"; did you mean {close[0]}?"
-        raise UsageError(f"%aigrid {self.prog}: {message}{hint} (see %aigrid {self.prog} --help)")
-
-
-def _run_parser() -> _Parser:
-    p = _Parser(
+def _run_parser() -> MagicParser:
+    p = MagicParser(
         prog="run",
         usage="%%aigrid run [options]   (cell)\n       %aigrid run [options] script.py [args]",
         description="Run a cell (or a script) as one gang-scheduled job on the cluster.",
@@ -93,34 +74,34 @@ def _run_parser() -> _Parser:
     return p
 
 
-def _command_parsers() -> dict[str, _Parser]:
+def _command_parsers() -> dict[str, MagicParser]:
     parsers = {"run": _run_parser()}
-    p = parsers["jobs"] = _Parser(prog="jobs", description="List your jobs.")
+    p = parsers["jobs"] = MagicParser(prog="jobs", description="List your jobs.")
     p.add_argument("--state", choices=JOB_STATES)
     for name, what in (
         ("status", "A live widget of one job."),
         ("cancel", "Cancel a job (a running gang is stopped)."),
     ):
-        parsers[name] = _Parser(prog=name, description=what)
+        parsers[name] = MagicParser(prog=name, description=what)
         parsers[name].add_argument("job_id", metavar="ID")
-    p = parsers["logs"] = _Parser(prog="logs", description="Print a job's output, [rank] line.")
+    p = parsers["logs"] = MagicParser(prog="logs", description="Print a job's output, [rank] line.")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
     p.add_argument("--rank", type=int)
     p.add_argument("--tail", type=int, metavar="N", help="start with the last N lines of each")
-    p = parsers["wait"] = _Parser(
+    p = parsers["wait"] = MagicParser(
         prog="wait",
         description="Wait for a job to end and pull its values into the notebook.",
     )
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
-    p = parsers["checkpoint"] = _Parser(
+    p = parsers["checkpoint"] = MagicParser(
         prog="checkpoint",
         description="Ask a running job for a checkpoint now (its ranks must call "
         "runtime.should_checkpoint()); shows the job, the request's state live.",
     )
     p.add_argument("job_id", metavar="ID")
-    p = parsers["migrate"] = _Parser(
+    p = parsers["migrate"] = MagicParser(
         prog="migrate",
         description="Move a running job to other nodes (checkpoint, stop, transfer, restore); "
         "shows the job, the migration's phases live.",
@@ -129,10 +110,12 @@ def _command_parsers() -> dict[str, _Parser]:
     p.add_argument(
         "--node", metavar="NODE", help="where to move it (default: wherever there is room)"
     )
-    parsers["cluster"] = _Parser(prog="cluster", description="A live grid of nodes and GPUs.")
-    parsers["templates"] = _Parser(prog="templates", description="The job templates (--template).")
-    parsers["images"] = _Parser(prog="images", description="The base-image catalog (--image).")
-    p = parsers["simulate"] = _Parser(
+    parsers["cluster"] = MagicParser(prog="cluster", description="A live grid of nodes and GPUs.")
+    parsers["templates"] = MagicParser(
+        prog="templates", description="The job templates (--template)."
+    )
+    parsers["images"] = MagicParser(prog="images", description="The base-image catalog (--image).")
+    p = parsers["simulate"] = MagicParser(
         prog="simulate",
         description="Replay the jobs that ran here under another policy (admins).",
     )
@@ -146,16 +129,20 @@ def _command_parsers() -> dict[str, _Parser]:
         help="a policy option, VALUE as JSON",
     )
     p.add_argument("--preempt-overhead-s", type=float, default=40.0, metavar="SECONDS")
-    p = parsers["connect"] = _Parser(
+    p = parsers["connect"] = MagicParser(
         prog="connect",
         description="Use this master instead of the Jupyter server that started the kernel.",
     )
     p.add_argument("url", metavar="URL")
     p.add_argument("--token", default="")
+    parsers.update(dataset_parsers())
     return parsers
 
 
+#: Every command, as typed: ``run``, ..., ``dataset upload``, ``dataset list``, ...
 PARSERS = _command_parsers()
+#: The first words of the commands.
+COMMANDS = list(dict.fromkeys(name.split()[0] for name in PARSERS))
 
 _DOC = """Run notebook cells as gang-scheduled jobs on the AI Grid cluster, and manage them.
 
@@ -176,6 +163,10 @@ Line magics::
     %aigrid wait ID [--timeout SECONDS]
     %aigrid checkpoint ID
     %aigrid migrate ID [--node NODE]
+    %aigrid dataset upload PATH [--name NAME] [--node NODE]
+    %aigrid dataset list
+    %aigrid dataset verify NAME
+    %aigrid dataset rm NAME [--version V]
 
 Examples
 --------
@@ -199,6 +190,11 @@ In [7]: %aigrid run --gpus 2 train.py --epochs 3
 In [8]: %aigrid cluster              # who holds which GPU, live
 In [9]: %aigrid migrate 7 --node node-1   # checkpoint, stop, move, restore; phases live
 
+In [10]: %aigrid dataset upload ./mnist --name mnist   # resumes if interrupted
+In [11]: %%aigrid run --gpus 2 --dataset mnist        # or mnist@2: a pinned version
+    ...: import os
+    ...: print(os.listdir(os.path.join(os.environ["AIGRID_DATA"], "mnist")))
+
 The cell blocks while the job runs; Ctrl-C (or the stop button) cancels it. An exception on
 any rank becomes the cell's error, with the remote traceback. The kernel finds the Jupyter
 server that started it, and its token, by itself; ``%aigrid connect`` points elsewhere.
@@ -212,7 +208,7 @@ def _help() -> str:
 
 
 @magics_class
-class AIGridMagics(Magics):
+class AIGridMagics(DatasetCommands, Magics):
     def __init__(self, shell=None, client: Client | None = None) -> None:
         super().__init__(shell)
         self._client = client
@@ -235,11 +231,15 @@ class AIGridMagics(Magics):
         if not command:
             msg = "say what to do: %%aigrid run --gpus 2 (cell), or %aigrid jobs (see %aigrid?)"
             raise UsageError(msg)
-        if command not in PARSERS:
-            close = difflib.get_close_matches(command, PARSERS, n=1)
+        if command not in COMMANDS:
+            close = difflib.get_close_matches(command, COMMANDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            msg = f"unknown command {command!r}; {hint}commands: {', '.join(PARSERS)}"
+            msg = f"unknown command {command!r}; {hint}commands: {', '.join(COMMANDS)}"
             raise UsageError(msg)
+        if command == "dataset":
+            command, rest = _subcommand(command, rest)
+            if command is None:
+                return None
         if cell is not None and command != "run":
             msg = f"only run takes a cell; write %aigrid {command} {rest}".rstrip()
             raise UsageError(msg)
@@ -249,7 +249,7 @@ class AIGridMagics(Magics):
             return None
         args = PARSERS[command].parse_args(argv)
         try:
-            return getattr(self, f"_{command}")(args, cell)
+            return getattr(self, "_" + command.replace(" ", "_"))(args, cell)
         except AIGridError as e:
             raise UsageError(f"%aigrid {command}: {e}") from e
 
@@ -401,6 +401,22 @@ class AIGridMagics(Magics):
         self.shell.user_ns.update(values)
         pulled = f"; pulled {', '.join(values)}" if values else ""
         print(f"job {handle.id} succeeded{pulled}")
+
+
+def _subcommand(group: str, rest: str) -> tuple[str | None, str]:
+    """``dataset``, ``"upload x --name y"`` -> ``dataset upload``, ``"x --name y"``; None
+    (after printing them) for ``--help``."""
+    word, _, rest = rest.strip().partition(" ")
+    subcommands = [name.split()[1] for name in PARSERS if name.split()[0] == group]
+    if word in ("-h", "--help"):
+        print("\n".join(PARSERS[f"{group} {sub}"].format_help() for sub in subcommands))
+        return None, ""
+    if word not in subcommands:
+        close = difflib.get_close_matches(word, subcommands, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        say = f"unknown {group} command {word!r}; " if word else "say what to do: "
+        raise UsageError(f"%aigrid {group}: {say}{hint}commands: {', '.join(subcommands)}")
+    return f"{group} {word}", rest
 
 
 def _nodes(nodes: Any) -> str:

@@ -99,8 +99,9 @@ def _badge(text: str, colour: str) -> str:
 
 
 class JobWidget(widgets.VBox):
-    """A job's state, queue position, placement, QoS class, elapsed time, latest checkpoint
-    and migration timeline (see :func:`migration_html`).
+    """A job's state, queue position, placement, QoS class, elapsed time, the staging of its
+    datasets (see :func:`staging_html`), latest checkpoint and migration timeline (see
+    :func:`migration_html`).
 
     The traits mirror ``GET /jobs/{id}``; ``placement`` is its list of slots (rank, node,
     GPUs). Created by ``%%aigrid run`` and ``%aigrid status``; ``close()`` stops following.
@@ -117,17 +118,24 @@ class JobWidget(widgets.VBox):
     image = Unicode()
     migration = AnyTrait(allow_none=True)
     checkpoint = AnyTrait(allow_none=True)
+    #: What a starting job is doing (``staging``, ``restoring``, ...), and its data staging
+    #: with the bytes done as the latest ``job_staging`` event said.
+    phase = Unicode(allow_none=True)
+    staging = AnyTrait(allow_none=True)
     elapsed_s = Float(allow_none=True)
 
     def __init__(self, client: Client, job: dict[str, Any], follow: bool = True) -> None:
         self._header = widgets.HTML()
         self._grid = widgets.HTML()
-        #: The checkpoint line and the migration timeline (empty while there is neither).
+        #: The staging line, the checkpoint line and the migration timeline (empty while
+        #: there is none of them).
         self._timeline = widgets.HTML()
         super().__init__([self._header, self._grid, self._timeline])
         self.add_class("aigrid-job")
         self._client = Client(client.url, client.token, timeout=client.timeout)
         self._started: float | None = None
+        #: (attempt, bytes done) of the latest staging progress event.
+        self._staged: tuple[Any, int] | None = None
         self._lock = threading.Lock()
         self.update(job)
         self._follower: EventFollower | None = None
@@ -138,7 +146,10 @@ class JobWidget(widgets.VBox):
 
     def _on_change(self, event: dict | None) -> bool:
         """Read the job again when the change may concern it; True once it has ended."""
-        if event is None or event["job_id"] == self.job_id or self.state == "queued":
+        mine = event is not None and event["job_id"] == self.job_id
+        if mine and event.get("type") == "job_staging" and self._staging_progress(event["data"]):
+            return False  # only the bytes moved: nothing else to read
+        if mine or event is None or self.state == "queued":
             try:
                 self.update(self._client.job(self.job_id))
             except AIGridError:
@@ -155,6 +166,24 @@ class JobWidget(widgets.VBox):
                     self.elapsed_s = round(time.time() - self._started, 3)
                     self._render()
 
+    def _staging_progress(self, data: dict[str, Any]) -> bool:
+        """Take the bytes done from a ``job_staging`` event (the job stores them only at the
+        start and the end); True if it was only progress."""
+        with self._lock:
+            self._staged = (data.get("attempt"), int(data.get("done") or 0))
+            if data.get("state") != "progress":
+                return False
+            if isinstance(self.staging, dict) and self.staging.get("state") == "staging":
+                self.staging = self._with_progress(self.staging)
+                self._render()
+            return True
+
+    def _with_progress(self, staging: dict[str, Any]) -> dict[str, Any]:
+        """``staging`` with the most bytes done that an event told of for its attempt."""
+        if self._staged is None or self._staged[0] != staging.get("attempt"):
+            return staging
+        return {**staging, "done": max(int(staging.get("done") or 0), self._staged[1])}
+
     def update(self, job: dict[str, Any]) -> None:
         """Show ``job`` (a ``GET /jobs/{id}`` body)."""
         with self._lock:
@@ -170,6 +199,9 @@ class JobWidget(widgets.VBox):
             self.image = (description.get("image") or {}).get("ref", "")
             self.migration = job.get("migration")
             self.checkpoint = job.get("checkpoint")
+            self.phase = job.get("phase")
+            staging = job.get("staging")
+            self.staging = self._with_progress(staging) if isinstance(staging, dict) else None
             self.elapsed_s = job.get("elapsed_s")
             started = job.get("started_at")
             self._started = (
@@ -200,8 +232,15 @@ class JobWidget(widgets.VBox):
         reason = f"<div><i>{html.escape(self.reason)}</i></div>" if self.reason else ""
         self._header.value = " &middot; ".join(parts) + reason
         self._grid.value = placement_table(self.placement)
-        view = {"migration": self.migration, "checkpoint": self.checkpoint}
-        self._timeline.value = checkpoint_html(view) + migration_html(view, now=time.time())
+        view = {
+            "migration": self.migration,
+            "checkpoint": self.checkpoint,
+            "phase": self.phase,
+            "staging": self.staging,
+        }
+        self._timeline.value = (
+            staging_html(view) + checkpoint_html(view) + migration_html(view, now=time.time())
+        )
 
     def close(self) -> None:
         if self._follower is not None:
@@ -366,6 +405,23 @@ def migration_html(job: dict[str, Any], now: float | None = None) -> str:
         f"<div class='aigrid-migration'><div>{' &middot; '.join(title)}</div>"
         f"{reason}{table}{error}</div>"
     )
+
+
+def staging_html(job: dict[str, Any]) -> str:
+    """``staging data: 45% (120.0 MB of 268.0 MB)`` while the job's phase is ``staging``
+    (its datasets verified, or copied, onto its nodes); ``""`` otherwise."""
+    staging = job.get("staging")
+    if job.get("phase") != "staging" or not isinstance(staging, dict):
+        return ""
+    total, done = staging.get("bytes"), staging.get("done") or 0
+    text = "staging data"
+    if isinstance(total, int) and total > 0 and isinstance(done, int):
+        done = min(done, total)
+        text += f": {100 * done // total}% ({human_bytes(done)} of {human_bytes(total)})"
+    names = [str(d.get("dataset")) for d in staging.get("datasets") or [] if isinstance(d, dict)]
+    if names:
+        text += f" &middot; {html.escape(', '.join(dict.fromkeys(names)))}"
+    return f"<div class='aigrid-staging'>{_badge('staging', '#1e88e5')} {text}</div>"
 
 
 def checkpoint_html(job: dict[str, Any]) -> str:
