@@ -102,8 +102,8 @@ async def test_upload_then_a_job_on_another_node_reads_it_after_staging(
     nodes = {x["node"]: x for x in dataset["versions"][0]["locations"]}
     assert nodes["node-1"]["state"] == "verified" and nodes["node-1"]["managed"]
     copy = node_root(aigrid_state, "node-1") / nodes["node-1"]["path"]
-    assert stat.S_IMODE((copy / "sub").stat().st_mode) == 0o500
-    assert stat.S_IMODE((copy / "a.txt").stat().st_mode) == 0o400
+    assert stat.S_IMODE((copy / "sub").stat().st_mode) == 0o555
+    assert stat.S_IMODE((copy / "a.txt").stat().st_mode) == 0o444
     events = await api.call("GET", "events", params={"since": "0"}, raw=True)
     assert b'"staged"' in events.body and b"job_staging" in events.body
     if os.geteuid() != 0:

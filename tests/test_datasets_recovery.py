@@ -62,6 +62,13 @@ async def test_a_master_dying_while_staging_stages_again(tmp_path, where):
         assert contents.verify_tree(copy, manifest) == []
         leftovers = list((copy.parent).iterdir())
         assert leftovers == [copy], leftovers
+        # The links of a job that has ended are gone after the next restart; the data stays.
+        views = tmp_path / "nodes" / "node-1" / "datasets" / ".aigrid-jobs"
+        assert [p.name for p in views.iterdir()] == [b.files.key(reader)]
         await b.cancel(blocker, "u")
     finally:
         await b.stop()
+    c = master(tmp_path, two_nodes(tmp_path))
+    await c.start()
+    await c.stop()
+    assert list(views.iterdir()) == [] and contents.verify_tree(copy, manifest) == []

@@ -91,3 +91,49 @@ async def test_only_admins_edit_the_image_catalog(api, aigrid_master):
 async def test_a_request_without_a_known_user_is_refused(api, aigrid_master):
     status, _ = await api.error("GET", "jobs", headers={"Authorization": "token nobody"})
     assert status == 403
+
+
+async def test_datasets_are_read_by_all_changed_by_their_owner_and_uploads_are_private(api):
+    alice, bob, ops = as_user("alice"), as_user("bob"), as_user("ops")
+    files = [{"path": "a.txt", "size": 3}]
+    chunk = {"path": "a.txt", "offset": "0"}
+    up = await api.call("POST", "uploads", body={"name": "shared", "files": files}, headers=alice)
+    # Bob cannot see, feed, commit or delete Alice's upload, and it is not among his.
+    for method, parts, kw in [
+        ("GET", ("uploads", up["id"]), {}),
+        ("DELETE", ("uploads", up["id"]), {}),
+        ("POST", ("uploads", up["id"], "commit"), {"body": ""}),
+        ("PUT", ("uploads", up["id"], "data"), {"body": b"abc", "params": chunk}),
+    ]:
+        status, body = await api.error(method, *parts, headers=bob, **kw)
+        assert status == 404, (method, parts, body)
+    assert (await api.call("GET", "uploads", headers=bob))["uploads"] == []
+    await api.call(
+        "PUT", "uploads", up["id"], "data", body=b"abc",
+        params={"path": "a.txt", "offset": "0"}, headers=alice,
+    )  # fmt: skip
+    dataset = await api.call("POST", "uploads", up["id"], "commit", body="", headers=alice)
+    assert dataset["owner"] == "alice"
+    # Everyone reads it and may use it; only Alice and admins add versions, verify or delete.
+    assert (await api.call("GET", "datasets", "shared", headers=bob))["latest"] == 1
+    status, body = await api.error(
+        "POST", "uploads", body={"name": "shared", "files": files}, headers=bob
+    )
+    assert status == 403 and "belongs to alice" in body["message"]
+    for method, parts in [
+        ("DELETE", ("datasets", "shared")),
+        ("POST", ("datasets", "shared", "verify")),
+    ]:
+        status, body = await api.error(
+            method, *parts, headers=bob, body="" if method == "POST" else None
+        )
+        assert status == 403, (method, body)
+    # Registering data already on a node is for admins.
+    status, body = await api.error(
+        "POST", "datasets", body={"name": "x", "node": "node-0", "path": "x"}, headers=bob
+    )
+    assert status == 403
+    assert (await api.call("POST", "datasets", "shared", "verify", body="", headers=ops))[
+        "latest"
+    ] == 1
+    assert (await api.call("DELETE", "datasets", "shared", headers=ops))["versions"] == [1]

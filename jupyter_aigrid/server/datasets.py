@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -38,17 +39,18 @@ log = logging.getLogger(__name__)
 
 MANAGED = ".aigrid"
 VIEWS = ".aigrid-jobs"
-_READ_ONLY_DIR = stat.S_IRUSR | stat.S_IXUSR
+_READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_READ_ONLY_DIR = _READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 _REF = re.compile(r"^(?P<name>[^@]+)(@(?P<version>[^@]+))?$")
 
 
 def seal(tree: Path) -> None:
-    """Make a dataset copy read-only, for its owner (the server's user) alone: files 0400,
-    folders 0500 (never following links). Jobs run as that user, or in containers as
-    ``docker_user``, which defaults to it."""
+    """Make a dataset copy read-only: files 0444, folders 0555 (never following links).
+    Readable by all: containers run as ``docker_user``, which is not the server's own user
+    when the server runs as root, and every user of the cluster may read every dataset."""
     for folder, dirs, files in os.walk(tree, topdown=False):
         for name in files:
-            os.chmod(os.path.join(folder, name), stat.S_IRUSR, follow_symlinks=False)
+            os.chmod(os.path.join(folder, name), _READ_ONLY_FILE, follow_symlinks=False)
         for name in dirs:
             os.chmod(os.path.join(folder, name), _READ_ONLY_DIR, follow_symlinks=False)
     os.chmod(tree, _READ_ONLY_DIR)
@@ -486,7 +488,14 @@ class Datasets:
         known = {
             (loc["node"], loc["path"]) for loc in self.store.dataset_locations() if loc["managed"]
         }
+        unfinished = {
+            self.files.key(r["id"]) for r in self.store.jobs() if r["state"] not in FINAL_STATES
+        }
         for node in self._nodes_by_name:
+            views = self._node_root(node) / VIEWS
+            for view in views.iterdir() if views.is_dir() else ():
+                if view.name not in unfinished and not view.is_symlink():
+                    shutil.rmtree(view, ignore_errors=True)  # links only: never followed
             managed = self._node_root(node) / MANAGED
             if not managed.is_dir():
                 continue

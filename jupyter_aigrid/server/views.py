@@ -71,14 +71,14 @@ def job_view(
         "migration": migration_view(row.get("migration")),
         "checkpoint": checkpoint_view(row.get("checkpoint"), listening),
         "datasets": spec.get("datasets") or [],
-        "staging": staging_view(row.get("staging"), row["state"]),
+        "staging": staging_view(row.get("staging")),
         "phase": job_phase(row),
         "description": row.get("description") or describe(spec),
         "spec": spec,
     }
 
 
-def staging_view(staging: dict[str, Any] | None, state: str) -> dict[str, Any] | None:
+def staging_view(staging: dict[str, Any] | None) -> dict[str, Any] | None:
     """The datasets of the job's latest start, verified or copied onto its nodes."""
     if not staging:
         return None
