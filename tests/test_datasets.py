@@ -306,7 +306,18 @@ async def test_the_quota_is_enforced(api, tmp_path):
         "POST", "uploads", body={"name": "more", "files": [{"path": "a", "size": 60}]}
     )
     assert code == 413
-    await api.call("DELETE", "uploads", ok["id"])
+    # Committing it counts it once (not as an upload and a version both)...
+    await put(api, ok["id"], "a", 0, b"x" * 60)
+    assert (await api.call("POST", "uploads", ok["id"], "commit", body=""))["bytes"] == 60
+    # ... and what is stored counts as well.
+    code, _ = await api.error(
+        "POST", "uploads", body={"name": "more", "files": [{"path": "a", "size": 41}]}
+    )
+    assert code == 413
+    await api.call("DELETE", "datasets", "small")
+    assert await api.call(
+        "POST", "uploads", body={"name": "more", "files": [{"path": "a", "size": 41}]}
+    )
 
 
 async def test_a_job_naming_an_unknown_dataset_or_version_gets_400(api, tmp_path):

@@ -103,6 +103,15 @@ class DatasetRows:
             )
         )
 
+    def verified_bytes(self) -> list[tuple[str, str, int, int]]:
+        """(node, name, version, bytes) of every verified copy: the locality input."""
+        return self.db.execute(
+            "SELECT l.node, l.name, l.version, v.bytes FROM dataset_locations l "
+            "JOIN dataset_versions v ON v.name = l.name AND v.version = l.version "
+            "WHERE l.state = ?",
+            [VERIFIED],
+        ).fetchall()
+
     def bytes_owned(self, owner: str) -> int:
         """What ``owner``'s datasets weigh: every version once, however many copies."""
         return self.db.execute(

@@ -188,16 +188,9 @@ class Datasets:
 
     def _data_on(self) -> dict[str, dict[str, int]]:
         """node -> {name@version -> bytes verified there}: the policies' locality input."""
-        sizes = {}
         data: dict[str, dict[str, int]] = {}
-        for loc in self.store.dataset_locations():
-            if loc["state"] != VERIFIED:
-                continue
-            key = f"{loc['name']}@{loc['version']}"
-            if key not in sizes:
-                version = self.store.dataset_version(loc["name"], loc["version"])
-                sizes[key] = version["bytes"] if version else 0
-            data.setdefault(loc["node"], {})[key] = sizes[key]
+        for node, name, number, size in self.store.verified_bytes():
+            data.setdefault(node, {})[f"{name}@{number}"] = size
         return data
 
     def _users_of(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
@@ -221,8 +214,10 @@ class Datasets:
             msg = f"dataset {name!r} belongs to {row['owner']}; only they and admins change it"
             raise SpecError(msg, "name", status=403)
 
-    def _check_quota(self, owner: str, adding: int) -> None:
-        used = self.store.bytes_owned(owner) + self.uploads.pending_bytes(owner)
+    def _check_quota(self, owner: str, adding: int, besides: str | None = None) -> None:
+        """``adding`` bytes more for ``owner``, counting their versions and their unfinished
+        uploads (but upload ``besides``, the one being committed)."""
+        used = self.store.bytes_owned(owner) + self.uploads.pending_bytes(owner, besides)
         if self.dataset_quota_bytes and used + adding > self.dataset_quota_bytes:
             msg = (
                 f"this would put {owner}'s datasets at {used + adding} bytes, over the quota "
@@ -262,10 +257,7 @@ class Datasets:
                 v["root"] == manifest["root"] for v in self.store.dataset_versions(name)
             )
             if not existing:
-                used = self.store.bytes_owned(owner)
-                if self.dataset_quota_bytes and used + manifest["bytes"] > self.dataset_quota_bytes:
-                    msg = f"{owner}'s datasets would exceed the quota of {self.dataset_quota_bytes}"
-                    raise SpecError(msg, "files", status=413)
+                self._check_quota(owner, manifest["bytes"], besides=meta["id"])
             version, _ = self.store.add_dataset_version(name, owner, manifest)
             number = version["version"]
             loc = next(
@@ -332,10 +324,13 @@ class Datasets:
             self.store.delete_dataset_versions(name, numbers)
         return numbers, trees
 
-    def _verify_targets(self, name: str | None = None) -> list[tuple[dict, dict, Path]]:
-        """(location, manifest, path) of every copy (of ``name``)."""
+    def _verify_targets(
+        self, name: str | None = None, wanted=lambda loc: True
+    ) -> list[tuple[dict, dict, Path]]:
+        """(location, manifest, path) of every copy (of ``name``) that ``wanted`` accepts;
+        only those have their manifests read."""
         targets = []
-        for loc in self.store.dataset_locations(name):
+        for loc in filter(wanted, self.store.dataset_locations(name)):
             version = self.store.dataset_version(loc["name"], loc["version"])
             targets.append((loc, version["manifest"], self._location_path(loc)))
         return targets
@@ -471,13 +466,16 @@ class Datasets:
         if now < self._next_verify_check:
             return
         self._next_verify_check = now + min(60.0, self.dataset_verify_interval_s / 4)
-        staging = {k for plan in self._data_staging.values() for k in plan}
-        for loc, manifest, path in self._verify_targets():
+        staging = {key for _, _, keys in self._data_staging.values() for key in keys}
+
+        def due(loc: dict[str, Any]) -> bool:
             key = (loc["name"], loc["version"], loc["node"])
-            due = (loc.get("verified_at") or 0.0) + self.dataset_verify_interval_s <= now
             busy = key in self._verifying or key in staging or key in self._placing
-            if loc["state"] == CORRUPT or not due or busy:
-                continue
+            stale = (loc.get("verified_at") or 0.0) + self.dataset_verify_interval_s <= now
+            return loc["state"] != CORRUPT and stale and not busy
+
+        for loc, manifest, path in self._verify_targets(wanted=due):
+            key = (loc["name"], loc["version"], loc["node"])
             self._verifying[key] = self._hasher.submit(
                 contents.verify_tree, path, contents.Manifest.from_json(manifest)
             )

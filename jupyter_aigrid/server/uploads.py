@@ -141,8 +141,11 @@ class Uploads:
                     continue
         return sorted(found, key=lambda m: m["created_at"])
 
-    def pending_bytes(self, owner: str) -> int:
-        return sum(sum(f["size"] for f in m["files"]) for m in self.all(owner))
+    def pending_bytes(self, owner: str, besides: str | None = None) -> int:
+        """What ``owner``'s unfinished uploads (but ``besides``) declare."""
+        return sum(
+            sum(f["size"] for f in m["files"]) for m in self.all(owner) if m["id"] != besides
+        )
 
     # -- writing ------------------------------------------------------------------------------
 
