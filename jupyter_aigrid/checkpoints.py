@@ -25,6 +25,7 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -80,6 +81,30 @@ def _digest(
     return sha.hexdigest(), size
 
 
+def _synced_digest(fd: int, path: Path, limit: int | None) -> tuple[str, int]:
+    """fsync ``fd`` while hashing the file at ``path`` back from the page cache (at most
+    ``limit + 1`` bytes; all of it if None): the disk and the hash work at once, and the
+    file is durable when this returns. Hashing back is faster than hashing as written."""
+    failed: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            failed.append(e)
+
+    syncing = threading.Thread(target=sync, name="aigrid-fsync")
+    syncing.start()
+    try:
+        with open(path, "rb") as f:
+            sha, size = _digest(f, os.fstat(f.fileno()).st_size if limit is None else limit)
+    finally:
+        syncing.join()
+    if failed:
+        raise failed[0]
+    return sha, size
+
+
 def _create(path: Path) -> BinaryIO:
     """A new file at ``path`` (an old one, or a link planted there, is removed first)."""
     with contextlib.suppress(FileNotFoundError):
@@ -109,9 +134,7 @@ def write_piece(
         with _create(tmp) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
-        with open(tmp, "rb") as f:  # hashed back from the page cache: faster than as written
-            sha, size = _digest(f, os.fstat(f.fileno()).st_size)
+            sha, size = _synced_digest(f.fileno(), tmp, None)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -183,6 +206,19 @@ def read_verified(
     return manifest
 
 
+def vouched_for(folder: Path, rank: int, root: Path, sha256: str) -> bool:
+    """Does rank ``rank``'s piece still look like the one whose data was hashed to ``sha256``
+    moments ago (by the master, as it staged it): its manifest names that digest and its data
+    file (not a link) has the manifest's size? Then it need not be hashed again."""
+    try:
+        expected = read_manifest(folder, rank, root)["files"][data_file(rank)]
+        with open_inside(folder / data_file(rank), root) as f:
+            size = os.fstat(f.fileno()).st_size
+    except (CheckpointError, OSError):
+        return False
+    return expected["sha256"] == sha256 and size == expected["bytes"]
+
+
 def load_verified(folder: Path, rank: int, root: Path) -> tuple[dict[str, Any], bytes]:
     """Rank ``rank``'s manifest and data, the data verified as it was read (one pass)."""
     parts: list[bytes] = []
@@ -209,9 +245,7 @@ def copy_verified(src: Path, src_root: Path, dst: Path, rank: int) -> int:
         with source, _create(tmp) as out:
             _copy_bytes(source.fileno(), out.fileno(), expected["bytes"] + 1)
             out.flush()
-            os.fsync(out.fileno())
-        with open(tmp, "rb") as f:
-            sha, size = _digest(f, expected["bytes"])
+            sha, size = _synced_digest(out.fileno(), tmp, expected["bytes"])
         _check(rank, expected, sha, size)
         os.replace(tmp, dst / data_file(rank))
     finally:

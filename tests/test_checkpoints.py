@@ -36,6 +36,7 @@ ENV = (
     "WORLD_SIZE",
     "AIGRID_JOB_ID",
     "AIGRID_RESTORE",
+    "AIGRID_RESTORE_SHA256",
     "AIGRID_CHECKPOINT_KEEP",
     "AIGRID_CHECKPOINT_INTERVAL_S",
     "AIGRID_SIMULATED_GPUS",
@@ -301,6 +302,53 @@ def test_read_verified_names_the_difference(tmp_path: Path, how: str):
     assert sum(map(len, seen)) <= size  # never more than the manifest allows
     with pytest.raises(CheckpointError):
         ck.load_verified(folder, 0, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["intact", "other-digest", "truncate", "extend", "no-manifest"])
+def test_vouched_for_only_the_digest_and_size_it_was_verified_with(tmp_path: Path, how: str):
+    manifest = put(tmp_path, 0, 1, data=os.urandom(3000))
+    folder = tmp_path / ck.name_of(0, 1)
+    digest = manifest["files"]["rank-0.pt"]["sha256"]
+    if how == "other-digest":
+        digest = "0" * 64
+    elif how != "intact":
+        damage(folder, how)
+    assert ck.vouched_for(folder, 0, tmp_path, digest) is (how == "intact")
+
+
+def test_vouched_for_does_not_follow_a_linked_data_file(tmp_path: Path):
+    manifest = put(tmp_path, 0, 1, data=b"x" * 100)
+    folder = tmp_path / ck.name_of(0, 1)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.pt"
+    outside.write_bytes(b"y" * 100)
+    (folder / "rank-0.pt").unlink()
+    (folder / "rank-0.pt").symlink_to(outside)
+    assert not ck.vouched_for(folder, 0, tmp_path, manifest["files"]["rank-0.pt"]["sha256"])
+
+
+def test_restore_trusts_the_digest_the_master_vouched_for_only_while_it_matches(root, monkeypatch):
+    """Under the master, staging has just hashed the piece: restore() does not hash it again
+    while the manifest names that digest and the size holds; any other digest, or another
+    size, and it verifies (and finds the damage)."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("AIGRID_JOB_ID", "job-7")
+    name = runtime.checkpoint({"step": 4, "blob": b"z" * 4096})
+    digest = ck.read_manifest(root / name, 0, root)["files"]["rank-0.pt"]["sha256"]
+    monkeypatch.setenv("AIGRID_RESTORE", str(root / name))
+    monkeypatch.setenv("AIGRID_ATTEMPT", "1")
+    restart(monkeypatch)
+    monkeypatch.setenv("AIGRID_RESTORE_SHA256", digest)
+    assert runtime.restore()["step"] == 4
+    damage(root / name, "extend")
+    restart(monkeypatch)
+    with pytest.raises(CheckpointError, match="bytes"):
+        runtime.restore()  # the size no longer matches: verified, and refused
+    raw = (root / name / "rank-0.pt").read_bytes()[:-4]
+    (root / name / "rank-0.pt").write_bytes(raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:])
+    restart(monkeypatch)
+    monkeypatch.setenv("AIGRID_RESTORE_SHA256", "0" * 64)
+    with pytest.raises(CheckpointError, match="sha256"):
+        runtime.restore()  # not the digest of this manifest: hashed, and the flip found
 
 
 def test_read_verified_in_chunks(tmp_path: Path, monkeypatch):

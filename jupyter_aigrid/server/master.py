@@ -636,8 +636,9 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
                     host_env=getattr(self.executor, "host_env", True),
                 )
                 env["AIGRID_DATA"] = self._data_view_dir(row, slot.node)
+                env["AIGRID_RESOURCE"] = self._resource_of_placement(placement)
                 if restore:
-                    env["AIGRID_RESTORE"] = self._restore_path(row, slot.node, restore) or ""
+                    env.update(self._restore_env(row, slot, restore))
                 requests.append(
                     LaunchRequest(
                         replica_id=f"{job_id}.{attempt}.{slot.rank}",

@@ -436,5 +436,13 @@ class Mover:
             with contextlib.suppress(OSError):
                 os.unlink(ck.request_file(roots[node]))
 
-    def _restore_path(self, row: dict[str, Any], node: str, name: str | None) -> str | None:
-        return str(self._roots(row["id"])[node] / name) if name else None
+    def _restore_env(self, row: dict[str, Any], slot: Any, name: str) -> dict[str, str]:
+        """``AIGRID_RESTORE`` (the checkpoint staged on the slot's node) and the sha256 that
+        staging has just verified its piece of this rank against: ``runtime.restore()``
+        need not hash the same bytes again while its manifest still says that digest."""
+        root = self._roots(row["id"])[slot.node]
+        env = {"AIGRID_RESTORE": str(root / name)}
+        with contextlib.suppress(ck.CheckpointError):
+            manifest = ck.read_manifest(root / name, slot.rank, root)
+            env["AIGRID_RESTORE_SHA256"] = manifest["files"][ck.data_file(slot.rank)]["sha256"]
+        return env
