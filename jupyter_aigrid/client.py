@@ -312,6 +312,24 @@ class Client:
             "POST", "uploads", upload_id, "commit", data="{}", read_timeout=HASHING_S
         ).json()
 
+    # -- inference profiles -----------------------------------------------------------------------
+
+    def profiles(self, model: str | None = None) -> dict[str, Any]:
+        """The latency profiles the master learnt from inference jobs (``GET /profiles``):
+        ``{"profiles": [{"model", "resource", "count", "ewma_ms", "p50_ms", "p95_ms",
+        "throughput", "run_s", "updated_at", "cost_per_hour"}], "resources": [{"resource",
+        "cost_per_hour", "gpus", "free"}]}``, numbers ``None`` while unknown; only ``model``'s
+        profiles when it is given."""
+        params = {} if model is None else {"model": model}
+        try:
+            return self._request("GET", "profiles", params=params).json()
+        except AIGridError as e:
+            if e.status != 404 or not e.message.lstrip().startswith("<"):
+                raise
+            # Jupyter's own HTML "page not found": a master older than inference profiles.
+            msg = f"the AI Grid master at {self.url} does not serve profiles (GET /profiles: 404)"
+            raise AIGridError(msg, 404) from e
+
     def templates(self) -> list[dict[str, Any]]:
         """The job templates (``GET /templates``)."""
         return self._request("GET", "templates").json()["templates"]

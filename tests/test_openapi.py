@@ -411,6 +411,7 @@ def test_error_responses():
         ("/aigrid/api/datasets/{name}/verify", "post"),
         ("/aigrid/api/uploads", "post"),
         ("/aigrid/api/uploads/{upload_id}/data", "put"),
+        ("/aigrid/api/profiles", "get"),
     }
 
 

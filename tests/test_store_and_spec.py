@@ -107,12 +107,16 @@ def test_a_version_1_database_gains_the_new_columns(tmp_path):
     raw = sqlite3.connect(path)
     raw.execute("ALTER TABLE jobs DROP COLUMN attained_gpu_s")
     raw.execute("ALTER TABLE jobs DROP COLUMN description")
+    raw.execute("ALTER TABLE jobs DROP COLUMN inference")
+    raw.execute("ALTER TABLE jobs DROP COLUMN prediction")
+    raw.execute("DROP TABLE profiles")
     raw.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     raw.commit()
     raw.close()
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 6
-    assert {"datasets", "dataset_versions", "dataset_locations"} <= set(store.db.table_names())
+    assert store.schema_version() == SCHEMA_VERSION == 7
+    tables = {"datasets", "dataset_versions", "dataset_locations", "profiles"}
+    assert tables <= set(store.db.table_names())
     assert {
         "attained_gpu_s",
         "description",
@@ -120,6 +124,8 @@ def test_a_version_1_database_gains_the_new_columns(tmp_path):
         "checkpoint",
         "retry_at",
         "staging",
+        "inference",
+        "prediction",
     } <= set(store.db["jobs"].columns_dict)
     assert store.job(job["id"])["name"] == "old"  # nothing lost
     store.close()

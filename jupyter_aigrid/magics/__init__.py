@@ -1,9 +1,11 @@
-"""The notebook side: ``%%aigrid run``, the ``%aigrid`` line magics, and live widgets."""
+"""The notebook side: ``%%aigrid run`` and ``infer``, the ``%aigrid`` line magics, and live
+widgets."""
 
 from __future__ import annotations
 
 from .jobs import JobHandle, PullError
 from .magics import AIGridMagics
+from .profiles import ProfileWidget
 from .transfer import JobFailed, RemoteError
 from .widgets import ClusterWidget, JobWidget
 
@@ -18,6 +20,7 @@ __all__ = [
     "JobFailed",
     "JobHandle",
     "JobWidget",
+    "ProfileWidget",
     "PullError",
     "RemoteError",
     "load_ipython_extension",

@@ -1,4 +1,4 @@
-"""``%%aigrid run`` and the ``%aigrid`` line magics.
+"""``%%aigrid run``, ``%%aigrid infer`` and the ``%aigrid`` line magics.
 
 Every command is parsed by an IPython ``MagicArgumentParser``, so misuse is a UsageError that
 says what to write instead; the master is reached only through :mod:`jupyter_aigrid.client`.
@@ -29,19 +29,37 @@ from ..options import add_job_options, policy_option, spec_fields
 from ..server.model import JOB_STATES
 from .datasets import DatasetCommands, dataset_parsers
 from .jobs import OUTPUT_MODES, JobHandle, PullError, run_blocking
-from .parsing import MagicParser
+from .parsing import MagicParser, add_inference_options, inference_fields, latency_ms
+from .profiles import ProfileWidget
 from .transfer import check_pull, encode_push, split_names
 from .widgets import ClusterWidget, JobWidget
 
 CELL_FILE = "<aigrid cell>"
+#: The commands whose code can be the cell, and options to show in their examples.
+CELL_COMMANDS = ("run", "infer")
+_EXAMPLE_OPTIONS = {"run": "--gpus 2", "infer": "--model resnet50 --slo 50ms"}
 
 
-def _run_parser() -> MagicParser:
-    p = MagicParser(
-        prog="run",
-        usage="%%aigrid run [options]   (cell)\n       %aigrid run [options] script.py [args]",
-        description="Run a cell (or a script) as one gang-scheduled job on the cluster.",
-    )
+def _run_parser(prog: str = "run") -> MagicParser:
+    """``run``'s options; ``infer`` has the same ones and its own group in front of them."""
+    if prog == "infer":
+        p = MagicParser(
+            prog="infer",
+            # argparse %-formats usage (%% is one %), and IPython puts a % in front of it.
+            usage="%%aigrid infer --model MODEL (--slo LATENCY | --deadline D) [options]  "
+            "(cell)\n       %%aigrid infer --model MODEL (--slo LATENCY | --deadline D) "
+            "[options] serve.py [args]",
+            description="Run a cell (or a script) as an inference job with a QoS requirement: "
+            "the master picks the resource type whose latency profile meets the SLO at least "
+            "cost, and learns from the latencies the job reports (runtime.report(latency_ms=)).",
+        )
+        add_inference_options(p)
+    else:
+        p = MagicParser(
+            prog="run",
+            usage="%%aigrid run [options]   (cell)\n       %%aigrid run [options] script.py [args]",
+            description="Run a cell (or a script) as one gang-scheduled job on the cluster.",
+        )
     add_job_options(p)
     data = p.add_argument_group("data exchange")
     data.add_argument(
@@ -75,7 +93,7 @@ def _run_parser() -> MagicParser:
 
 
 def _command_parsers() -> dict[str, MagicParser]:
-    parsers = {"run": _run_parser()}
+    parsers = {"run": _run_parser(), "infer": _run_parser("infer")}
     p = parsers["jobs"] = MagicParser(prog="jobs", description="List your jobs.")
     p.add_argument("--state", choices=JOB_STATES)
     for name, what in (
@@ -115,6 +133,15 @@ def _command_parsers() -> dict[str, MagicParser]:
         prog="templates", description="The job templates (--template)."
     )
     parsers["images"] = MagicParser(prog="images", description="The base-image catalog (--image).")
+    p = parsers["profiles"] = MagicParser(
+        prog="profiles",
+        description="The latency profiles the master learnt from inference jobs: per model and "
+        "resource type, p50/p95/EWMA latency, throughput and cost, plotted against an SLO.",
+    )
+    p.add_argument("--model", metavar="MODEL", help="only this model (default: every model)")
+    p.add_argument(
+        "--slo", type=latency_ms, metavar="LATENCY", help="draw this p95 target: 50ms, 0.05s, 50"
+    )
     p = parsers["simulate"] = MagicParser(
         prog="simulate",
         description="Replay the jobs that ran here under another policy (admins).",
@@ -149,10 +176,13 @@ _DOC = """Run notebook cells as gang-scheduled jobs on the AI Grid cluster, and 
 Cell magic::
 
     %%aigrid run [options]
+    %%aigrid infer --model MODEL [--slo LATENCY] [--deadline D] [--qos CLASS] [options]
 
 Line magics::
 
     %aigrid run [options] script.py [args...]
+    %aigrid infer --model MODEL [--slo LATENCY] [--deadline D] [options] serve.py [args...]
+    %aigrid profiles [--model MODEL] [--slo LATENCY]
     %aigrid jobs [--state STATE]
     %aigrid status ID
     %aigrid logs ID [-f] [--rank R] [--tail N]
@@ -194,6 +224,23 @@ In [10]: %aigrid dataset upload ./mnist --name mnist   # resumes if interrupted
 In [11]: %%aigrid run --gpus 2 --dataset mnist        # or mnist@2: a pinned version
     ...: import os
     ...: print(os.listdir(os.path.join(os.environ["AIGRID_DATA"], "mnist")))
+
+In [12]: %%aigrid infer --model resnet50 --slo 50ms --qos realtime --gpus 1
+    ...: import time
+    ...: from jupyter_aigrid import runtime
+    ...: for batch in range(100):
+    ...:     t = time.perf_counter()
+    ...:     ...                                    # serve one batch of 32
+    ...:     runtime.report(latency_ms=(time.perf_counter() - t) * 1e3, items=32)
+
+In [13]: %%aigrid infer --model resnet50 --deadline 10m --qos batch   # whole job in 10 min
+In [14]: %aigrid profiles --model resnet50 --slo 50ms   # p50/p95 per GPU type vs the SLO
+
+An inference job runs like ``run`` (same options, output, widget), and the master places it
+on the resource type that meets its SLO at least cost; the widget shows that choice, the
+predicted and the observed p95, and whether the SLO was met. ``--slo`` takes 50ms, 0.05s or 50
+(milliseconds); ``--deadline`` takes 90s, 10m or 1h; ``--qos`` is realtime, interactive
+(the default) or batch.
 
 The cell blocks while the job runs; Ctrl-C (or the stop button) cancels it. An exception on
 any rank becomes the cell's error, with the remote traceback. The kernel finds the Jupyter
@@ -240,8 +287,8 @@ class AIGridMagics(DatasetCommands, Magics):
             command, rest = _subcommand(command, rest)
             if command is None:
                 return None
-        if cell is not None and command != "run":
-            msg = f"only run takes a cell; write %aigrid {command} {rest}".rstrip()
+        if cell is not None and command not in CELL_COMMANDS:
+            msg = f"only run takes a cell (and infer); write %aigrid {command} {rest}".rstrip()
             raise UsageError(msg)
         argv = shlex.split(rest)
         if argv[:1] in (["-h"], ["--help"]):
@@ -259,6 +306,18 @@ class AIGridMagics(DatasetCommands, Magics):
 
     def _run(self, args: Any, cell: str | None) -> JobHandle | None:
         spec, filename = self._spec(args, cell)
+        return self._submit(args, spec, filename)
+
+    def _infer(self, args: Any, cell: str | None) -> JobHandle | None:
+        """``run`` with the inference fields; named after its model unless ``--name``."""
+        fields = inference_fields(args)
+        spec, filename = self._spec(args, cell, command="infer")
+        if args.name is None:
+            spec["name"] = args.model[:128]
+        return self._submit(args, {**spec, **fields}, filename)
+
+    def _submit(self, args: Any, spec: dict[str, Any], filename: str) -> JobHandle | None:
+        """Submit, then return the handle (``--detach``) or stream the job into the cell."""
         job = self.client.submit(spec)
         handle = JobHandle(self.client, job, pull=spec.get("outputs", []), code_name=filename)
         self.handles[handle.id] = handle
@@ -268,23 +327,26 @@ class AIGridMagics(DatasetCommands, Magics):
         self.shell.user_ns.update(run_blocking(handle, args.output))
         return None
 
-    def _spec(self, args: Any, cell: str | None) -> tuple[dict[str, Any], str]:
-        """The JobSpec of a run, checked here so that bad input submits nothing, and what
-        tracebacks should call its code."""
+    def _spec(
+        self, args: Any, cell: str | None, command: str = "run"
+    ) -> tuple[dict[str, Any], str]:
+        """The JobSpec of a run (or of ``command``, which takes the same options), checked
+        here so that bad input submits nothing, and what tracebacks should call its code."""
         program = list(args.program)
         if cell is not None:
             if program:
                 msg = (
                     f"the cell is the code, so {program[0]!r} has no place here; for a "
-                    f"script, use the line form: %aigrid run {shlex.join(program)}"
+                    f"script, use the line form: %aigrid {command} {shlex.join(program)}"
                 )
                 raise UsageError(msg)
             code, filename, name = cell, CELL_FILE, self._default_name()
         else:
             if not program:
+                options = _EXAMPLE_OPTIONS[command]
                 msg = (
-                    "give a script: %aigrid run --gpus 2 train.py --epochs 3, or put the code "
-                    "in a cell under %%aigrid run --gpus 2"
+                    f"give a script: %aigrid {command} {options} train.py --epochs 3, or put "
+                    f"the code in a cell under %%aigrid {command} {options}"
                 )
                 raise UsageError(msg)
             path = Path(program[0])
@@ -297,7 +359,7 @@ class AIGridMagics(DatasetCommands, Magics):
         push = split_names(args.push, "--push")
         pull = split_names(args.pull, "--pull")
         if not code.strip():
-            msg = "the cell is empty: put the code to run under %%aigrid run"
+            msg = f"the cell is empty: put the code to run under %%aigrid {command}"
             raise UsageError(msg)
         check_pull(code, pull, push, filename)
         spec: dict[str, Any] = {"code": code, "name": name, **spec_fields(args)}
@@ -364,6 +426,9 @@ class AIGridMagics(DatasetCommands, Magics):
             self._cluster_widget.close()
         self._cluster_widget = ClusterWidget(self.client)
         return self._cluster_widget
+
+    def _profiles(self, args: Any, cell: None) -> ProfileWidget:
+        return ProfileWidget(self.client, model=args.model, slo_ms=args.slo)
 
     def _templates(self, args: Any, cell: None) -> None:
         print(templates_table(self.client.templates()))

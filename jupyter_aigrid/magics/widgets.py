@@ -22,6 +22,7 @@ from traitlets import Float, Int, List, Unicode
 
 from ..client import AIGridError, Client
 from ..server.model import FINAL_STATES
+from .profiles import inference_html, inference_view
 
 STATE_COLOURS = {
     "queued": "#9e9e9e",
@@ -101,7 +102,8 @@ def _badge(text: str, colour: str) -> str:
 class JobWidget(widgets.VBox):
     """A job's state, queue position, placement, QoS class, elapsed time, the staging of its
     datasets (see :func:`staging_html`), latest checkpoint and migration timeline (see
-    :func:`migration_html`).
+    :func:`migration_html`), and for inference jobs the resource chosen for their SLO and
+    how it went (see :func:`~jupyter_aigrid.magics.profiles.inference_html`).
 
     The traits mirror ``GET /jobs/{id}``; ``placement`` is its list of slots (rank, node,
     GPUs). Created by ``%%aigrid run`` and ``%aigrid status``; ``close()`` stops following.
@@ -123,6 +125,8 @@ class JobWidget(widgets.VBox):
     phase = Unicode(allow_none=True)
     staging = AnyTrait(allow_none=True)
     elapsed_s = Float(allow_none=True)
+    #: An inference job's ``inference`` record (model, qos, slo, resource, predictions).
+    inference = AnyTrait(allow_none=True)
 
     def __init__(self, client: Client, job: dict[str, Any], follow: bool = True) -> None:
         self._header = widgets.HTML()
@@ -193,7 +197,10 @@ class JobWidget(widgets.VBox):
             self.reason = job.get("reason")
             self.queue_position = job.get("queue_position")
             self.placement = job.get("placement") or []
-            self.qos = job.get("qos") or job.get("priority", "")
+            self.inference = inference_view(job)
+            # An inference job is served in its own class (realtime, interactive, batch).
+            inference_qos = (self.inference or {}).get("qos")
+            self.qos = inference_qos or job.get("qos") or job.get("priority", "")
             description = job.get("description") or {}
             self.template = description.get("template", "")
             self.image = (description.get("image") or {}).get("ref", "")
@@ -237,9 +244,13 @@ class JobWidget(widgets.VBox):
             "checkpoint": self.checkpoint,
             "phase": self.phase,
             "staging": self.staging,
+            "inference": self.inference,
         }
         self._timeline.value = (
-            staging_html(view) + checkpoint_html(view) + migration_html(view, now=time.time())
+            inference_html(view)
+            + staging_html(view)
+            + checkpoint_html(view)
+            + migration_html(view, now=time.time())
         )
 
     def close(self) -> None:

@@ -146,6 +146,48 @@ class AIGridApp(ExtensionApp):
         help="Every copy of every dataset is hashed again this often (and before each job "
         "uses it); a copy that no longer matches is marked corrupt and never used.",
     )
+    gpu_models = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help=(
+            "The GPU model each local node's simulated GPUs stand in for, by node name, e.g. "
+            "{'node-0': 'a100', 'node-1': 't4'}: their resource type becomes "
+            "'simulated:<model>' (plain 'simulated' if not declared). Inference jobs are "
+            "profiled and placed per resource type. Real GPUs keep their NVML model."
+        ),
+    )
+    gpu_cost_per_hour = Dict(
+        value_trait=Float(),
+        config=True,
+        help=(
+            "Cost per GPU-hour of each resource type (a GPU model as NVML names it, "
+            "'simulated:<model>', or 'cpu' per replica-hour), e.g. "
+            "{'NVIDIA H100 80GB HBM3': 4.0, 'cpu': 0.1}. Inference jobs run on the cheapest "
+            "type predicted to meet their SLO. Unlisted GPU types cost 1.0, the CPU 0.1."
+        ),
+    )
+    profile_min_samples = Int(
+        20,
+        config=True,
+        help="Results after which a (model, resource type) profile counts as learnt.",
+    )
+    profile_explore = Float(
+        0.1,
+        config=True,
+        help=(
+            "The most likely an inference job is sent to a resource type not yet profiled for "
+            "its model, to learn it (shrinks as profiles fill; realtime jobs never explore "
+            "while a profiled type meets their SLO)."
+        ),
+    )
+    profile_half_life = Float(
+        50.0,
+        config=True,
+        help=(
+            "Results after which a result weighs half as much in a profile's latency "
+            "quantiles, so that a resource whose latency changes is seen to change."
+        ),
+    )
     admin_users = Set(
         Unicode(),
         config=True,
@@ -169,7 +211,28 @@ class AIGridApp(ExtensionApp):
             raise TraitError(msg)
         return proposal["value"]
 
-    @validate("local_nodes", "tick_interval_s", "dataset_verify_interval_s")
+    @validate("gpu_cost_per_hour")
+    def _check_costs(self, proposal):
+        for resource, cost in proposal["value"].items():
+            if not cost >= 0:
+                msg = f"AIGridApp.gpu_cost_per_hour[{resource!r}] must be >= 0, got {cost!r}"
+                raise TraitError(msg)
+        return proposal["value"]
+
+    @validate("profile_explore")
+    def _check_probability(self, proposal):
+        if not 0 <= proposal["value"] <= 1:
+            msg = f"AIGridApp.profile_explore must be in [0, 1], got {proposal['value']!r}"
+            raise TraitError(msg)
+        return proposal["value"]
+
+    @validate(
+        "local_nodes",
+        "tick_interval_s",
+        "dataset_verify_interval_s",
+        "profile_min_samples",
+        "profile_half_life",
+    )
     def _check_positive(self, proposal):
         if proposal["value"] <= 0:
             msg = f"AIGridApp.{proposal['trait'].name} must be positive, got {proposal['value']!r}"
@@ -208,6 +271,12 @@ class AIGridApp(ExtensionApp):
             dataset_root=self.dataset_root,
             dataset_quota_bytes=self.dataset_quota_bytes,
             dataset_verify_interval_s=self.dataset_verify_interval_s,
+            gpu_cost_per_hour=self.gpu_cost_per_hour,
+            profile_options={
+                "min_samples": self.profile_min_samples,
+                "explore": self.profile_explore,
+                "half_life": self.profile_half_life,
+            },
         )
         self.settings.update(aigrid_master=self.master, aigrid_admin_users=set(self.admin_users))
         simulated = sum(g.simulated for n in self.master.nodes for g in n.gpus)
@@ -247,13 +316,18 @@ class AIGridApp(ExtensionApp):
                 field = "docker_user" if "uid:gid" in str(e) else "docker_base_url"
                 msg = f"c.AIGridApp.{field}: {e}"
                 raise TraitError(msg) from e
-        return LocalExecutor(
-            state,
-            nodes=self.local_nodes,
-            simulated_gpus=self.simulated_gpus,
-            cpus_per_node=self.local_cpus_per_node,
-            memory_mb_per_node=self.local_memory_mb_per_node,
-        )
+        try:
+            return LocalExecutor(
+                state,
+                nodes=self.local_nodes,
+                simulated_gpus=self.simulated_gpus,
+                cpus_per_node=self.local_cpus_per_node,
+                memory_mb_per_node=self.local_memory_mb_per_node,
+                gpu_models=self.gpu_models,
+            )
+        except ValueError as e:
+            msg = f"c.AIGridApp.{'gpu_models' if 'gpu_models' in str(e) else 'local_nodes'}: {e}"
+            raise TraitError(msg) from e
 
     def _emit(self, schema_id: str, data: dict) -> None:
         # Every user of the server may listen to its event bus: a job's name, owner and

@@ -70,13 +70,16 @@ def nvml_utilisation(uuids: list[str]) -> dict[str, dict[str, int]]:
         pynvml.nvmlShutdown()
 
 
-def simulated_gpus(node: str, count: int, memory_mb: int = 16384) -> list[Gpu]:
-    """``count`` CPU slots that stand in for GPUs, marked ``simulated``."""
+def simulated_gpus(
+    node: str, count: int, memory_mb: int = 16384, model: str | None = None
+) -> list[Gpu]:
+    """``count`` CPU slots that stand in for GPUs, marked ``simulated``; their model is
+    ``simulated:<model>`` when the GPU they stand in for is declared."""
     return [
         Gpu(
             index=i,
             uuid=f"SIM-{node}-{i}",
-            model=SIMULATED_MODEL,
+            model=f"{SIMULATED_MODEL}:{model}" if model else SIMULATED_MODEL,
             memory_mb=memory_mb,
             simulated=True,
         )

@@ -24,6 +24,7 @@ from .admission import check_admissible
 from .datasets import Datasets
 from .executors.base import ExecutorError
 from .images import check_image, resolve_image
+from .inference import Inference
 from .migration import MIGRATE, Mover, active
 from .model import (
     ACTIVE_STATES,
@@ -45,6 +46,7 @@ from .model import (
 )
 from .policies import load_policy, schedule_round
 from .policies.defrag import defragment
+from .profiles import ProfileBook
 from .queries import Conflict, JobQueries, NotFound, run_time_s
 from .replicas import JobFiles, replica_env
 from .snapshot import History
@@ -67,7 +69,7 @@ RECOVER_RETRY_S = (1.0, 30.0)
 LIVE_REPLICA = ("launching", "running", "stopping")
 
 
-class Master(JobQueries, Mover, Datasets, DataStaging):
+class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
     """Owns the store and the executor; the REST handlers call its coroutines."""
 
     def __init__(
@@ -86,6 +88,8 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
         dataset_root: str = "",
         dataset_quota_bytes: int = 0,
         dataset_verify_interval_s: float = 6 * 3600.0,
+        gpu_cost_per_hour: dict[str, float] | None = None,
+        profile_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -147,6 +151,12 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
         self._queue: dict[str, Request] = {}
         self._positions: dict[str, int] | None = None
         self._history = History()
+        #: Cost per GPU-hour of each resource type; performance profiles, learnt and stored.
+        self.gpu_cost_per_hour = dict(gpu_cost_per_hour or {})
+        self.book = ProfileBook.from_rows(store.profiles(), **(profile_options or {}))
+        #: Queued job -> its spec if it is an inference job, else None (read once).
+        self._inference_specs: dict[str, dict[str, Any] | None] = {}
+        self._choices: dict[str, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -300,6 +310,10 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
         job = await self._call(self._migrate_now, job_id, user, admin, node)
         self.wake()
         return job
+
+    async def profiles(self, model: str | None = None) -> dict[str, Any]:
+        """Performance profiles (of ``model``, or all) and the resource types."""
+        return await self._call(self._profiles_view, model)
 
     async def cluster(self) -> dict[str, Any]:
         return await self._call(self._cluster)
@@ -504,10 +518,11 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
         if not queue:
             return
         snapshot = self._snapshot()
+        queue = self._choose_resources(queue, snapshot)
         decided = schedule_round(self.policy, queue, snapshot)
         for launch in decided.launches:
             self._apply(launch)
-        for preempt in decided.preemptions:
+        for preempt in (*decided.preemptions, *self._qos_preemptions(queue, decided)):
             with self.store.write():
                 self._preempt(preempt.job_id, preempt.reason)
         if not decided.launches and not decided.preemptions:
@@ -567,7 +582,13 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
         checkpoint there, if it has one); a failed start fails the gang."""
         row = self.store.job(launch.job_id)
         assert row is not None
-        self._place(row, launch.placement)
+        extra: dict[str, Any] = {}
+        if row["kind"] == "inference":
+            extra["inference"] = self._inference_record(row, launch.placement)
+        elif not row.get("prediction"):  # what the policies expect of it, checked at its end
+            guess = self._history.predict(self._request(row))
+            extra["prediction"] = {"run_s": guess.seconds, "basis": guess.basis}
+        self._place(row, launch.placement, **extra)
         self._start_or_stage(self.store.job(launch.job_id))
 
     def _place(self, row: dict[str, Any], placement: Placement, **fields: Any) -> None:
@@ -804,6 +825,8 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
         pending = row.get("pending_state")
         now = time.time()
         ran_s = max(0.0, now - (row.get("started_at") or now))
+        if row.get("inference"):
+            self._learn(row, pending is None and all(c == 0 for c in codes.values()), ran_s)
         earlier = row.get("attained_gpu_s") or 0.0
         attained = earlier + ran_s * max(row["gpus"], 1)  # as Request.slots counts it
         if pending == MIGRATE:  # stopped to move: the gang starts where it goes
@@ -857,6 +880,13 @@ class Master(JobQueries, Mover, Datasets, DataStaging):
             # Run time in all: earlier runs (known as slot-seconds) and this one.
             run_s = earlier / max(row["gpus"], 1) + ran_s
             self._history = self._history.add(self._request(row), run_s)
+            guess = row.get("prediction")
+            if guess:
+                known = guess.get("run_s") is not None and run_s > 0
+                error = round(abs(guess["run_s"] - run_s) / run_s, 6) if known else None
+                self.store.update_job(
+                    row["id"], prediction={**guess, "actual_s": run_s, "error": error}
+                )
         else:  # pragma: no cover - a non-zero exit always sets pending_state first
             self._set_state(row, FAILED, exit_codes=codes, finished_at=now)
 

@@ -102,6 +102,10 @@ class Request:
     #: without GPUs counts as one (see ``slots``), so its run time is kept too.
     attained_gpu_s: float = 0.0
     datasets: tuple[str, ...] = ()
+    #: The template the job was rendered with, and a SHA-256 of what it runs (its code, or
+    #: its argv): with the owner and GPU count, what recognises the same job run again.
+    template: str = ""
+    code_hash: str = ""
 
     @property
     def gpus(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import keyword
 import math
@@ -231,7 +232,10 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise SpecError(msg, field=name)
     for i, name in enumerate(raw.get("outputs", [])):
         _check_identifier(name, f"outputs.{i}")
+    _check_inference(raw)
     spec = _with_defaults(raw)
+    if spec["kind"] == "inference":
+        _qos_defaults(spec, raw)
     _derive_replicas(spec, gpus_given="gpus" in raw)
     _check_env(spec)
     _check_template(spec)
@@ -293,6 +297,34 @@ def decode_inputs(spec: dict[str, Any]) -> dict[str, bytes]:
             raise SpecError(msg, field=field)
         decoded[name] = data
     return decoded
+
+
+#: The priority an inference job's QoS class runs at, unless it says otherwise.
+QOS_PRIORITY = {"realtime": "high", "interactive": "normal", "batch": "low"}
+
+
+def _check_inference(raw: dict[str, Any]) -> None:
+    """``model``, ``slo`` and ``qos`` belong to inference jobs, which need a model (without an
+    ``slo``, every profiled resource type meets it: the cheapest free one is chosen)."""
+    if raw.get("kind", "training") != "inference":
+        for name in ("model", "slo", "qos"):
+            if name in raw:
+                msg = f'{name!r} is for inference jobs: add "kind": "inference", or remove it'
+                raise SpecError(msg, field=name)
+        return
+    if "model" not in raw:
+        msg = "an inference job needs 'model': the id its performance profiles are kept under"
+        raise SpecError(msg, field="model")
+
+
+def _qos_defaults(spec: dict[str, Any], raw: dict[str, Any]) -> None:
+    """An inference job's class sets its priority (and makes batch preemptible) unless the
+    job sets them itself."""
+    spec.setdefault("qos", "interactive")
+    if "priority" not in raw:
+        spec["priority"] = QOS_PRIORITY[spec["qos"]]
+    if "preemptible" not in raw and spec["qos"] == "batch":
+        spec["preemptible"] = True
 
 
 def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -396,7 +428,28 @@ def to_request(
         job_type=spec.get("name", ""),
         attained_gpu_s=attained_gpu_s,
         datasets=tuple(spec.get("datasets", ())),
+        template=spec.get("template", ""),
+        code_hash=code_hash(spec),
     )
+
+
+def code_hash(spec: dict[str, Any]) -> str:
+    """SHA-256 (hex) of what the job runs as submitted: its ``code`` text (UTF-8; with its
+    ``args``, if any, the JSON of both), or the JSON of its ``command`` argv. History knows
+    the same job run again by it; arguments count, as in an argv: they often set the work."""
+    if "code" in spec:
+        args = spec.get("args") or []
+        text = _json({"code": spec["code"], "args": args}) if args else spec["code"]
+    elif "command" in spec:
+        text = _json(spec["command"])
+    else:
+        return ""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _json(value: Any) -> str:
+    # Python's defaults, so that ``sha256(json.dumps(argv).encode())`` gives the same hash.
+    return json.dumps(value, sort_keys=True)
 
 
 def parse_submission(body: bytes | str) -> tuple[dict[str, Any], dict[str, bytes]]:

@@ -25,7 +25,7 @@ import sqlite_utils
 from .dataset_rows import DatasetRows, create_tables
 from .model import Node
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Columns stored as JSON text, decoded on the way out.
 _JSON_COLUMNS = frozenset(
     {
@@ -39,6 +39,8 @@ _JSON_COLUMNS = frozenset(
         "migration",
         "checkpoint",
         "staging",
+        "inference",
+        "prediction",
     }
 )
 
@@ -165,6 +167,8 @@ class Store(DatasetRows):
                     "checkpoint": str,
                     "retry_at": float,
                     "staging": str,
+                    "inference": str,
+                    "prediction": str,
                 },
                 pk="id",
                 not_null={"seq", "owner", "state", "spec", "submitted_at"},
@@ -248,6 +252,16 @@ class Store(DatasetRows):
                 db["images"].insert_all({**i, "updated_at": time.time()} for i in DEFAULT_IMAGES)
             # Version 6: datasets, their versions and locations; jobs.staging.
             create_tables(db)
+            # Version 7: performance profiles; jobs.inference (the resource chosen, predicted
+            # and observed latency) and jobs.prediction (a training job's predicted run time).
+            db["profiles"].create(
+                {"model": str, "resource": str, "row": str, "updated_at": float},
+                pk=("model", "resource"),
+                if_not_exists=True,
+            )
+            for column in ("inference", "prediction"):
+                if column not in db["jobs"].columns_dict:
+                    db["jobs"].add_column(column, str)
             current = self.schema_version()
             if current is None:
                 db["meta"].insert_all(
@@ -420,6 +434,22 @@ class Store(DatasetRows):
     def delete_image(self, image_id: str) -> bool:
         with self.write():
             return self.db.execute("DELETE FROM images WHERE id = ?", [image_id]).rowcount > 0
+
+    def profiles(self) -> list[dict[str, Any]]:
+        """Every stored performance profile (as ``Profile.to_row()`` gave it)."""
+        rows = self.conn.execute("SELECT row FROM profiles ORDER BY model, resource").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def put_profile(self, row: dict[str, Any]) -> None:
+        self.db["profiles"].upsert(
+            {
+                "model": row["model"],
+                "resource": row["resource"],
+                "row": json.dumps(row),
+                "updated_at": row.get("updated_at") or time.time(),
+            },
+            pk=("model", "resource"),
+        )
 
     def count_events(self, schema_id: str, state: str) -> int:
         """How many stored events of ``schema_id`` entered ``state``."""

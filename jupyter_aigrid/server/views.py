@@ -67,7 +67,11 @@ def job_view(
         "started_at": iso(started),
         "finished_at": iso(row.get("finished_at")),
         "elapsed_s": round(end - started, 3) if started else None,
-        "qos": qos_class(row["kind"], row["priority"], spec.get("preemptible", False)),
+        "qos": qos_class(
+            row["kind"], row["priority"], spec.get("preemptible", False), spec.get("qos")
+        ),
+        "inference": row.get("inference"),
+        "prediction": row.get("prediction"),
         "migration": migration_view(row.get("migration")),
         "checkpoint": checkpoint_view(row.get("checkpoint"), listening),
         "datasets": spec.get("datasets") or [],
@@ -138,8 +142,11 @@ def checkpoint_view(info: dict[str, Any] | None, listening: bool) -> dict[str, A
     }
 
 
-def qos_class(kind: str, priority: str, preemptible: bool) -> str:
-    """The class a job is served in, as people read it: its priority, and if it can be evicted."""
+def qos_class(kind: str, priority: str, preemptible: bool, qos: str | None = None) -> str:
+    """The class a job is served in, as people read it: an inference job's QoS class; else
+    its priority, and if it can be evicted."""
+    if kind == "inference" and qos:
+        return qos
     return f"{priority}, preemptible" if preemptible else priority
 
 

@@ -14,6 +14,10 @@ its GPUs while they copy it, and they keep it (``--node-cache-gb``: LRU per node
 ``--preload TYPE=NODES`` puts a dataset on nodes at the start; ``--data-blind`` hides where
 data is from the policy (a baseline). Runs with staging report staging seconds, staging
 GPU-seconds, bytes staged and the fraction of placements that staged nothing.
+
+The table is followed by the error of the run time predictions each policy saw (from history
+or declared limits, at each job's first start) against the jobs' real run times: overall and
+per basis (which match of the history gave the estimate).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from ..options import policy_option
 from ..server.policies import available_policies, load_policy
 from .data import Staging
-from .engine import METRICS, STAGING_METRICS, SimResult, Simulator, make_nodes
+from .engine import METRICS, STAGING_METRICS, PredictionError, SimResult, Simulator, make_nodes
 from .trace import TraceError, load_trace, synthetic_trace
 
 COLUMNS = (*METRICS, ("wall_s", "wall (s)"), ("decisions_per_s", "decisions/s"))
@@ -218,6 +222,28 @@ def table(results: list[SimResult]) -> str:
     )
 
 
+def prediction_table(results: list[SimResult]) -> str:
+    """Run time prediction errors per policy: overall, then per basis."""
+    header = ["policy", "basis", "jobs", "MAPE", "median APE", "within 2x", "coverage"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:,.1f}%"
+
+    def row(policy: str, basis: str, e: PredictionError) -> list[str]:
+        figures = (e.mape, e.median_ape, e.within_2x, e.coverage)
+        return [policy, basis, f"{e.jobs:,}", *(pct(x) for x in figures)]
+
+    rows = [row(r.policy, basis, e) for r in results for basis, e in r.prediction.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.rjust(w) if i > 1 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *rows]
+    )
+
+
 def plot(results: list[SimResult], folder: Path, stem: str) -> list[Path]:
     """A JCT CDF per policy, and GPU utilisation over time; returns the files written."""
     import matplotlib
@@ -270,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({r.policy: r.metrics for r in results}))
         return 0
     print(table(results))
+    print(
+        "\nrun time predictions the policies saw at each job's first start, against real run times:"
+    )
+    print(prediction_table(results))
     stem = args.trace.stem if args.trace is not None else f"synthetic-{args.synthetic}"
     for path in plot(results, args.plots, stem):
         print(f"wrote {path}")

@@ -6,7 +6,9 @@ nothing more: launches take resources at once; a preempted gang gives them back 
 pays ``preempt_overhead_s`` (checkpoint + restore) when it next starts, holding its GPUs
 without progress for that long. Policies see :class:`Request` objects only: never a job's
 true duration, except in ``oracle`` mode, which declares it as the job's time limit (and is
-named as such in every output).
+named as such in every output). Each job's record keeps the run time estimate the policy
+saw when it first started (:meth:`History.predict`), and the result reports how far those
+estimates were from the real run times (:func:`prediction_errors`).
 
 With ``staging`` (:class:`~jupyter_aigrid.sim.data.Staging`), every job reads a dataset and
 a gang placed on nodes that lack it also holds its GPUs without progress until its nodes
@@ -23,10 +25,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..server.accuracy import PredictionError, prediction_errors
 from ..server.inventory import simulated_gpus
 from ..server.model import Node, Placement, Request
 from ..server.policies import Policy, schedule_round
-from ..server.snapshot import History, Snapshot
+from ..server.snapshot import History, Prediction, Snapshot
 from .data import NodeCaches, Staging, dataset_of
 from .trace import TraceJob, check_fits
 
@@ -82,6 +85,8 @@ class JobRecord:
     run_overhead_s: float = 0.0
     run_id: int = 0
     placements: list[Placement] = field(default_factory=list)
+    #: The run time estimate the policy saw when the job first started, and its basis.
+    prediction: Prediction | None = None
 
 
 @dataclass
@@ -91,6 +96,8 @@ class SimResult:
     records: list[JobRecord]
     #: (time, GPUs allocated) at every change.
     timeline: list[tuple[float, int]]
+    #: Run time prediction errors (see :func:`prediction_errors`): ``all``, then per basis.
+    prediction: dict[str, PredictionError] = field(default_factory=dict)
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -204,6 +211,7 @@ class Simulator:
                     rec.run_overhead_s = self.overhead if rec.preemptions else 0.0
                     if rec.first_start is None:
                         rec.first_start = now
+                        rec.prediction = snapshot.history.predict(rec.request)
                     rec.placements.append(launch.placement)
                     if caches is not None:
                         nodes = launch.placement.nodes
@@ -249,7 +257,11 @@ class Simulator:
         name = self.policy.name + ("+oracle" if self.oracle else "")
         if caches is not None and caches.staging.blind:
             name += "+data-blind"
-        return SimResult(name, metrics, list(self.records.values()), timeline)
+        records = list(self.records.values())
+        errors = prediction_errors(
+            (r.prediction, r.job.duration_s) for r in records if r.prediction is not None
+        )
+        return SimResult(name, metrics, records, timeline, errors)
 
     def _caches(self) -> NodeCaches | None:
         if self.staging is None:

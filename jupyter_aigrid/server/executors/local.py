@@ -108,12 +108,18 @@ class LocalExecutor:
         cpus_per_node: int | None = None,
         memory_mb_per_node: int | None = None,
         python: str = sys.executable,
+        gpu_models: dict[str, str] | None = None,
     ) -> None:
         if nodes < 1:
             msg = f"local_nodes must be at least 1, got {nodes}"
             raise ValueError(msg)
         self.root = Path(root)
         self.python = python
+        unknown = sorted(set(gpu_models or {}) - {f"node-{i}" for i in range(nodes)})
+        if unknown:
+            msg = f"gpu_models names no local node: {', '.join(unknown)} (nodes are node-0..)"
+            raise ValueError(msg)
+        self._gpu_models = dict(gpu_models or {})
         self._nodes = self._declare(nodes, simulated_gpus, cpus_per_node, memory_mb_per_node)
         self._by_name = {n.name: n for n in self._nodes}
         self._live: dict[str, _Process] = {}
@@ -136,7 +142,7 @@ class LocalExecutor:
                 )
                 gpus: list[Gpu] = real[start : start + share]
             else:
-                gpus = simulated_gpus(name, simulated or 0)
+                gpus = simulated_gpus(name, simulated or 0, model=self._gpu_models.get(name))
             scratch = self.root / "nodes" / name
             scratch.mkdir(parents=True, exist_ok=True)
             nodes.append(

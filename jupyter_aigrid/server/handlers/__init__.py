@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cluster import ClusterHandler
+from .cluster import ClusterHandler, ProfilesHandler
 from .datasets import (
     CommitHandler,
     DatasetHandler,
@@ -37,6 +37,7 @@ ROUTES = [
     (rf"{API}/jobs/{_JOB}/outputs/(?P<name>[^/]+)", OutputHandler),
     (rf"{API}/events", EventsHandler),
     (rf"{API}/cluster", ClusterHandler),
+    (rf"{API}/profiles", ProfilesHandler),
     (rf"{API}/simulate", SimulateHandler),
     (rf"{API}/templates", TemplatesHandler),
     (rf"{API}/images", ImagesHandler),
