@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from jupyter_aigrid.server.inference import latency_summary, results
 from jupyter_aigrid.server.profiles import ProfileBook
 from jupyter_aigrid.server.store import Store
 
@@ -189,3 +190,20 @@ async def test_training_run_times_are_predicted_from_the_same_code_and_scored(ap
     report = (await api.call("GET", "profiles"))["runtime_predictions"]
     assert report["all"]["jobs"] == 3 and report["all"]["predicted"] == 2
     assert report["same-code"]["predicted"] == 1 and report["none"]["predicted"] == 0
+
+
+def test_only_reports_with_a_latency_are_results():
+    reports = [
+        {"latency_ms": 10, "items": 4},
+        {"latency_ms": 30},  # one item
+        {"latency_ms": True},  # not a number
+        {"latency_ms": -1},
+        {"loss": 0.3},  # a training metric, not a result
+        {"latency_ms": 20, "items": 0},  # no items given: counts as one
+    ]
+    measured = results(reports)
+    assert measured == [(10.0, 4.0), (30.0, 1.0), (20.0, 1.0)]
+    summary = latency_summary(measured)
+    assert (summary["count"], summary["p50_ms"], summary["p95_ms"]) == (3, 20.0, 30.0)
+    assert summary["items"] == 6.0 and summary["throughput"] == pytest.approx(6 / 0.06)
+    assert latency_summary([]) is None

@@ -43,17 +43,29 @@ def resource_of(gpu_model: str | None) -> str:
     return gpu_model or CPU
 
 
-def latency_summary(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """count, p50, p95, mean, items and throughput of the reports that carry a latency."""
-    latencies, items = [], 0.0
-    for r in reports:
-        value = r.get("latency_ms")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            latencies.append(float(value))
-            n = r.get("items", 1)
-            items += float(n) if isinstance(n, int | float) and n > 0 else 1.0
-    if not latencies:
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def results(reports: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(latency_ms, items) of the reports that carry a latency (items 1 unless a positive
+    number is given); other reports (metrics of another kind) are not results."""
+    return [
+        (
+            float(r["latency_ms"]),
+            float(r["items"]) if _number(r.get("items")) and r["items"] else 1.0,
+        )
+        for r in reports
+        if _number(r.get("latency_ms"))
+    ]
+
+
+def latency_summary(measured: list[tuple[float, float]]) -> dict[str, Any] | None:
+    """count, p50, p95, mean, items and throughput of (latency_ms, items) results."""
+    if not measured:
         return None
+    latencies = [ms for ms, _ in measured]
+    items = sum(n for _, n in measured)
     ordered = sorted(latencies)
 
     def at(q: float) -> float:
@@ -264,24 +276,22 @@ class Inference:
         record = row.get("inference")
         if not record:
             return
-        reports = [
-            r
-            for rank in range(row["replicas"])
-            for r in self.files.reports(row["id"], row["attempt"], rank)
-        ]
+        measured = results(
+            [
+                r
+                for rank in range(row["replicas"])
+                for r in self.files.reports(row["id"], row["attempt"], rank)
+            ]
+        )
         model, resource, now = record["model"], record["resource"], time.time()
-        for r in reports:
-            value = r.get("latency_ms")
-            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-                n = r.get("items", 1)
-                items = n if isinstance(n, int | float) and not isinstance(n, bool) and n > 0 else 1
-                self.book.observe(model, resource, float(value), items, now)
+        for latency_ms, items in measured:
+            self.book.observe(model, resource, latency_ms, items, now)
         if succeeded:
             self.book.observe_run(model, resource, ran_s, now)
         profile = self.book.get(model, resource)
         if profile is not None:
             self.store.put_profile(profile.to_row())
-        observed = latency_summary(reports)
+        observed = latency_summary(measured)
         slo = record.get("slo") or {}
         met: bool | None = None
         if observed is not None and slo.get("latency_ms") is not None:
