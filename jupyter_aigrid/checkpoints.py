@@ -20,10 +20,14 @@ hashes to its manifest. Only the standard library is used (containers carry this
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import json
 import os
+import queue
 import re
+import shutil
 import stat
 import threading
 import time
@@ -37,6 +41,10 @@ from .durable import open_inside, write_atomic
 FORMAT = 1
 CONTROL = ".control"
 CHUNK = 8 * 1024 * 1024
+#: A checkpoint write is handed to the disk in slices this big as it is written.
+SLICE = 64 * 1024 * 1024
+#: Writes at least this big are hashed in a second thread while they are written.
+PARALLEL_HASH = 1024 * 1024
 _NAME = re.compile(r"ckpt-(\d{4,})\.(\d{6,})\Z")
 
 
@@ -81,28 +89,69 @@ def _digest(
     return sha.hexdigest(), size
 
 
-def _synced_digest(fd: int, path: Path, limit: int | None) -> tuple[str, int]:
-    """fsync ``fd`` while hashing the file at ``path`` back from the page cache (at most
-    ``limit + 1`` bytes; all of it if None): the disk and the hash work at once, and the
-    file is durable when this returns. Hashing back is faster than hashing as written."""
-    failed: list[OSError] = []
-
-    def sync() -> None:
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            failed.append(e)
-
-    syncing = threading.Thread(target=sync, name="aigrid-fsync")
-    syncing.start()
+@functools.cache
+def _writeback() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range(2)``: start writing a range of a file to disk without
+    waiting for it. None where the C library has no such call."""
     try:
-        with open(path, "rb") as f:
-            sha, size = _digest(f, os.fstat(f.fileno()).st_size if limit is None else limit)
-    finally:
-        syncing.join()
-    if failed:
-        raise failed[0]
-    return sha, size
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+class HashingWriter:
+    """The file object a checkpoint is written through: it hashes (sha256) and counts what
+    is written, as it is written, and starts the disk on it straight away.
+
+    A big write (a tensor's storage: torch writes each in one call) is hashed in a second
+    thread while it is written (hashlib and file writes both release the GIL), in slices
+    that the kernel starts writing back at once (``SYNC_FILE_RANGE_WRITE``), so hashing,
+    copying into the page cache and the disk all work at the same time and the fsync at the
+    end has little left to wait for. Hashing the file back afterwards costs a second pass.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._written_back = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if view.ndim != 1 or view.format not in ("B", "b", "c"):
+            view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+        n = view.nbytes
+        if n < PARALLEL_HASH:
+            self.sha.update(view)
+            self.f.write(view)
+        else:
+            hashing = threading.Thread(target=self.sha.update, args=(view,), name="aigrid-hash")
+            hashing.start()
+            try:
+                for offset in range(0, n, SLICE):
+                    self.f.write(view[offset : offset + SLICE])
+                    self._write_back(self.size + min(offset + SLICE, n))
+            finally:
+                hashing.join()
+        self.size += n
+        return n
+
+    def _write_back(self, end: int) -> None:
+        call = _writeback()
+        if call is None or end - self._written_back < SLICE:
+            return
+        self.f.flush()
+        if call(self.f.fileno(), self._written_back, end - self._written_back, 2) == 0:
+            self._written_back = end
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def digest(self) -> tuple[str, int]:
+        return self.sha.hexdigest(), self.size
 
 
 def _create(path: Path) -> BinaryIO:
@@ -125,16 +174,22 @@ def _real_dir(path: Path) -> Path:
 def write_piece(
     folder: Path, rank: int, world_size: int, write: Callable[[Any], None], meta: dict[str, Any]
 ) -> dict[str, Any]:
-    """Write rank ``rank``'s piece into ``folder``: ``write(f)`` writes the data; the manifest
-    (with ``meta``) follows once the data is durable. Returns the manifest."""
+    """Write rank ``rank``'s piece into ``folder``: ``write(f)`` writes the data (``f`` is a
+    :class:`HashingWriter`: the sha256 is taken as it is written); the manifest (with
+    ``meta``) follows once the data is durable. Returns the manifest."""
     _real_dir(folder)
     target = folder / data_file(rank)
     tmp = folder / f".{target.name}.{os.getpid()}.tmp"
     try:
         with _create(tmp) as f:
-            write(f)
+            sink = HashingWriter(f)
+            write(sink)
             f.flush()
-            sha, size = _synced_digest(f.fileno(), tmp, None)
+            os.fsync(f.fileno())
+            sha, size = sink.digest()
+            if os.fstat(f.fileno()).st_size != size:
+                msg = f"{target.name}: {size} bytes written, the file holds another size"
+                raise CheckpointError(msg)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -230,8 +285,8 @@ def copy_verified(src: Path, src_root: Path, dst: Path, rank: int) -> int:
     """Copy rank ``rank``'s piece from folder ``src`` to folder ``dst`` and verify the copy;
     it is durable (and its manifest written) only once it matched. Returns bytes copied.
 
-    The bytes move in the kernel (``copy_file_range``: a reflink where the filesystem can),
-    then the copy is hashed back from the page cache against the source's manifest."""
+    The copy is hashed back as it is made (:func:`_copy_hashed`) and checked against the
+    source's manifest."""
     manifest = read_manifest(src, rank, src_root)
     expected = manifest["files"][data_file(rank)]
     _real_dir(dst)
@@ -242,10 +297,8 @@ def copy_verified(src: Path, src_root: Path, dst: Path, rank: int) -> int:
         except FileNotFoundError:
             msg = f"rank {rank}'s data file {data_file(rank)} is missing"
             raise CheckpointError(msg) from None
-        with source, _create(tmp) as out:
-            _copy_bytes(source.fileno(), out.fileno(), expected["bytes"] + 1)
-            out.flush()
-            sha, size = _synced_digest(out.fileno(), tmp, expected["bytes"])
+        with source, _create(tmp) as out:  # one byte more than expected shows a longer file
+            sha, size = _copy_hashed(source.fileno(), out.fileno(), tmp, expected["bytes"] + 1)
         _check(rank, expected, sha, size)
         os.replace(tmp, dst / data_file(rank))
     finally:
@@ -255,20 +308,66 @@ def copy_verified(src: Path, src_root: Path, dst: Path, rank: int) -> int:
     return expected["bytes"]
 
 
-def _copy_bytes(source: int, target: int, most: int) -> None:
-    """Copy up to ``most`` bytes between file descriptors inside the kernel."""
-    left = most
-    while left > 0:
+def _copy_hashed(source: int, target: int, path: Path, most: int) -> tuple[str, int]:
+    """Copy up to ``most`` bytes from fd ``source`` to fd ``target`` (the file at ``path``)
+    and make them durable; return the sha256 and size of the copy.
+
+    The bytes move in the kernel (``copy_file_range``: a reflink where the filesystem can),
+    a slice at a time; a second thread hashes each slice back from the copy (the page
+    cache) as soon as it is there, and the disk starts writing it back at once, so copying,
+    hashing and writing overlap instead of following one another."""
+    sha, failed = hashlib.sha256(), []
+    slices: queue.Queue[int | None] = queue.Queue()
+
+    def hash_back() -> None:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
         try:
-            n = os.copy_file_range(source, target, min(left, 1 << 30))
-        except OSError:  # not across these filesystems: plain reads and writes
-            while left > 0 and (chunk := os.read(source, min(left, CHUNK))):
-                os.write(target, chunk)
-                left -= len(chunk)
-            return
-        if n == 0:
-            return
-        left -= n
+            with open(path, "rb") as f:
+                while (left := slices.get()) is not None:
+                    while left > 0:
+                        n = f.readinto(view[: min(left, CHUNK)])
+                        if not n:
+                            msg = f"{path.name} is shorter than what was copied into it"
+                            raise CheckpointError(msg)
+                        sha.update(view[:n])
+                        left -= n
+        except (OSError, CheckpointError) as e:
+            failed.append(e)
+            while slices.get() is not None:  # let the copier finish its puts
+                pass
+
+    hashing = threading.Thread(target=hash_back, name="aigrid-hash")
+    hashing.start()
+    size, writeback = 0, _writeback()
+    try:
+        while size < most:
+            n = _copy_slice(source, target, min(SLICE, most - size))
+            if n == 0:
+                break
+            slices.put(n)
+            if writeback is not None:
+                writeback(target, size, n, 2)  # SYNC_FILE_RANGE_WRITE: start, do not wait
+            size += n
+    finally:
+        slices.put(None)
+        hashing.join()
+    if failed:
+        raise failed[0]
+    os.fsync(target)
+    return sha.hexdigest(), size
+
+
+def _copy_slice(source: int, target: int, most: int) -> int:
+    """Copy up to ``most`` bytes between file descriptors at their positions; 0 at the end."""
+    try:
+        return os.copy_file_range(source, target, most)
+    except OSError:  # not across these filesystems: a plain read and write
+        chunk = os.read(source, min(most, CHUNK))
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
+        return len(chunk)
 
 
 def piece_names(root: Path) -> list[str]:
@@ -412,6 +511,14 @@ def prune(root: Path, rank: int, keep: int, current: str) -> None:
             folder.rmdir()  # only once every rank's piece is gone
 
 
+def remove_root(root: Path) -> None:
+    """Delete a job's checkpoint folder on one node (links in it are removed, never
+    followed); nothing if it is not there."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(root).st_mode):
+            shutil.rmtree(root, ignore_errors=True)
+
+
 # -- requests and answers between the master and the ranks -------------------------------------
 
 
@@ -429,6 +536,12 @@ def ack_file(root: Path, attempt: int, rank: int) -> Path:
 
 def restored_file(root: Path, attempt: int, rank: int) -> Path:
     return control_dir(root) / f"restored-{attempt}-{rank}.json"
+
+
+def go_file(root: Path, attempt: int, rank: int) -> Path:
+    """The master's word to a replica it started ahead of time (``AIGRID_RESTORE_WAIT``):
+    the checkpoint to restore (``{"checkpoint": name or None, "sha256": ...}``)."""
+    return control_dir(root) / f"go-{attempt}-{rank}.json"
 
 
 def request_file(root: Path) -> Path:

@@ -61,6 +61,8 @@ __all__ = [
 ]
 #: How many finished checkpoints each rank keeps (``AIGRID_CHECKPOINT_KEEP`` overrides).
 DEFAULT_KEEP = 3
+#: How often a replica started ahead of time looks for the master's go.
+GO_POLL_S = 0.005
 
 
 def rank() -> int:
@@ -129,6 +131,7 @@ def report(**metrics: Any) -> None:
     out = os.environ.get("AIGRID_RESULT_DIR")
     if not out:
         return
+    _await_go()
     path = Path(out) / f"rank-{rank()}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"time": time.time(), **metrics}) + "\n"
@@ -148,6 +151,7 @@ class _State:
     listening = False
     answered: str | None = None  # the master's request answered last
     request_mtime = 0
+    go: dict[str, Any] | None = None  # the master's go, for a replica started ahead of time
 
 
 _state = _State()
@@ -164,10 +168,25 @@ def checkpoint_dir() -> Path:
 
 def _dumper(state: dict[str, Any]) -> tuple[str, Any]:
     if "torch" in sys.modules:
-        import torch
-
-        return "torch", lambda f: torch.save(state, f)
+        return "torch", lambda f: _torch_save(state, f)
     return "pickle", lambda f: pickle.dump(state, f, protocol=5)
+
+
+def _torch_save(state: dict[str, Any], f: Any) -> None:
+    """``torch.save`` without its per-record CRC-32: the manifest's sha256 covers every byte
+    (and is checked before any restore), so a second checksum only costs time."""
+    import torch
+
+    options = torch.serialization
+    if not hasattr(options, "set_crc32_options"):
+        torch.save(state, f)
+        return
+    previous = options.get_crc32_options()
+    options.set_crc32_options(False)
+    try:
+        torch.save(state, f)
+    finally:
+        options.set_crc32_options(previous)
 
 
 def checkpoint(state: dict[str, Any], keep: int | None = None) -> str:
@@ -180,6 +199,7 @@ def checkpoint(state: dict[str, Any], keep: int | None = None) -> str:
     if not isinstance(state, dict):
         msg = f"checkpoint() takes a dict, got {type(state).__name__}"
         raise TypeError(msg)
+    _await_go()
     began = time.monotonic()
     root = checkpoint_dir()
     seq = (_state.seq or 0) + 1  # on from the checkpoint restored, if any
@@ -246,15 +266,24 @@ def restore() -> dict[str, Any] | None:
     first; None when the job starts afresh.
 
     Under the master, ``AIGRID_RESTORE`` names that checkpoint: the master chose the newest
-    one that every rank has and that verifies, and put it on this node. Run by hand (no
-    master), the newest verified checkpoint in ``checkpoint_dir()`` is used, falling back to
-    older ones with a warning.
+    one that every rank has and that verifies, and put it on this node. A replica the master
+    started ahead of time (a migrating gang, at its destination) waits here for the master to
+    name it (``AIGRID_RESTORE_WAIT``): its start-up overlaps the checkpoint's write. Run by
+    hand (no master), the newest verified checkpoint in ``checkpoint_dir()`` is used, falling
+    back to older ones with a warning.
     """
+    waited = _await_go()
     began = time.monotonic()
-    chosen = os.environ.get("AIGRID_RESTORE")
+    chosen, vouched = os.environ.get("AIGRID_RESTORE"), os.environ.get("AIGRID_RESTORE_SHA256")
+    if _state.go is not None:  # started ahead of time: the master named it once it was there
+        name, vouched = _state.go.get("checkpoint"), _state.go.get("sha256")
+        if name and not (isinstance(name, str) and ck.parse_name(name)):
+            msg = f"the master's go names no checkpoint: {name!r}"
+            raise CheckpointError(msg)
+        chosen = str(checkpoint_dir() / name) if name else ""
     if chosen:
         folder = Path(chosen)
-        state = _load(folder, folder.parent, os.environ.get("AIGRID_RESTORE_SHA256"))
+        state = _load(folder, folder.parent, vouched if isinstance(vouched, str) else None)
     elif job_id() is None:
         root, state, folder = checkpoint_dir(), None, None
         for name in reversed(ck.piece_names(root)):
@@ -274,9 +303,29 @@ def restore() -> dict[str, Any] | None:
     if job_id() is not None:
         ck.write_json(
             ck.restored_file(checkpoint_dir(), _attempt(), rank()),
-            {"checkpoint": folder.name, "seconds": round(time.monotonic() - began, 6)},
+            {
+                "checkpoint": folder.name,
+                "seconds": round(time.monotonic() - began, 6),
+                "waited_s": waited,
+            },
         )
     return state
+
+
+def _await_go() -> float | None:
+    """A replica the master started ahead of its turn (``AIGRID_RESTORE_WAIT``: a migrating
+    gang is started at its destination while its checkpoint is still being written and
+    copied) waits here, at its first call into the runtime that restores, checkpoints or
+    reports, until the master names the checkpoint to restore. Returns the seconds waited
+    (None when this replica was not started ahead)."""
+    if _state.go is not None or os.environ.get("AIGRID_RESTORE_WAIT") != "1":
+        return None
+    root, began = checkpoint_dir(), time.monotonic()
+    path = ck.go_file(root, _attempt(), rank())
+    while (go := ck.read_json(path, root)) is None:
+        time.sleep(GO_POLL_S)
+    _state.go = go
+    return round(time.monotonic() - began, 6)
 
 
 def _on_signal(signum, frame) -> None:
@@ -319,6 +368,7 @@ def should_checkpoint() -> bool:
     """Should the job checkpoint at this step? True when the master asks (to migrate or
     preempt the job, or on a user's request) and every ``checkpoint_interval_s`` of the
     spec. In a gang, every rank gets the same answer (one tiny all-reduce)."""
+    _await_go()
     if not _state.listening:
         _listen()
     due = _requested()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,48 @@ def test_write_piece_manifest_lists_sha256_and_size(tmp_path: Path):
     assert ck.read_verified(folder, 1, tmp_path) == manifest
     assert ck.load_verified(folder, 1, tmp_path) == (manifest, data)
     assert ck.ranks_in(tmp_path, folder.name) == {1}
+
+
+@pytest.mark.parametrize("writeback", [True, False], ids=["writeback", "no-writeback"])
+def test_write_piece_hashes_big_and_small_writes_as_written(tmp_path: Path, monkeypatch, writeback):
+    """Big writes are hashed in a second thread, in slices handed to the disk one by one;
+    small ones inline; views of other item types count in bytes. The manifest's digest is
+    the file's, whichever path each write took."""
+    monkeypatch.setattr(ck, "PARALLEL_HASH", 4096)
+    monkeypatch.setattr(ck, "SLICE", 10_000)
+    if not writeback:
+        monkeypatch.setattr(ck, "_writeback", lambda: None)
+    big = os.urandom(95_001)
+    floats = np.arange(3000, dtype=np.float64)  # a 2-byte-item view of 24,000 bytes
+    parts = [b"head", big, memoryview(floats).cast("B").cast("H"), b"tail" * 10]
+
+    def write(f):
+        for part in parts:
+            assert f.write(part) == memoryview(part).nbytes
+
+    folder = tmp_path / ck.name_of(0, 1)
+    manifest = ck.write_piece(folder, 0, 1, write, {})
+    data = (folder / "rank-0.pt").read_bytes()
+    assert data == b"head" + big + floats.tobytes() + b"tail" * 10
+    assert manifest["files"]["rank-0.pt"] == {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+    assert ck.read_verified(folder, 0, tmp_path) == manifest
+
+
+def test_write_piece_of_a_torch_state_without_crc32_loads_back(root, monkeypatch):
+    """torch.save's own CRC-32 is left out of checkpoints (the sha256 covers them), and the
+    user's own setting is left as it was."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("AIGRID_RESTORE", "")
+    state = {"w": torch.randn(300, 300), "step": 3}
+    name = runtime.checkpoint(state)
+    assert torch.serialization.get_crc32_options() is True
+    with zipfile.ZipFile(root / name / "rank-0.pt") as z:
+        assert {i.CRC for i in z.infolist()} == {0}
+    loaded = runtime._load(root / name, root)
+    assert torch.equal(loaded["w"], state["w"]) and loaded["step"] == 3
 
 
 def test_write_piece_that_fails_leaves_no_piece(tmp_path: Path):
@@ -544,6 +587,34 @@ def test_copy_verified_copies_data_and_manifest(tmp_path: Path):
     assert (b / name / "rank-3.pt").read_bytes() == data
     assert ck.read_verified(b / name, 3, b) == manifest
     assert (b / name / "rank-3.pt").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["copy_file_range", "read-write"])
+@pytest.mark.parametrize("how", ["intact", "extend", "flip"])
+def test_copy_verified_in_slices_hashed_as_they_land(tmp_path: Path, monkeypatch, kernel, how):
+    """Many slices, each hashed back while the next is copied, in the kernel or (where it
+    cannot copy across) by reads and writes: the copy is whole, and damage is still found."""
+    monkeypatch.setattr(ck, "SLICE", 7000)
+    monkeypatch.setattr(ck, "CHUNK", 3000)
+    if not kernel:
+
+        def refuse(*args):
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = os.urandom(50_001)
+    put(a, 0, 1, data=data)
+    name = ck.name_of(0, 1)
+    if how != "intact":
+        damage(a / name, how)
+        with pytest.raises(CheckpointError, match=RESTORE_PROBLEM[how]):
+            ck.copy_verified(a / name, a, b / name, 0)
+        assert files_in(b / name) == []
+        return
+    assert ck.copy_verified(a / name, a, b / name, 0) == len(data)
+    assert (b / name / "rank-0.pt").read_bytes() == data
+    ck.read_verified(b / name, 0, b)
 
 
 def test_copy_verified_refuses_a_link_outside_the_root(tmp_path: Path):
