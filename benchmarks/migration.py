@@ -9,7 +9,10 @@ requests (``checkpoint.listening``), ``POST /jobs/{id}/migrate`` moves it to the
 the job view is polled until ``migration.state`` is ``done`` (or ``failed``), and each
 phase's duration and bytes are read from it (``checkpointing -> stopping -> transferring ->
 restoring``). Total: the first phase's start to the last phase's end. The job is then
-cancelled.
+cancelled. The master starts the destination's replica when the migration begins
+(``migration_prestart``, on by default): its start-up runs while the checkpoint is written
+and copied, and ``restoring`` lasts until it has restored (once it is up). Pass
+``--cold`` to start it only once the checkpoint is there, as before.
 
 Baseline, in the same run and on the same filesystem, for every size: a file of the same
 size (the checkpoint's bytes) written in node-0's scratch area and left in the page cache,
@@ -236,7 +239,8 @@ def migrate_once(srv: BenchServer, s, state_mb: float, out: Path, timeout_s: flo
             "observed": observed,
             "checkpoint_bytes": migration.get("bytes"),
             "write_s": ((job.get("checkpoint") or {}).get("latest") or {}).get("seconds"),
-            "restore_s": restore_seconds(srv, job_id, to[0], job["attempt"]),
+            "restored": restored(srv, job_id, to[0], job["attempt"]),
+            "prestart": migration.get("prestart"),
         }
     finally:
         state = cancel(srv, s, job_id)
@@ -244,14 +248,15 @@ def migrate_once(srv: BenchServer, s, state_mb: float, out: Path, timeout_s: flo
             print(f"  ! job {job_id} ended {state} after its DELETE")
 
 
-def restore_seconds(srv: BenchServer, job_id: str, node: str, attempt: int) -> float | None:
-    """What rank 0 says its ``runtime.restore()`` took (read, verify, torch.load), from the
-    answer it leaves the master in the node's checkpoint folder; None if not found."""
+def restored(srv: BenchServer, job_id: str, node: str, attempt: int) -> dict:
+    """What rank 0 says of its ``runtime.restore()``: the seconds it took (read, verify,
+    torch.load) and, for a replica started ahead of time, the seconds it waited for the go;
+    from the answer it leaves the master in the node's checkpoint folder ({} if not found)."""
     pattern = f"*-{job_id}/.control/restored-{attempt}-0.json"
     for path in (srv.state_dir / "nodes" / node / "checkpoints").glob(pattern):
         with contextlib.suppress(OSError, ValueError, TypeError):
-            return float(json.loads(path.read_text())["seconds"])
-    return None
+            return json.loads(path.read_text())
+    return {}
 
 
 def kill_leftover_replicas(srv: BenchServer) -> None:
@@ -326,7 +331,16 @@ def print_table(rows: list[tuple[float, dict, dict | None, str | None]]) -> None
             continue
         b = mig["bytes"]
         write = f"{mig['write_s']:.3f} s" if mig["write_s"] is not None else "?"
-        restore = f"{mig['restore_s']:.3f} s" if mig["restore_s"] is not None else "?"
+        seconds, waited = mig["restored"].get("seconds"), mig["restored"].get("waited_s")
+        restore = f"{seconds:.3f} s" if seconds is not None else "?"
+        if (mig["prestart"] or {}).get("state") == "go":
+            restore += (
+                f" (started at the migration's start, it waited {waited:.3f} s there for the go)"
+                if waited is not None
+                else " (started at the migration's start)"
+            )
+        else:
+            restore += " (started once the checkpoint was there)"
         print(
             f"  {fmt_size(mb)}: checkpoint {fmt_bytes(mig['checkpoint_bytes'])}; "
             f"written {fmt_bytes(b['checkpointing'])} (the job's own write took {write}); "
@@ -352,13 +366,19 @@ def main() -> int:
     ap.add_argument(
         "--timeout", type=float, default=600.0, help="seconds a migration may take (default 600)"
     )
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="start the destination's replica once the checkpoint is there (no prestart)",
+    )
     args = ap.parse_args()
     sizes = [float(x) for x in args.sizes.split(",") if x.strip()]
+    server_args = [*SERVER_ARGS, f"--AIGridApp.migration_prestart={not args.cold}"]
 
     rows: list[tuple[float, dict, dict | None, str | None]] = []
     failed = False
-    print(f"starting the Jupyter server ({' '.join(SERVER_ARGS)}) ...", flush=True)
-    srv = BenchServer(SERVER_ARGS)
+    print(f"starting the Jupyter server ({' '.join(server_args)}) ...", flush=True)
+    srv = BenchServer(server_args)
     try:
         srv.start()
         s = srv.session()

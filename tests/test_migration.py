@@ -74,8 +74,13 @@ async def listening(api, job_id: str) -> dict:
     raise AssertionError(f"job {job_id} never listened: {job}")
 
 
-@pytest.mark.parametrize("gpus", [1, 2])
-async def test_a_migrated_job_resumes_bit_exact(api, aigrid_master, tmp_path, gpus):
+@pytest.mark.parametrize(
+    ("gpus", "prestart"), [(1, True), (2, True), (1, False)], ids=["1", "2", "1-cold"]
+)
+async def test_a_migrated_job_resumes_bit_exact(api, aigrid_master, tmp_path, gpus, prestart):
+    """The gang's replicas start at the destination while its checkpoint is written and
+    wait in restore() (prestart), or start once it is there (cold): the same run either way."""
+    aigrid_master.migration_prestart = prestart
     reference = await api.submit(train(tmp_path / "reference", gpus))
     moved = await api.submit(train(tmp_path / "moved", gpus))
     job = await listening(api, moved["id"])
@@ -104,7 +109,19 @@ async def test_a_migrated_job_resumes_bit_exact(api, aigrid_master, tmp_path, gp
     assert transferred > 0 and transferred == migration["bytes"]
     assert {s["node"] for s in done["placement"]} == target
     assert done["attempt"] == 1 and done["restarts"] == 0
+    if prestart:
+        assert migration["prestart"] == {"attempt": 1, "state": "go", "reason": None}
+        assert started["migration"]["prestart"]["state"] == "waiting"
+    else:
+        assert migration["prestart"] is None
     assert_same_run(tmp_path / "reference", tmp_path / "moved", ranks=gpus)
+    # It succeeded: it never resumes, so its checkpoints go (on every node).
+    roots = aigrid_master._roots(moved["id"]).values()
+    for _ in range(200):
+        if not any(root.exists() for root in roots):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(root.exists() for root in roots)
     kinds = [
         (e["data"]["state"], e["data"].get("phase"))
         for e in aigrid_master.store.events(moved["id"])

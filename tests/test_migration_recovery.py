@@ -9,6 +9,7 @@ import pytest
 from test_migration import counted, counter
 from test_recovery import crash_in, finished, master, ran, submit
 
+from jupyter_aigrid import checkpoints as ck
 from jupyter_aigrid.server.executors.local import LocalExecutor
 
 STEPS = 150
@@ -28,6 +29,8 @@ DEATHS = {
     "stopping": ("_stage", always),  # the gang has stopped; it is about to move
     "transferring": ("_staged", always),  # the copy is verified; before the restore
     "restoring": ("launch", lambda request, *rest: request.attempt > 0),  # starting it there
+    # Started there ahead of time, waiting: it dies as it tells them to go on.
+    "going": ("_resume", lambda row, restore: row["migration"].get("prestart")),
     "restored": ("_check_restored", always),  # the gang has restored; before "done"
 }
 
@@ -35,6 +38,7 @@ DEATHS = {
 @pytest.mark.parametrize("step", list(DEATHS))
 async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_path, step):
     a = master(tmp_path, two_nodes(tmp_path))
+    a.migration_prestart = step != "restoring"  # a cold start at the destination, or not
     job_id = submit(a, counter(STEPS, 0.02))
     deadline = time.monotonic() + 60
     while not a._listening(a.store.job(job_id)):
@@ -68,6 +72,9 @@ async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_pa
             assert migration["kind"] == "migrate" and migration["id"] == 1
             assert migration["to"] != [source]
             assert states[-1] == "done" and "failed" not in states, states
+            # The replicas started ahead of time there were the ones that went on.
+            assert migration["prestart"] == {"attempt": 1, "state": "go", "reason": None}
+            assert done["attempt"] == 1
     finally:
         await b.stop()
 
@@ -105,14 +112,37 @@ def test_a_checkpoint_that_never_comes_times_out(tmp_path):
     assert "did not checkpoint within 0.5 s; it runs on" in row["migration"]["error"]
     assert row["state"] == "running" and row["placement"] == source and row["attempt"] == 0
     assert row["checkpoint"]["request"]["state"] == "timeout"
+    # What it had started at the destination ahead of time is stopped, and never used.
+    prestart = row["migration"]["prestart"]
+    assert prestart["attempt"] == 1 and prestart["state"] == "dropped"
+    assert "did not checkpoint" in prestart["reason"]
+    tick_until(m, lambda: all(r["state"] == "exited" for r in m.store.replicas(job_id, 1)))
+    assert len(m.store.replicas(job_id, 1)) == 1
 
     # A preemption goes ahead without the checkpoint.
     with m.store.write():
         m._preempt(job_id, "preempted for a test")
     assert m.store.job(job_id)["pending_state"] is None  # asked for a checkpoint first
-    tick_until(m, lambda: m.store.job(job_id)["attempt"] == 1)
+    tick_until(m, lambda: m.store.job(job_id)["attempt"] == 2)  # attempt 1 is spent
     states = [e["data"].get("state") for e in m.store.events(job_id)]
     assert states.count("timeout") == 2 and "preempted" in states
     m._cancel(job_id, "u", False)
     tick_until(m, lambda: m.store.job(job_id)["state"] == "cancelled")
+    m.store.close()
+
+
+def test_checkpoints_stay_after_a_failure_and_go_after_a_cancel(tmp_path):
+    m = master(tmp_path, two_nodes(tmp_path))
+    wrote = "from jupyter_aigrid import runtime\nruntime.checkpoint({'step': 1})\n"
+    failed = submit(m, {"code": wrote + "raise SystemExit(3)", "gpus": 1})
+    tick_until(m, lambda: m.store.job(failed)["state"] == "failed")
+    assert any(ck.piece_names(root) for root in m._roots(failed).values())  # to look into
+
+    waits = submit(m, {"code": wrote + "print('written', flush=True)\nimport time; time.sleep(60)"})
+    roots = m._roots(waits).values()
+    tick_until(m, lambda: any(ck.piece_names(root) for root in roots))
+    m._cancel(waits, "u", False)
+    tick_until(m, lambda: not any(root.exists() for root in roots))
+    assert m.store.job(waits)["state"] == "cancelled"
+    assert any(ck.piece_names(root) for root in m._roots(failed).values())
     m.store.close()

@@ -122,6 +122,14 @@ class AIGridApp(ExtensionApp):
         "or a user) and to restore one; after that the migration fails, the preemption "
         "goes ahead without it.",
     )
+    migration_prestart = Bool(
+        True,
+        config=True,
+        help="Start a migrating gang's replicas at its destination while its checkpoint is "
+        "still being written and copied; they wait in runtime.restore() until it is there, "
+        "so the job's start-up is off the migration's critical path. For executors that "
+        "support it (local); jobs with datasets start after them as usual.",
+    )
     restart_backoff_s = Float(
         1.0,
         config=True,
@@ -267,6 +275,7 @@ class AIGridApp(ExtensionApp):
             stop_grace_s=self.stop_grace_s,
             allow_uncatalogued_images=self.allow_uncatalogued_images,
             checkpoint_timeout_s=self.checkpoint_timeout_s,
+            migration_prestart=self.migration_prestart,
             restart_backoff_s=self.restart_backoff_s,
             dataset_root=self.dataset_root,
             dataset_quota_bytes=self.dataset_quota_bytes,

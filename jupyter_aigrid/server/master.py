@@ -84,6 +84,7 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         stop_grace_s: float = 10.0,
         allow_uncatalogued_images: bool = False,
         checkpoint_timeout_s: float = 120.0,
+        migration_prestart: bool = True,
         restart_backoff_s: float = 1.0,
         dataset_root: str = "",
         dataset_quota_bytes: int = 0,
@@ -102,6 +103,9 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         self.allow_uncatalogued_images = allow_uncatalogued_images
         #: How long a gang has to answer a checkpoint request (and to restore one).
         self.checkpoint_timeout_s = checkpoint_timeout_s
+        #: Start a migrating gang at its destination while its checkpoint is written (where
+        #: the executor can: ``prestarts``)?
+        self.migration_prestart = migration_prestart and getattr(executor, "prestarts", False)
         #: The first restart after a failure waits this long; each next one twice as long.
         self.restart_backoff_s = restart_backoff_s
         #: Checkpoints being verified and copied where gangs resume: job -> (attempt, future).
@@ -138,8 +142,10 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         self._outbox: collections.deque[tuple[str, dict]] = collections.deque()
         #: Events of the transaction in progress (master thread only); a rollback drops them.
         self._uncommitted: list[tuple[str, dict]] = []
+        #: What to do once the transaction in progress commits (dropped on a rollback).
+        self._after_commit: list[Callable[[], None]] = []
         store.on_commit = self._commit_events
-        store.on_rollback = self._uncommitted.clear
+        store.on_rollback = self._rolled_back
         self._lost_on_restart: set[str] = set()
         #: Why picking up after the last master failed; None once it has succeeded.
         self.recovery_error: str | None = "not started"
@@ -529,6 +535,7 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
             for move in self._defragment(queue, snapshot):
                 with self.store.write():
                     self._migrate_for(move)
+                self._prestart(move.job_id)
 
     def _preempt(self, job_id: str, reason: str) -> None:
         """Checkpoint a running gang if it can, then stop it and requeue it: it resumes
@@ -630,16 +637,21 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
             with self.store.write():
                 self._stage(row)
         else:
-            self._launch_replicas(row, None)
+            self._resume(row, None)
 
-    def _launch_replicas(self, row: dict[str, Any], restore: str | None) -> None:
-        """Start every replica of the placed gang, restoring checkpoint ``restore`` if set."""
+    def _launch_replicas(
+        self, row: dict[str, Any], restore: str | None, prestart: bool = False
+    ) -> None:
+        """Start every replica of the placed gang, restoring checkpoint ``restore`` if set;
+        or (``prestart``) replicas that wait for the master's go in ``runtime.restore()``,
+        for an attempt that is not yet the job's (:meth:`_prestart`)."""
         # Each replica must be on record (committed) before its process starts.
         assert not self.store.conn.in_transaction, "replicas start outside a transaction"
         spec, attempt, job_id = row["spec"], row["attempt"], row["id"]
         placement = Placement.from_json(row["placement"])
         slots = placement.slots
-        self._clear_requests(row)
+        if not prestart:  # the gang it replaces may still be answering one
+            self._clear_requests(row)
         rendezvous = self.executor.rendezvous(slots[0].node)
         requests = []
         with self.store.write():
@@ -660,6 +672,8 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
                 env["AIGRID_RESOURCE"] = self._resource_of_placement(placement)
                 if restore:
                     env.update(self._restore_env(row, slot, restore))
+                if prestart:
+                    env["AIGRID_RESTORE_WAIT"] = "1"
                 requests.append(
                     LaunchRequest(
                         replica_id=f"{job_id}.{attempt}.{slot.rank}",
@@ -706,12 +720,19 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
             except Exception as e:
                 if not isinstance(e, ExecutorError):
                     log.exception("AI Grid: starting rank %d of job %s failed", req.rank, job_id)
+                reason = f"rank {req.rank} could not start: {e}"
                 with self.store.write():
                     for never in requests[i:]:
                         self.store.update_replica(
                             never.replica_id, state="exited", finished_at=time.time()
                         )
-                    self._fail_gang(job_id, f"rank {req.rank} could not start: {e}", retry=False)
+                    if prestart:  # the migration goes on without them
+                        self._stop_replicas(job_id, attempt)
+                        now = self.store.job(job_id)
+                        dropped = self._without_prestart(now, now["migration"], reason)
+                        self.store.update_job(job_id, migration=dropped)
+                    else:
+                        self._fail_gang(job_id, reason, retry=False)
                 return
             if self._async_starts:  # running once the executor says it started
                 self.store.update_replica(req.replica_id, pid=handle.pid)
@@ -723,7 +744,7 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
                 pid_start=handle.pid_start,
                 started_at=time.time(),
             )
-        if not self._async_starts:
+        if not self._async_starts and not prestart:
             self._set_state(self.store.job(job_id), RUNNING)
         self._live_replicas = True
 
@@ -831,11 +852,13 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         attained = earlier + ran_s * max(row["gpus"], 1)  # as Request.slots counts it
         if pending == MIGRATE:  # stopped to move: the gang starts where it goes
             migration = row["migration"]
+            prestart = migration.get("prestart") or {}
+            waiting = prestart.get("state") == "waiting"  # started there already
             self._place(
                 row,
                 Placement.from_json(migration["target"]),
                 exit_codes=codes,
-                attempt=row["attempt"] + 1,
+                attempt=prestart["attempt"] if waiting else self._next_attempt(row),
                 attained_gpu_s=attained,
                 reason=f"migrating: {migration['reason']}",
             )
@@ -854,7 +877,7 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
                 placement=None,
                 pending_state=None,
                 restarts=row["restarts"] + failed,
-                attempt=row["attempt"] + 1,
+                attempt=self._next_attempt(row),
                 started_at=None,
                 attained_gpu_s=attained,
                 retry_at=retry_at if failed else None,
@@ -869,7 +892,7 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
                 QUEUED,
                 placement=None,
                 pending_state=None,
-                attempt=row["attempt"] + 1,
+                attempt=self._next_attempt(row),
                 started_at=None,
                 reason=f"requeued: {row['reason']}",
             )
@@ -903,6 +926,8 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
             self.store.update_job(row["id"], state=state, **fields)
             new = {**row, **fields, "state": state}
             self._event_state(new, row["state"] if row["state"] != state else None)
+            if state in (SUCCEEDED, CANCELLED):  # it never resumes: its checkpoints go
+                self._after_commit.append(lambda: self._drop_checkpoints(row["id"]))
         if state == QUEUED:
             self._queue[row["id"]] = self._request(new)
         else:
@@ -931,6 +956,13 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
     def _commit_events(self) -> None:
         self._outbox.extend(self._uncommitted)
         self._uncommitted.clear()
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
+
+    def _rolled_back(self) -> None:
+        self._uncommitted.clear()
+        self._after_commit.clear()
 
     def _recover(self) -> None:
         """Pick up where a previous master left off: adopt live replicas, settle the rest."""
@@ -957,6 +989,17 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
             ):
                 self._watching.add(row["id"])
             unstarted = not self.store.replicas(row["id"], row["attempt"])
+            migration = row.get("migration") or {}
+            prestart = migration.get("prestart") or {}
+            if (
+                prestart.get("state") == "waiting"
+                and prestart["attempt"] == row["attempt"]
+                and row.get("pending_state") is None
+            ):
+                if migration["state"] == "restoring":  # staged and verified: say go
+                    self._resume(row, migration["checkpoint"])
+                    continue
+                unstarted = True  # started ahead of time, still waiting for the go
             if row["state"] == STARTING and unstarted and row.get("pending_state") is None:
                 # It died between placing the gang and starting it (or while staging).
                 self._start_or_stage(row)

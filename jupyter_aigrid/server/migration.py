@@ -6,6 +6,12 @@ A gang that starts again after a failure or a preemption takes the second half o
 path (``transferring -> restoring``, kind ``resume``). Each step is stored on the job before
 it is taken, so a master that dies in the middle picks it up where it was.
 
+A migrating gang's replicas are started at its destination as soon as the migration begins
+(``prestart``, where the executor can): they run the job's start-up (the interpreter, its
+imports, the model) while the checkpoint is written and copied, and wait in
+``runtime.restore()`` until the master names the checkpoint (a go file). If the migration
+fails, they are stopped and their attempt number is never used again.
+
 Mixed into :class:`~jupyter_aigrid.server.master.Master` (the master thread runs all of it);
 only the copying and hashing of checkpoints runs on a pool of its own.
 """
@@ -69,6 +75,7 @@ class Mover:
     """Asking for checkpoints, moving gangs, staging checkpoints where gangs resume."""
 
     checkpoint_timeout_s: float
+    migration_prestart: bool
     _staging: dict[str, tuple[int, Future]]
     _watching: set[str]
 
@@ -252,9 +259,9 @@ class Mover:
         migration = row.get("migration")
         if then == "migrate" and active(migration):
             if latest is None:
-                self._set_migration(
-                    row["id"], next_phase(migration, "failed", now, error=f"{error}; it runs on")
-                )
+                error = f"{error}; it runs on"
+                migration = self._without_prestart(row, migration, error)
+                self._set_migration(row["id"], next_phase(migration, "failed", now, error=error))
                 return
             moved = next_phase(migration, "stopping", now, latest["bytes"])
             self._set_migration(row["id"], {**moved, "checkpoint": latest["name"]})
@@ -283,6 +290,7 @@ class Mover:
             raise Conflict(msg)
         with self.store.write():
             self._begin_migration(row, target, f"requested by {user}")
+        self._prestart(job_id)
         return self._view(self.store.job(job_id))
 
     def _target(self, row: dict[str, Any], node: str | None) -> Placement | None:
@@ -325,6 +333,7 @@ class Mover:
         migration = row.get("migration")
         if not active(migration):
             return
+        migration = self._without_prestart(row, migration, "the migration ended")
         if succeeded:
             self._set_migration(row["id"], next_phase(migration, "done", time.time()))
         else:
@@ -333,7 +342,84 @@ class Mover:
                 row["id"], next_phase(migration, "failed", time.time(), error=error)
             )
 
+    # -- replicas started ahead of time at the destination ----------------------------------------
+
+    def _next_attempt(self, row: dict[str, Any]) -> int:
+        """The job's next attempt number: after every attempt that ever had replicas (those
+        of a dropped prestart included, so their replica ids and files are never reused)."""
+        return max(row["attempt"], self.store.last_attempt(row["id"]) or 0) + 1
+
+    def _prestart(self, job_id: str) -> None:
+        """Start a migrating gang's replicas at its destination now, while its checkpoint is
+        being written: they run the job's start-up and wait in ``runtime.restore()`` for the
+        master's go (:meth:`_resume`). Not for gangs whose datasets are staged first."""
+        row = self.store.job(job_id)
+        migration = row.get("migration") if row else None
+        if not (
+            self.migration_prestart
+            and row is not None
+            and active(migration)
+            and migration["state"] == "checkpointing"
+            and not migration.get("prestart")
+            and not self._needs_data(row)
+        ):
+            return
+        attempt = self._next_attempt(row)
+        prestart = {"attempt": attempt, "state": "waiting", "reason": None}
+        with self.store.write():
+            self.store.update_job(job_id, migration={**migration, "prestart": prestart})
+        placed = {**row, "attempt": attempt, "placement": migration["target"]}
+        self._launch_replicas(placed, None, prestart=True)
+
+    def _without_prestart(
+        self, row: dict[str, Any], migration: dict[str, Any], why: str
+    ) -> dict[str, Any]:
+        """``migration`` with the replicas it started ahead of time (if they still wait)
+        dropped: stopped, unless they are already the gang's own (its current attempt)."""
+        prestart = migration.get("prestart")
+        if not prestart or prestart["state"] != "waiting":
+            return migration
+        if prestart["attempt"] != row["attempt"]:
+            self._stop_replicas(row["id"], prestart["attempt"])
+        return {**migration, "prestart": {**prestart, "state": "dropped", "reason": why}}
+
+    def _resume(self, row: dict[str, Any], restore: str | None) -> None:
+        """Start the placed gang, restoring checkpoint ``restore`` if set; or, if its replicas
+        were started ahead of time and wait, give them the go (the checkpoint's name and
+        the digest staging verified) and the gang runs."""
+        migration = row.get("migration") or {}
+        prestart = migration.get("prestart")
+        reps = self.store.replicas(row["id"], row["attempt"])
+        waiting = prestart and prestart["state"] == "waiting"
+        if not (waiting and prestart["attempt"] == row["attempt"] and reps):
+            self._launch_replicas(row, restore)
+            return
+        self._clear_requests(row)
+        roots = self._roots(row["id"])
+        for slot in Placement.from_json(row["placement"]).slots:
+            env = self._restore_env(row, slot, restore) if restore else {}
+            go = {"checkpoint": restore, "sha256": env.get("AIGRID_RESTORE_SHA256")}
+            ck.write_json(ck.go_file(roots[slot.node], row["attempt"], slot.rank), go)
+        with self.store.write():  # after the go files: a restart before this says go again
+            went = {**migration, "prestart": {**prestart, "state": "go"}}
+            self.store.update_job(row["id"], migration=went)
+            ended = [r for r in reps if r["state"] == "exited"]
+            failed = [r for r in ended if r["exit_code"] != 0]
+            if failed:  # it died before the go, as it would have at a cold start
+                reason = self._failure_reason(failed[0], failed[0]["exit_code"])
+                self._fail_gang(row["id"], reason, retry=True)
+                return
+            if not self._async_starts or all(r["state"] in ("running", "exited") for r in reps):
+                self._set_state(self.store.job(row["id"]), RUNNING)
+            self._settle_if_done(self.store.job(row["id"]))
+
     # -- resuming from a checkpoint ------------------------------------------------------------
+
+    def _drop_checkpoints(self, job_id: str) -> None:
+        """Delete a job's checkpoints on every node, in the background (a job that succeeded
+        or was cancelled never resumes; a failed job's stay, to be looked into)."""
+        for root in self._roots(job_id).values():
+            self._stager.submit(ck.remove_root, root)
 
     def _has_checkpoints(self, job_id: str) -> bool:
         return any(ck.piece_names(root) for root in self._roots(job_id).values())
@@ -385,7 +471,7 @@ class Mover:
             with self.store.write():
                 self._staged(row, staged)
             # Its own transactions: each replica is on record before its process starts.
-            self._launch_replicas(self.store.job(job_id), staged.name)
+            self._resume(self.store.job(job_id), staged.name)
 
     def _staged(self, row: dict[str, Any], staged: ck.Staged) -> None:
         now = time.time()

@@ -348,6 +348,13 @@ class Store(DatasetRows):
         )
         return [_decode(r) for r in rows]  # type: ignore[misc]
 
+    def last_attempt(self, job_id: str) -> int | None:
+        """The highest attempt any replica of the job was started for (None: none was)."""
+        row = self.conn.execute(
+            "SELECT MAX(attempt) FROM replicas WHERE job_id = ?", [job_id]
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def replica(self, replica_id: str) -> dict[str, Any] | None:
         for row in self.db["replicas"].rows_where("id = ?", [replica_id]):
             return _decode(row)

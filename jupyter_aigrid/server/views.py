@@ -110,7 +110,7 @@ def migration_view(migration: dict[str, Any] | None) -> dict[str, Any] | None:
     """A job's latest migration (or resume from a checkpoint), its phases timed."""
     if not migration:
         return None
-    keep = ("id", "kind", "reason", "state", "from", "to", "checkpoint", "error")
+    keep = ("id", "kind", "reason", "state", "from", "to", "checkpoint", "error", "prestart")
     return {k: migration.get(k) for k in keep} | {
         "bytes": migration.get("bytes"),
         "phases": [

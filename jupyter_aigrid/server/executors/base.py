@@ -46,6 +46,10 @@ class Executor(Protocol):
     # also has ``started() -> list[str]``: the replicas whose start has completed since the
     # last call, reported before any exit of theirs. The master keeps such a gang
     # ``starting`` until every replica has started. A start that fails is an exit (code 125).
+    #
+    # Optional: ``prestarts = True`` says the master may start a migrating gang's replicas
+    # at the destination while the checkpoint is still written (they wait for a go file in
+    # their checkpoint folder), which needs replicas that start at once and see that folder.
 
     def reconcile(self, known: list[ReplicaHandle]) -> list[str]:
         """After a master restart: adopt the replicas that still run, return their ids.

@@ -99,6 +99,8 @@ class LocalExecutor:
     """Replicas as processes on this machine, spread over ``nodes`` logical nodes."""
 
     name = "local"
+    #: A migrating gang's replicas may start at the destination ahead of their checkpoint.
+    prestarts = True
 
     def __init__(
         self,
