@@ -22,7 +22,7 @@ from .policies import load_policy
 from .store import Store, exclusive_lock
 from .views import public_event
 
-EXECUTORS = ("local", "docker")
+EXECUTORS = ("local", "docker", "ray")
 
 
 class AIGridApp(ExtensionApp):
@@ -33,9 +33,16 @@ class AIGridApp(ExtensionApp):
         "local",
         config=True,
         help=(
-            "Where replicas run: 'local' (processes on this machine, the default) or 'docker' "
-            "(one container per replica on the Docker host of docker_base_url)."
+            "Where replicas run: 'local' (processes on this machine, the default), 'docker' "
+            "(one container per replica on the Docker host of docker_base_url) or 'ray' (one "
+            "actor per replica on the Ray cluster of ray_address)."
         ),
+    )
+    ray_address = Unicode(
+        "auto",
+        config=True,
+        help="The Ray cluster the ray executor drives: 'auto' (the one this machine belongs "
+        "to) or its head's '<ip>:<port>'.",
     )
     docker_base_url = Unicode(
         "",
@@ -324,6 +331,14 @@ class AIGridApp(ExtensionApp):
             except ExecutorError as e:
                 field = "docker_user" if "uid:gid" in str(e) else "docker_base_url"
                 msg = f"c.AIGridApp.{field}: {e}"
+                raise TraitError(msg) from e
+        if self.executor == "ray":
+            from .executors.ray import RayExecutor
+
+            try:
+                return RayExecutor(state, address=self.ray_address)
+            except ExecutorError as e:
+                msg = f"c.AIGridApp.ray_address: {e}"
                 raise TraitError(msg) from e
         try:
             return LocalExecutor(

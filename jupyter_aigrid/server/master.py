@@ -712,8 +712,11 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
                 self.files.attempt_dir(job_id, attempt) / "hostfile",
                 hostfile_text(placement).encode(),
             )
+        prepare = getattr(self.executor, "prepare_gang", None)  # reserve the gang at once
         for i, req in enumerate(requests):
             try:
+                if i == 0 and prepare is not None:
+                    prepare(self.files.key(job_id), attempt, tuple(slots))
                 handle = self.executor.launch(
                     req, spec.get("code"), spec.get("args", []), spec.get("command")
                 )

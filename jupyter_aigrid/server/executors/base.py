@@ -47,6 +47,9 @@ class Executor(Protocol):
     # last call, reported before any exit of theirs. The master keeps such a gang
     # ``starting`` until every replica has started. A start that fails is an exit (code 125).
     #
+    # Optional: ``prepare_gang(job_key, attempt, slots)``, called before a gang's first
+    # launch(): reserve the whole gang where the slots say (ExecutorError if it cannot).
+    #
     # Optional: ``prestarts = True`` says the master may start a migrating gang's replicas
     # at the destination while the checkpoint is still written (they wait for a go file in
     # their checkpoint folder), which needs replicas that start at once and see that folder.
