@@ -61,13 +61,27 @@ class _Replica:
         self.code: int | None = None
         self.kill_at: float | None = None
 
-    def start(self, argv: list[str], env: dict[str, str], cwd: str, logs: str) -> dict[str, Any]:
+    def start(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        logs: str,
+        script: tuple[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Start the process; ``script`` (path, code) is written on this node first: the
+        job's code travels with the call, not through a shared filesystem."""
         import sys
 
         import ray
 
-        if argv and argv[0] == "python":  # this node's interpreter, the one Ray runs us with
-            argv = [sys.executable, *argv[1:]]
+        if script is not None:
+            path, code = Path(script[0]), script[1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(code, encoding="utf-8")
+            tmp.replace(path)
+            argv = [sys.executable, "-u", "-m", "jupyter_aigrid.runner", str(path), *argv]
         Path(cwd).mkdir(parents=True, exist_ok=True)
         Path(logs).mkdir(parents=True, exist_ok=True)
         self.out, self.err = str(Path(logs) / "stdout"), str(Path(logs) / "stderr")
@@ -304,15 +318,8 @@ class RayExecutor:
             raise ExecutorError(msg)
         node = next(n for n in self._nodes if n.name == request.node)
         job_dir = Path(node.scratch) / "jobs" / (request.job_key or request.job_id)
-        if code is not None:
-            script = job_dir / f"main-{request.attempt}.py"
-            job_dir.mkdir(parents=True, exist_ok=True)
-            tmp = script.with_name(f"{script.name}.{request.rank}.tmp")
-            tmp.write_text(code, encoding="utf-8")
-            tmp.replace(script)
-            argv = ["python", "-u", "-m", "jupyter_aigrid.runner", str(script), *args]
-        else:
-            argv = list(command or [])
+        script = None if code is None else (str(job_dir / f"main-{request.attempt}.py"), code)
+        argv = list(args) if code is not None else list(command or [])
         index, bundle = self._bundles[gang][request.rank]
         actor = self._actor_class.options(
             name=self._actor_name(request),
@@ -329,7 +336,9 @@ class RayExecutor:
         env["AIGRID_SCRATCH"] = str(job_dir)
         logs = str(job_dir / "logs" / f"{request.attempt}-{request.rank}")
         try:
-            started = self._ray.get(actor.start.remote(argv, env, workdir, logs), timeout=120)
+            started = self._ray.get(
+                actor.start.remote(argv, env, workdir, logs, script), timeout=120
+            )
         except Exception as e:
             with contextlib.suppress(Exception):
                 self._ray.kill(actor)
