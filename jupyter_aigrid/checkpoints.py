@@ -7,6 +7,7 @@ One folder per checkpoint, one piece per rank, each piece with its own manifest:
     <root>/ckpt-<attempt>.<seq>/rank-<r>.json   its manifest: sha256 and size of every file,
                                                 the world size, the step, when
     <root>/.control/                            the master's requests and the ranks' answers
+    <root>/.copies/ckpt-<attempt>.<seq>/...     copies of other nodes' pieces (the newest)
 
 ``root`` is a job's ``AIGRID_CHECKPOINT_DIR`` on one node. ``attempt`` is the attempt of the
 gang that wrote it and ``seq`` counts on from the checkpoint that attempt restored: newer
@@ -40,6 +41,8 @@ from .durable import open_inside, write_atomic
 
 FORMAT = 1
 CONTROL = ".control"
+#: Where a node keeps the copies of other nodes' pieces (see ``copies_holder``).
+COPIES = ".copies"
 CHUNK = 8 * 1024 * 1024
 #: A checkpoint write is handed to the disk in slices this big as it is written.
 SLICE = 64 * 1024 * 1024
@@ -288,17 +291,34 @@ def copy_verified(src: Path, src_root: Path, dst: Path, rank: int) -> int:
     The copy is hashed back as it is made (:func:`_copy_hashed`) and checked against the
     source's manifest."""
     manifest = read_manifest(src, rank, src_root)
-    expected = manifest["files"][data_file(rank)]
     _real_dir(dst)
     tmp = dst / f".{data_file(rank)}.{os.getpid()}.copy"
-    try:
+
+    def copy(expected: dict[str, Any]) -> tuple[str, int]:
         try:
             source = open_inside(src / data_file(rank), src_root)
         except FileNotFoundError:
             msg = f"rank {rank}'s data file {data_file(rank)} is missing"
             raise CheckpointError(msg) from None
         with source, _create(tmp) as out:  # one byte more than expected shows a longer file
-            sha, size = _copy_hashed(source.fileno(), out.fileno(), tmp, expected["bytes"] + 1)
+            return _copy_hashed(source.fileno(), out.fileno(), tmp, expected["bytes"] + 1)
+
+    return _adopt(tmp, dst, rank, manifest, copy)
+
+
+def _adopt(
+    tmp: Path,
+    dst: Path,
+    rank: int,
+    manifest: dict[str, Any],
+    measure: Callable[[dict[str, Any]], tuple[str, int]],
+) -> int:
+    """Rename ``tmp`` to rank ``rank``'s data file in ``dst`` once ``measure(expected)``
+    (which fills ``tmp`` or reads it back: its sha256 and size) matched the manifest, then
+    write the manifest; ``tmp`` is gone either way. Returns the piece's size."""
+    expected = manifest["files"][data_file(rank)]
+    try:
+        sha, size = measure(expected)
         _check(rank, expected, sha, size)
         os.replace(tmp, dst / data_file(rank))
     finally:
@@ -306,6 +326,35 @@ def copy_verified(src: Path, src_root: Path, dst: Path, rank: int) -> int:
             os.unlink(tmp)
     write_atomic(dst / manifest_file(rank), json.dumps(manifest).encode())
     return expected["bytes"]
+
+
+def copy_target(dst: Path, rank: int) -> Path:
+    """A fresh temp file's path in folder ``dst`` for rank ``rank``'s piece, copied there
+    from another node a chunk at a time (then :func:`adopt_copy`)."""
+    _real_dir(dst)
+    return dst / f".{data_file(rank)}.{os.getpid()}.{time.monotonic_ns()}.copy"
+
+
+def adopt_copy(tmp: Path, dst: Path, rank: int, manifest: dict[str, Any]) -> int:
+    """Make the copy at ``tmp`` rank ``rank``'s piece in folder ``dst`` if it matches
+    ``manifest`` (the source's): hashed, durable, renamed, then its manifest written.
+    CheckpointError (and ``tmp`` gone) if it does not. Returns its size."""
+
+    def read_back(expected: dict[str, Any]) -> tuple[str, int]:
+        with open_inside(tmp, dst) as f:
+            digest = _digest(f, expected["bytes"])
+            os.fsync(f.fileno())
+        return digest
+
+    return _adopt(tmp, dst, rank, manifest, read_back)
+
+
+def keep_only(root: Path, name: str) -> None:
+    """Delete every checkpoint folder in ``root`` but ``name`` (the copies a node keeps of
+    other nodes' pieces: only the newest is kept)."""
+    for other in piece_names(root):
+        if other != name:
+            remove_root(root / other)
 
 
 def _copy_hashed(source: int, target: int, path: Path, most: int) -> tuple[str, int]:
@@ -404,14 +453,62 @@ class Found:
         return [r for r in range(world_size) if r not in self.holders]
 
 
-def scan(roots: dict[str, Path]) -> list[Found]:
-    """Every checkpoint folder in the nodes' ``roots`` (node -> root), newest first."""
+def listing(root: Path) -> dict[str, list[int]]:
+    """Every checkpoint folder in ``root``, with the ranks whose manifest is there (not
+    verified): what one node reports of a job's checkpoints."""
+    return {name: sorted(ranks_in(root, name)) for name in piece_names(root)}
+
+
+class Here:
+    """Work on nodes' files where the nodes' folders are on this machine: what :func:`scan`
+    and :func:`stage` use unless told otherwise (the master passes its executor's
+    ``NodeFiles``, which has the same methods)."""
+
+    @staticmethod
+    def call(node: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+    def call_each(self, calls, failed=None) -> list[Any]:
+        """Each ``(node, fn, args)`` of ``calls`` run on its node; their results in order,
+        ``failed`` for those that could not be done."""
+        out = []
+        for node, fn, args in calls:
+            try:
+                out.append(self.call(node, fn, *args))
+            except (OSError, ValueError, CheckpointError):  # not there, unreadable
+                out.append(failed)
+        return out
+
+    @staticmethod
+    def copy_checkpoint(src_node, src, src_root, dst_node, dst, rank) -> int:
+        return copy_verified(src, src_root, dst, rank)
+
+
+HERE = Here()
+
+
+def copies_holder(node: str) -> str:
+    """The holder name of the copies kept on ``node`` of other nodes' pieces (in
+    ``<root>/.copies``), beside ``node`` itself for the pieces its ranks wrote."""
+    return f"{node}#copies"
+
+
+def holder_node(holder: str) -> str:
+    """The node a holder's folder is on."""
+    return holder.partition("#")[0]
+
+
+def scan(roots: dict[str, Path], files=HERE) -> list[Found]:
+    """Every checkpoint folder in the holders' ``roots`` (holder -> root: a node, or the
+    copies kept on one), newest first; holders that cannot be reached are left out."""
+    holders = list(roots)
+    listed = files.call_each([(holder_node(h), listing, (roots[h],)) for h in holders], {})
     by_name: dict[str, Found] = {}
-    for node, root in roots.items():
-        for name in piece_names(root):
+    for holder, names in zip(holders, listed, strict=True):
+        for name, ranks in names.items():
             found = by_name.setdefault(name, Found(name))
-            for rank in ranks_in(root, name):
-                found.holders.setdefault(rank, []).append(node)
+            for rank in ranks:
+                found.holders.setdefault(rank, []).append(holder)
     return sorted(by_name.values(), key=lambda f: parse_name(f.name) or (0, 0), reverse=True)
 
 
@@ -433,15 +530,15 @@ class Staged:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def stage(
-    roots: dict[str, Path], ranks: dict[int, str], world_size: int, copy=copy_verified
-) -> Staged:
+def stage(roots: dict[str, Path], ranks: dict[int, str], world_size: int, files=HERE) -> Staged:
     """Put the newest verified checkpoint where the ranks will run: ``ranks`` maps each rank
-    to its node. A piece already on its rank's node is verified in place; any other is copied
-    there and verified on the way (``copy(src, src_root, dst, rank)``). A checkpoint that is
-    partial or does not verify is passed over for the one before it, and reported."""
+    to its node, ``roots`` each holder (a node, or the copies kept on one) to its folder. A
+    piece already on its rank's node is verified in place; any other is copied there and
+    verified on the way (``files.copy_checkpoint``; ``files`` runs work on the nodes). A
+    checkpoint that is partial or does not verify is passed over for the one before it, and
+    reported."""
     result = Staged()
-    for found in scan(roots):
+    for found in scan(roots, files):
         missing = found.missing(world_size)
         if missing:
             what = ", ".join(str(r) for r in missing[:8])
@@ -451,7 +548,7 @@ def stage(
             total = copied = 0
             step = None
             for rank, node in sorted(ranks.items()):
-                manifest, size, moved = _place_piece(found, rank, node, roots, copy)
+                manifest, size, moved = _place_piece(found, rank, node, roots, files)
                 copied += moved
                 if manifest.get("world_size") != world_size:
                     msg = f"written by a gang of {manifest.get('world_size')}, not {world_size}"
@@ -469,21 +566,22 @@ def stage(
 
 
 def _place_piece(
-    found: Found, rank: int, node: str, roots: dict[str, Path], copy
+    found: Found, rank: int, node: str, roots: dict[str, Path], files
 ) -> tuple[dict[str, Any], int, int]:
     """Rank ``rank``'s piece of ``found`` verified on ``node``: the copy already there if it
     verifies, else one copied from the first holder whose piece verifies. Returns the
     manifest, the piece's size and the bytes copied; CheckpointError if no copy is good."""
     dst = roots[node] / found.name
-    holders = sorted(found.holders[rank], key=lambda n: n != node)  # its own node first
+    holders = sorted(found.holders[rank], key=lambda h: h != node)  # its own node first
     errors = []
     for holder in holders:
         try:
             if holder == node:
-                manifest = read_verified(dst, rank, roots[node])
+                manifest = files.call(node, read_verified, dst, rank, roots[node])
                 return manifest, manifest["files"][data_file(rank)]["bytes"], 0
-            size = copy(roots[holder] / found.name, roots[holder], dst, rank)
-            return read_manifest(dst, rank, roots[node]), size, size
+            src = roots[holder] / found.name
+            size = files.copy_checkpoint(holder_node(holder), src, roots[holder], node, dst, rank)
+            return files.call(node, read_manifest, dst, rank, roots[node]), size, size
         except (CheckpointError, OSError) as e:
             errors.append(f"{e}" if len(holders) == 1 else f"{e} (on {holder})")
     raise CheckpointError("; ".join(errors))
@@ -546,6 +644,17 @@ def go_file(root: Path, attempt: int, rank: int) -> Path:
 
 def request_file(root: Path) -> Path:
     return control_dir(root) / "request.json"
+
+
+def is_listening(root: Path, attempt: int, rank: int) -> bool:
+    """Has rank ``rank`` of ``attempt`` said it answers checkpoint requests?"""
+    return listen_file(root, attempt, rank).exists()
+
+
+def clear_request(root: Path) -> None:
+    """Take back the master's request (a new attempt must not take it for its own)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(request_file(root))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -513,18 +513,8 @@ def copy_tree(
     read). ``progress`` counts bytes copied. FileExistsError if ``dst`` exists; two copies
     to the same ``dst`` at once are the caller's to prevent.
     """
-    dst = Path(dst)
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, "a dataset is only copied to a new folder", str(dst))
-    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(8)}"
-    folders = {""}
-    for f in manifest.files:
-        parts = f.path.split("/")
-        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    os.mkdir(tmp)
+    tmp = begin_copy(dst, manifest)
     try:
-        for folder in sorted(folders)[1:]:  # parents sort before their children
-            os.mkdir(tmp / folder)
         problems: list[tuple[str, str]] = []
         for f in manifest.files:
             try:
@@ -540,27 +530,78 @@ def copy_tree(
                     _copy_file(source, tmp / f.path, f.size, progress)
             finally:
                 os.close(source)
-        if not problems:
-            problems = _verify(tmp, manifest, None)
-        if problems:
-            shown = "; ".join(p for _, p in problems[:10])
-            more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
-            msg = f"the copy does not match the manifest, so the source is damaged: {shown}{more}"
-            raise ContentError(msg)
-        for folder in sorted(folders, reverse=True):
-            fsync_dir(tmp / folder)
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "created while the copy was made", str(dst))
-        try:
-            os.rename(tmp, dst)
-        except OSError as e:  # an empty folder would be replaced; a full one or a file not
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                raise FileExistsError(e.errno, "created while the copy was made", str(dst)) from e
-            raise
+        finish_copy(tmp, dst, manifest, problems)
     except BaseException:
         remove_tree(tmp)
         raise
+
+
+def _folders(manifest: Manifest) -> list[str]:
+    """The folders of a tree holding ``manifest``'s files, parents first ('' the top)."""
+    folders = {""}
+    for f in manifest.files:
+        parts = f.path.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return sorted(folders)
+
+
+def begin_copy(dst: str | os.PathLike, manifest: Manifest) -> Path:
+    """A new temp folder beside ``dst`` with the folders of ``manifest``'s files, to copy
+    them into (then :func:`finish_copy`). FileExistsError if ``dst`` exists."""
+    dst = Path(dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "a dataset is only copied to a new folder", str(dst))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(8)}"
+    os.mkdir(tmp)
+    for folder in _folders(manifest)[1:]:
+        os.mkdir(tmp / folder)
+    return tmp
+
+
+def finish_copy(
+    tmp: str | os.PathLike,
+    dst: str | os.PathLike,
+    manifest: Manifest,
+    problems: list[tuple[str, str]] | None = None,
+) -> None:
+    """Verify the copy in ``tmp`` against ``manifest``, make it read-only and durable, and
+    rename it to ``dst``. ContentError (the source is damaged) if it does not match, or if
+    the copier found ``problems``; FileExistsError if ``dst`` appeared meanwhile."""
+    tmp, dst = Path(tmp), Path(dst)
+    if problems is None:  # copied by someone else: each file made read-only and durable here
+        for f in manifest.files:
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(tmp / f.path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    os.fchmod(fd, 0o444)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        problems = []
+    if not problems:
+        problems = _verify(tmp, manifest, None)
+    if problems:
+        shown = "; ".join(p for _, p in problems[:10])
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        msg = f"the copy does not match the manifest, so the source is damaged: {shown}{more}"
+        raise ContentError(msg)
+    for folder in reversed(_folders(manifest)):
+        fsync_dir(tmp / folder)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "created while the copy was made", str(dst))
+    try:
+        os.rename(tmp, dst)
+    except OSError as e:  # an empty folder would be replaced; a full one or a file not
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise FileExistsError(e.errno, "created while the copy was made", str(dst)) from e
+        raise
     fsync_dir(dst.parent)
+
+
+def open_below(root: str | os.PathLike, rel: str) -> int:
+    """A read descriptor of the regular file ``rel`` below ``root`` (see :func:`_open_below`)."""
+    return _open_below(root, rel)
 
 
 def _copy_file(source: int, target: Path, size: int, progress: Progress | None) -> None:

@@ -545,13 +545,15 @@ def test_stage_passes_over_a_checkpoint_whose_copy_fails(tmp_path: Path):
     roots, sizes = two_nodes(tmp_path)
     calls = []
 
-    def copy(src, src_root, dst, rank):
-        calls.append((src.name, rank))
-        if src.name == ck.name_of(0, 2) and rank == 1:
-            raise OSError("no space left on device")
-        return ck.copy_verified(src, src_root, dst, rank)
+    class Failing(ck.Here):
+        @staticmethod
+        def copy_checkpoint(src_node, src, src_root, dst_node, dst, rank):
+            calls.append((src.name, rank))
+            if src.name == ck.name_of(0, 2) and rank == 1:
+                raise OSError("no space left on device")
+            return ck.copy_verified(src, src_root, dst, rank)
 
-    staged = ck.stage(roots, {0: "B", 1: "B"}, 2, copy=copy)
+    staged = ck.stage(roots, {0: "B", 1: "B"}, 2, Failing())
     assert staged.name == ck.name_of(0, 1)
     assert staged.problems == [(ck.name_of(0, 2), "no space left on device")]
     assert staged.copied == 2000 + sizes[ck.name_of(0, 1)]  # rank 0 of the newest, then all

@@ -70,6 +70,35 @@ def remove(tree: Path) -> None:
     contents.remove_tree(tree)
 
 
+def make_view(folder: Path, links: dict[str, str]) -> str:
+    """On a node: the folder of links a job sees as ``$AIGRID_DATA`` (``<name>`` -> the
+    verified copy), made afresh."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in os.listdir(folder):
+        os.unlink(folder / entry)
+    for name, target in links.items():
+        os.symlink(target, folder / name)
+    return str(folder)
+
+
+def sweep_node(root: Path, known: set[str], unfinished: set[str]) -> list[str]:
+    """On a node: delete the copies of ours under ``root`` that no location names (``known``:
+    their paths below ``root``) and the views of jobs that ended; the paths deleted."""
+    views, removed = root / VIEWS, []
+    for view in views.iterdir() if views.is_dir() else ():
+        if view.name not in unfinished and not view.is_symlink():
+            shutil.rmtree(view, ignore_errors=True)  # links only: never followed
+    managed = root / MANAGED
+    for name_dir in managed.iterdir() if managed.is_dir() else ():
+        for tree in name_dir.iterdir() if name_dir.is_dir() else ():
+            rel = f"{MANAGED}/{name_dir.name}/{tree.name}"
+            if rel not in known and not stat.S_ISLNK(tree.lstat().st_mode):
+                with contextlib.suppress(OSError):
+                    remove(tree)
+                    removed.append(rel)
+    return removed
+
+
 def location_view(loc: dict[str, Any]) -> dict[str, Any]:
     return {
         "node": loc["node"],
@@ -299,9 +328,9 @@ class Datasets:
 
     def _delete_dataset(
         self, name: str, version: int | None, user: str, admin: bool
-    ) -> tuple[list[int], list[Path]]:
+    ) -> tuple[list[int], list[tuple[str, Path]]]:
         """Forget ``name`` (or one version) unless a job still needs it; return the versions
-        and the copies (ours) to delete from disk."""
+        and the copies (ours: node, path) to delete from disk."""
         if self.store.dataset(name) is None:
             raise NotFound(f"no dataset {name!r}")
         self._may_write(name, user, admin)
@@ -319,7 +348,7 @@ class Datasets:
             for number in numbers:
                 for loc in self.store.dataset_locations(name, number):
                     if loc["managed"]:
-                        trees.append(self._location_path(loc))
+                        trees.append((loc["node"], self._location_path(loc)))
                     self._dataset_event(name, number, loc["node"], "removed")
             self.store.delete_dataset_versions(name, numbers)
         return numbers, trees
@@ -372,7 +401,9 @@ class Datasets:
             key = (meta["name"], number, meta["node"])
             self._placing.add(key)
             try:
-                problems = await self._in_thread(self._place_upload, upload_id, dest, manifest)
+                problems = await self._in_thread(
+                    self._place_upload, upload_id, meta["node"], dest, manifest
+                )
                 await self._call(self._record_verified, *key, problems)
             finally:
                 self._placing.discard(key)
@@ -382,16 +413,21 @@ class Datasets:
         self.wake()
         return await self._call(self._dataset_view, meta["name"])
 
-    def _place_upload(self, upload_id: str, dest: Path, manifest: contents.Manifest) -> list:
-        if not self.uploads.take(upload_id, dest):
+    def _place_upload(
+        self, upload_id: str, node: str, dest: Path, manifest: contents.Manifest
+    ) -> list:
+        """Move the upload's tree to ``dest`` on ``node`` (through the executor's node
+        files: a rename here, a verified copy to a remote node), sealed and verified."""
+        files, data = self.node_files, self.uploads.data_dir(upload_id)
+        if not files.put_tree(data, node, dest, manifest):
             # Already there: a commit retried after a crash, or the same bytes again.
-            problems = contents.verify_tree(dest, manifest)
+            problems = files.verify_tree(node, dest, manifest)
             if not problems:
                 return []
-            remove(dest)
-            self.uploads.take(upload_id, dest)
-        seal(dest)
-        return contents.verify_tree(dest, manifest)
+            files.call(node, remove, dest)
+            files.put_tree(data, node, dest, manifest)
+        files.call(node, seal, dest)
+        return files.verify_tree(node, dest, manifest)
 
     async def register_dataset(self, body: dict[str, Any], user: str, admin: bool) -> dict:
         """Record data an admin put under a node's dataset root (``{"name", "node",
@@ -410,12 +446,17 @@ class Datasets:
             tree = contents.contained(self._node_root(node), path)
         except contents.ContentError as e:
             raise SpecError(e.message, "path") from None
-        if not tree.is_dir():
-            raise SpecError(f"'path' {path!r} is not a folder on {node}", "path")
         try:
-            manifest = await self._in_thread(contents.build_manifest, tree)
+            is_dir = await self._in_thread(self.node_files.call, node, os.path.isdir, tree)
+            if not is_dir:
+                raise SpecError(f"'path' {path!r} is not a folder on {node}", "path")
+            manifest = await self._in_thread(
+                self.node_files.call, node, contents.build_manifest, tree
+            )
         except contents.ContentError as e:
             raise SpecError(e.message, "path") from None
+        except OSError as e:
+            raise SpecError(f"'node' {node} cannot be reached: {e}", "node", 503) from None
         await self._call(self._record_registered, name, node, path, manifest.to_json(), user)
         return await self._call(self._dataset_view, name)
 
@@ -432,8 +473,9 @@ class Datasets:
         self, name: str, version: int | None, user: str, admin: bool
     ) -> dict[str, Any]:
         numbers, trees = await self._call(self._delete_dataset, name, version, user, admin)
-        for tree in trees:
-            await self._in_thread(remove, tree)
+        for node, tree in trees:
+            with contextlib.suppress(OSError):  # a node that left: its copies went with it
+                await self._in_thread(self.node_files.call, node, remove, tree)
         return {"deleted": name, "versions": numbers}
 
     async def verify_dataset(self, name: str, user: str, admin: bool) -> dict[str, Any]:
@@ -443,7 +485,7 @@ class Datasets:
         await self._call(self._may_write, name, user, admin)
         for loc, manifest, path in await self._call(self._verify_targets, name):
             problems = await self._in_thread(
-                contents.verify_tree, path, contents.Manifest.from_json(manifest)
+                self._verify_on, loc["node"], path, contents.Manifest.from_json(manifest)
             )
             await self._call(
                 self._record_verified, loc["name"], loc["version"], loc["node"], problems
@@ -451,6 +493,13 @@ class Datasets:
         return await self._call(self._dataset_view, name)
 
     # -- the loop: periodic verification ------------------------------------------------------
+
+    def _verify_on(self, node: str, path: Path, manifest: contents.Manifest) -> list[str]:
+        """A copy's problems, hashed on its node; a node that cannot be reached is one."""
+        try:
+            return self.node_files.verify_tree(node, path, manifest)
+        except OSError as e:
+            return [f"{node} cannot be reached: {e}"]
 
     def _verify_due(self, now: float) -> None:
         """Start hashing copies not verified for ``dataset_verify_interval_s`` (and those
@@ -477,7 +526,7 @@ class Datasets:
         for loc, manifest, path in self._verify_targets(wanted=due):
             key = (loc["name"], loc["version"], loc["node"])
             self._verifying[key] = self._hasher.submit(
-                contents.verify_tree, path, contents.Manifest.from_json(manifest)
+                self._verify_on, loc["node"], path, contents.Manifest.from_json(manifest)
             )
 
     def _sweep(self) -> None:
@@ -490,17 +539,13 @@ class Datasets:
             self.files.key(r["id"]) for r in self.store.jobs() if r["state"] not in FINAL_STATES
         }
         for node in self._nodes_by_name:
-            views = self._node_root(node) / VIEWS
-            for view in views.iterdir() if views.is_dir() else ():
-                if view.name not in unfinished and not view.is_symlink():
-                    shutil.rmtree(view, ignore_errors=True)  # links only: never followed
-            managed = self._node_root(node) / MANAGED
-            if not managed.is_dir():
+            mine = {path for where, path in known if where == node}
+            try:
+                removed = self.node_files.call(
+                    node, sweep_node, self._node_root(node), mine, unfinished
+                )
+            except OSError as e:
+                log.warning("AI Grid: could not tidy the datasets on %s: %s", node, e)
                 continue
-            for name_dir in managed.iterdir():
-                for tree in name_dir.iterdir() if name_dir.is_dir() else ():
-                    rel = f"{MANAGED}/{name_dir.name}/{tree.name}"
-                    if (node, rel) not in known and not stat.S_ISLNK(tree.lstat().st_mode):
-                        log.info("AI Grid: removing %s on %s, which no dataset names", rel, node)
-                        with contextlib.suppress(OSError):
-                            remove(tree)
+            for rel in removed:
+                log.info("AI Grid: removed %s on %s, which no dataset names", rel, node)

@@ -23,6 +23,7 @@ from . import events
 from .admission import check_admissible
 from .datasets import Datasets
 from .executors.base import ExecutorError
+from .executors.nodefiles import NodeFiles
 from .images import check_image, resolve_image
 from .inference import Inference
 from .migration import MIGRATE, Mover, active
@@ -49,6 +50,7 @@ from .policies.defrag import defragment
 from .profiles import ProfileBook
 from .queries import Conflict, JobQueries, NotFound, run_time_s
 from .replicas import JobFiles, replica_env
+from .replication import CheckpointCopies
 from .snapshot import History
 from .spec import SpecError
 from .staging import DataStaging
@@ -58,6 +60,8 @@ from .views import image_view
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+#: Restarts a gang gets beyond its ``max_restarts`` when a node it ran on left the cluster.
+NODE_LOSS_RESTARTS = 3
 #: How often, while replicas run, the master looks for exits between full ticks.
 EXIT_POLL_S = 0.05
 #: ``pending_state`` of a gang going back to the queue through no fault of its own (the
@@ -69,7 +73,7 @@ RECOVER_RETRY_S = (1.0, 30.0)
 LIVE_REPLICA = ("launching", "running", "stopping")
 
 
-class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
+class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inference):
     """Owns the store and the executor; the REST handlers call its coroutines."""
 
     def __init__(
@@ -111,8 +115,14 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         #: Checkpoints being verified and copied where gangs resume: job -> (attempt, future).
         self._stager = ThreadPoolExecutor(2, thread_name_prefix="aigrid-stage")
         self._staging: dict[str, tuple[int, Any]] = {}
+        #: Running gangs' newest checkpoints copied to a second node (:mod:`.replication`).
+        self._copier = ThreadPoolExecutor(1, thread_name_prefix="aigrid-copies")
+        self._copying: dict[str, Any] = {}
+        self._copied: dict[str, tuple[str | None, tuple]] = {}
+        self._next_copy = 0.0
         #: Jobs with a checkpoint request or a restore outstanding.
         self._watching: set[str] = set()
+        self._listeners: set[tuple[str, int]] = set()
         #: Queued jobs that wait for their restart backoff: job -> not before (epoch s).
         self._not_before: dict[str, float] = {}
         #: Where nodes keep datasets ('' = <scratch>/datasets); per-user bytes (0 = no limit).
@@ -133,9 +143,13 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         #: job -> [bytes done, bytes in all, time of the last progress event].
         self._data_progress: dict[str, list] = {}
         self.nodes = executor.nodes()
+        #: Work on the nodes' own files (checkpoints, datasets): on the node, not here.
+        self.node_files: NodeFiles = getattr(executor, "node_files", None) or NodeFiles()
         #: Does the executor start replicas in the background (and report it in started())?
         self._async_starts = callable(getattr(executor, "started", None))
         self._nodes_by_name = {n.name: n for n in self.nodes}
+        #: Every node's scratch folder, those that left the cluster too.
+        self._scratch = {n.name: n.scratch for n in self.nodes}
         self._emit_fn = emit
         self._db = ThreadPoolExecutor(1, thread_name_prefix="aigrid-master")
         #: Events of committed transactions, emitted on the event loop by _flush().
@@ -198,6 +212,7 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         await asyncio.get_running_loop().run_in_executor(self._db, self._close)
         self._db.shutdown(wait=True)
         self._stager.shutdown(wait=True, cancel_futures=True)
+        self._copier.shutdown(wait=True, cancel_futures=True)
         self._hasher.shutdown(wait=True, cancel_futures=True)
 
     def _close(self) -> None:
@@ -470,6 +485,7 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         self._handle_exits(self.executor.poll())
         self._collect_data()
         self._watch()
+        self._copy_checkpoints()
         self._verify_due(time.time())
         self._enforce_time_limits(time.time())
         self._schedule()
@@ -512,7 +528,31 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         if exits or staged != len(self._staging) + len(self._data_staging):
             self._schedule()
 
+    def _sync_inventory(self) -> None:
+        """Take in the nodes that joined or left the cluster (executors whose inventory
+        changes say so in ``nodes()``: Ray). A node that left holds nothing any more: its
+        replicas are reported lost and their gangs recover elsewhere."""
+        if not callable(getattr(self.executor, "refresh", None)):
+            return
+        nodes = self.executor.nodes()
+        if [n.name for n in nodes] == [n.name for n in self.nodes]:
+            return
+        names = {n.name for n in nodes}
+        gone, new = (
+            sorted(set(self._nodes_by_name) - names),
+            sorted(names - set(self._nodes_by_name)),
+        )
+        log.warning(
+            "AI Grid: the cluster changed: %s left, %s joined",
+            ", ".join(gone) or "none",
+            ", ".join(new) or "none",
+        )
+        self.nodes, self._nodes_by_name = nodes, {n.name: n for n in nodes}
+        self._scratch.update((n.name, n.scratch) for n in nodes)
+        self.store.replace_inventory(self.executor.name, nodes)
+
     def _handle_exits(self, exits: list[ReplicaExit]) -> None:
+        self._sync_inventory()
         for exit_ in exits:
             with self.store.write():
                 self._on_exit(exit_.replica_id, exit_.exit_code, exit_.never_started)
@@ -815,7 +855,9 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
             self._settle_if_done(self.store.job(row["id"]))
         elif code != 0 and row.get("pending_state") is None:
             # Stops the rest of the gang, and settles the job if nothing else runs.
-            self._fail_gang(row["id"], self._failure_reason(rep, code), retry=True)
+            node_lost = code is None and rep["node"] not in self._nodes_by_name
+            reason = self._failure_reason(rep, code)
+            self._fail_gang(row["id"], reason, retry=True, node_lost=node_lost)
         else:
             self._settle_if_done(row)
 
@@ -828,6 +870,8 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
     def _failure_reason(self, rep: dict[str, Any], code: int | None) -> str:
         where = f"rank {rep['rank']} on {rep['node']}"
         if code is None:
+            if rep["node"] not in self._nodes_by_name:
+                return f"{where} was lost: its node left the cluster"
             if rep["id"] in self._lost_on_restart:
                 return f"{where} was lost on restart: its process ended while the master was down"
             return f"{where} was lost: its process ended without recording an exit status"
@@ -838,9 +882,12 @@ class Master(JobQueries, Mover, Datasets, DataStaging, Inference):
         tail = self.files.stderr_tail(rep["job_id"], rep["attempt"], rep["rank"])
         return text + (f"; last stderr lines:\n{tail}" if tail else "")
 
-    def _fail_gang(self, job_id: str, reason: str, retry: bool) -> None:
+    def _fail_gang(self, job_id: str, reason: str, retry: bool, node_lost: bool = False) -> None:
+        """Stop the gang; it goes back to the queue if it may restart (``max_restarts``; a
+        gang whose node left the cluster, up to NODE_LOSS_RESTARTS more: not its fault)."""
         row = self.store.job(job_id)
-        again = retry and row["restarts"] < row["spec"].get("max_restarts", 0)
+        most = row["spec"].get("max_restarts", 0) + (NODE_LOSS_RESTARTS if node_lost else 0)
+        again = retry and row["restarts"] < most
         self.store.update_job(job_id, pending_state=QUEUED if again else FAILED, reason=reason)
         self._stop_replicas(job_id, row["attempt"])
         self._settle_if_done(self.store.job(job_id))

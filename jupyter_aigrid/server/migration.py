@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -78,13 +77,25 @@ class Mover:
     migration_prestart: bool
     _staging: dict[str, tuple[int, Future]]
     _watching: set[str]
+    #: (job, attempt) whose every rank said it answers checkpoint requests.
+    _listeners: set[tuple[str, int]]
 
     # -- where checkpoints are --------------------------------------------------------------
 
     def _roots(self, job_id: str) -> dict[str, Path]:
-        """Node -> the job's checkpoint folder there (its ``AIGRID_CHECKPOINT_DIR``)."""
+        """Node -> the job's checkpoint folder there (its ``AIGRID_CHECKPOINT_DIR``); nodes
+        that left the cluster too (work there fails: ``NodeGone``)."""
         key = self.files.key(job_id)
-        return {n.name: Path(n.scratch) / "checkpoints" / key for n in self.nodes}
+        return {
+            name: Path(scratch) / "checkpoints" / key for name, scratch in self._scratch.items()
+        }
+
+    def _holders(self, job_id: str) -> dict[str, Path]:
+        """Every folder that may hold the job's checkpoint pieces: each node's, and the
+        copies each node keeps of other nodes' pieces (:mod:`.replication`)."""
+        roots = self._roots(job_id)
+        copies = {ck.copies_holder(n): root / ck.COPIES for n, root in roots.items()}
+        return {**roots, **copies}
 
     @staticmethod
     def _rank_nodes(row: dict[str, Any]) -> dict[int, str]:
@@ -95,11 +106,14 @@ class Mover:
         ``runtime.should_checkpoint()``)?"""
         if row["state"] != RUNNING:
             return False
+        if (row["id"], row["attempt"]) in self._listeners:
+            return True
         roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
-        return bool(ranks) and all(
-            ck.listen_file(roots[node], row["attempt"], rank).exists()
-            for rank, node in ranks.items()
-        )
+        calls = [(n, ck.is_listening, (roots[n], row["attempt"], r)) for r, n in ranks.items()]
+        listening = bool(ranks) and all(self.node_files.call_each(calls, False))
+        if listening:  # for the rest of the attempt: not asked of every node again
+            self._listeners.add((row["id"], row["attempt"]))
+        return listening
 
     # -- checkpoints on request ---------------------------------------------------------------
 
@@ -148,12 +162,13 @@ class Mover:
         self.store.update_job(row["id"], checkpoint=info)
         self._checkpoint_event(row["id"], "requested", reason=reason)
         roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
-        ck.ask({roots[n] for n in ranks.values()}, request["id"], reason)
+        nodes = sorted(set(ranks.values()))
+        self.node_files.call_each([(n, ck.ask, ([roots[n]], request["id"], reason)) for n in nodes])
         signal = getattr(self.executor, "signal_checkpoint", None)
         if signal is not None:
             for rep in self.store.replicas(row["id"], row["attempt"]):
                 root = roots[rep["node"]]
-                listener = ck.read_json(ck.listen_file(root, row["attempt"], rep["rank"]), root)
+                listener = self._read_control(rep["node"], root, ck.listen_file, row, rep["rank"])
                 if listener and isinstance(listener.get("pid"), int):
                     signal(self._handle(rep), listener["pid"])
         self._watching.add(row["id"])
@@ -210,12 +225,23 @@ class Mover:
                 elif restoring:
                     self._check_restored(row, migration, now)
 
-    def _check_answers(self, row: dict[str, Any], request: dict[str, Any], now: float) -> None:
+    def _read_control(self, node: str, root: Path, which, row: dict[str, Any], rank: int):
+        """One rank's control file (``which``: ``ck.listen_file``...), read on its node."""
+        path = which(root, row["attempt"], rank)
+        return self.node_files.call_each([(node, ck.read_json, (path, root))])[0]
+
+    def _answers(self, row: dict[str, Any], which) -> list[dict[str, Any] | None]:
+        """Every rank's control file ``which`` of the running attempt, read on its node (all
+        nodes at once), in rank order; None for those not (yet) there."""
         roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
-        answers = [
-            ck.read_json(ck.ack_file(roots[node], row["attempt"], rank), roots[node])
+        calls = [
+            (node, ck.read_json, (which(roots[node], row["attempt"], rank), roots[node]))
             for rank, node in sorted(ranks.items())
         ]
+        return self.node_files.call_each(calls)
+
+    def _check_answers(self, row: dict[str, Any], request: dict[str, Any], now: float) -> None:
+        answers = self._answers(row, ck.ack_file)
         if answers and all(a and a.get("request") == request["id"] for a in answers):
             latest = {
                 "name": answers[0].get("checkpoint"),
@@ -395,11 +421,15 @@ class Mover:
             self._launch_replicas(row, restore)
             return
         self._clear_requests(row)
-        roots = self._roots(row["id"])
+        roots, calls = self._roots(row["id"]), []
         for slot in Placement.from_json(row["placement"]).slots:
             env = self._restore_env(row, slot, restore) if restore else {}
             go = {"checkpoint": restore, "sha256": env.get("AIGRID_RESTORE_SHA256")}
-            ck.write_json(ck.go_file(roots[slot.node], row["attempt"], slot.rank), go)
+            path = ck.go_file(roots[slot.node], row["attempt"], slot.rank)
+            calls.append((slot.node, ck.write_json, (path, go)))
+        for (node, _, _), done in zip(calls, self.node_files.call_each(calls, False), strict=True):
+            if done is False:  # a lost node's replicas are reported lost by the executor
+                log.warning("AI Grid: job %s: could not tell %s to go", row["id"], node)
         with self.store.write():  # after the go files: a restart before this says go again
             went = {**migration, "prestart": {**prestart, "state": "go"}}
             self.store.update_job(row["id"], migration=went)
@@ -418,11 +448,15 @@ class Mover:
     def _drop_checkpoints(self, job_id: str) -> None:
         """Delete a job's checkpoints on every node, in the background (a job that succeeded
         or was cancelled never resumes; a failed job's stay, to be looked into)."""
-        for root in self._roots(job_id).values():
-            self._stager.submit(ck.remove_root, root)
+        calls = [(node, ck.remove_root, (root,)) for node, root in self._roots(job_id).items()]
+        self._stager.submit(self.node_files.call_each, calls)
 
     def _has_checkpoints(self, job_id: str) -> bool:
-        return any(ck.piece_names(root) for root in self._roots(job_id).values())
+        calls = [
+            (ck.holder_node(h), ck.piece_names, (root,))
+            for h, root in self._holders(job_id).items()
+        ]
+        return any(self.node_files.call_each(calls, []))
 
     def _stage(self, row: dict[str, Any]) -> None:
         """Put the newest verified checkpoint on the gang's nodes, in the background; the
@@ -449,9 +483,12 @@ class Mover:
                 now,
             )
         self._set_migration(row["id"], migration)
-        copy = getattr(self.executor, "copy_checkpoint", ck.copy_verified)
         future = self._stager.submit(
-            ck.stage, self._roots(row["id"]), self._rank_nodes(row), row["replicas"], copy
+            ck.stage,
+            self._holders(row["id"]),
+            self._rank_nodes(row),
+            row["replicas"],
+            self.node_files,
         )
         self._staging[row["id"]] = (row["attempt"], future)
 
@@ -498,11 +535,7 @@ class Mover:
         self._set_migration(row["id"], migration)
 
     def _check_restored(self, row: dict[str, Any], migration: dict[str, Any], now: float) -> None:
-        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
-        answers = [
-            ck.read_json(ck.restored_file(roots[node], row["attempt"], rank), roots[node])
-            for rank, node in ranks.items()
-        ]
+        answers = self._answers(row, ck.restored_file)
         if answers and all(a and a.get("checkpoint") == migration["checkpoint"] for a in answers):
             self._set_migration(row["id"], next_phase(migration, "done", now, migration["bytes"]))
             self._checkpoint_event(
@@ -518,9 +551,8 @@ class Mover:
     def _clear_requests(self, row: dict[str, Any]) -> None:
         """A new attempt must not take an earlier attempt's request for its own."""
         roots = self._roots(row["id"])
-        for node in set(self._rank_nodes(row).values()):
-            with contextlib.suppress(OSError):
-                os.unlink(ck.request_file(roots[node]))
+        nodes = sorted(set(self._rank_nodes(row).values()))
+        self.node_files.call_each([(n, ck.clear_request, (roots[n],)) for n in nodes])
 
     def _restore_env(self, row: dict[str, Any], slot: Any, name: str) -> dict[str, str]:
         """``AIGRID_RESTORE`` (the checkpoint staged on the slot's node) and the sha256 that
@@ -528,7 +560,9 @@ class Mover:
         need not hash the same bytes again while its manifest still says that digest."""
         root = self._roots(row["id"])[slot.node]
         env = {"AIGRID_RESTORE": str(root / name)}
-        with contextlib.suppress(ck.CheckpointError):
-            manifest = ck.read_manifest(root / name, slot.rank, root)
+        with contextlib.suppress(ck.CheckpointError, OSError):
+            manifest = self.node_files.call(
+                slot.node, ck.read_manifest, root / name, slot.rank, root
+            )
             env["AIGRID_RESTORE_SHA256"] = manifest["files"][ck.data_file(slot.rank)]["sha256"]
         return env

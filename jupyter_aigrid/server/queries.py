@@ -189,6 +189,13 @@ class JobQueries:
             rows.append(row)
         return jobs, rows
 
+    def _in_inventory(self, placement: Placement) -> Placement:
+        """``placement`` without its slots on nodes that left the cluster (they hold
+        nothing: a gang placed there is on its way back to the queue)."""
+        if all(s.node in self._nodes_by_name for s in placement.slots):
+            return placement
+        return Placement(tuple(s for s in placement.slots if s.node in self._nodes_by_name))
+
     def _snapshot(self) -> Snapshot:
         snap = Snapshot.empty(self.nodes, now=time.time(), history=self._history)
         data_on = self._data_on()
@@ -198,12 +205,14 @@ class JobQueries:
             if row.get("placement"):
                 snap = snap.allocate(
                     self._request(row),
-                    Placement.from_json(row["placement"]),
+                    self._in_inventory(Placement.from_json(row["placement"])),
                     started_at=row.get("started_at") or snap.now,
                 )
             migration = row.get("migration")
             if migration and migration["state"] in ("checkpointing", "stopping"):
                 # A gang on the move holds where it goes as well as where it runs.
                 held = replace(self._request(row), job_id=f"{row['id']}>", preemptible=False)
-                snap = snap.allocate(held, Placement.from_json(migration["target"]))
+                snap = snap.allocate(
+                    held, self._in_inventory(Placement.from_json(migration["target"]))
+                )
         return snap

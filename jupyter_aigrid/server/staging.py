@@ -25,7 +25,7 @@ from typing import Any
 from .. import contents
 from . import events
 from .dataset_rows import CORRUPT, VERIFIED
-from .datasets import VIEWS, remove, seal
+from .datasets import VIEWS, make_view, remove, seal
 from .model import FAILED, STARTING, Placement
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,25 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
 
 
-def _stage_one(item: dict[str, Any], progress) -> dict[str, Any]:
-    """Runs on a staging thread: make ``item``'s node hold a verified copy (see above)."""
+def _existing(dest: Path, manifest: contents.Manifest) -> bool | None:
+    """On a node: is there a good copy at ``dest`` (left by a staging cut short, or another
+    job's just now)? None if nothing is there; a bad one is removed (False)."""
+    if not os.path.lexists(dest):
+        return None
+    if not contents.verify_tree(dest, manifest):
+        return True
+    remove(dest)
+    return False
+
+
+def _stage_one(files, item: dict[str, Any], progress) -> dict[str, Any]:
+    """Runs on a staging thread: make ``item``'s node hold a verified copy (see above);
+    ``files`` (the executor's node files) does the work on the nodes."""
     manifest = contents.Manifest.from_json(item["manifest"])
+    node = item["node"]
     out = {
         "key": item["key"],
-        "node": item["node"],
+        "node": node,
         "path": None,
         "managed": 1,
         "copied_from": None,
@@ -46,41 +59,45 @@ def _stage_one(item: dict[str, Any], progress) -> dict[str, Any]:
     }
     here = item.get("here")
     if here is not None:
-        problems = contents.verify_tree(Path(here["abs"]), manifest, progress)
+        problems = files.verify_tree(node, Path(here["abs"]), manifest, progress)
         if not problems:
             return {**out, "path": here["path"], "managed": here["managed"]}
-        out["corrupt"].append((item["node"], problems))
+        out["corrupt"].append((node, problems))
         if here["managed"]:
-            remove(Path(here["abs"]))
+            files.call(node, remove, Path(here["abs"]))
     dest = Path(item["dest"])
-    if dest.exists():  # left by a staging cut short, or another job's just now
-        if not contents.verify_tree(dest, manifest):
-            return {**out, "path": item["dest_path"]}
-        remove(dest)
+    if files.call(node, _existing, dest, manifest):
+        return {**out, "path": item["dest_path"]}
     errors = []
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for node, source in item["sources"]:
+    for source_node, source in item["sources"]:
         try:
-            contents.copy_tree(Path(source), dest, manifest, progress)
+            files.copy_tree(source_node, Path(source), node, dest, manifest, progress)
         except FileExistsError:
-            if not contents.verify_tree(dest, manifest):
+            if files.call(node, _existing, dest, manifest):
                 return {**out, "path": item["dest_path"]}
-            errors.append(f"a bad copy appeared at {item['dest_path']} on {item['node']}")
+            errors.append(f"a bad copy appeared at {item['dest_path']} on {node}")
             continue
         except contents.ContentError as e:
-            out["corrupt"].append((node, [e.message]))
+            out["corrupt"].append((source_node, [e.message]))
             continue
         except OSError as e:
-            errors.append(f"copying from {node} failed: {e}")
+            errors.append(f"copying from {source_node} failed: {e}")
             continue
-        seal(dest)
-        return {**out, "path": item["dest_path"], "copied_from": node}
+        files.call(node, seal, dest)
+        return {**out, "path": item["dest_path"], "copied_from": source_node}
     why = "; ".join(errors) or "no node holds a verified copy"
-    return {**out, "error": f"{item['key']} could not be staged to {item['node']}: {why}"}
+    return {**out, "error": f"{item['key']} could not be staged to {node}: {why}"}
 
 
-def stage_items(items: list[dict[str, Any]], progress) -> list[dict[str, Any]]:
-    return [_stage_one(item, progress) for item in items]
+def stage_items(files, items: list[dict[str, Any]], progress) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        try:
+            out.append(_stage_one(files, item, progress))
+        except OSError as e:  # its node cannot be reached
+            why = f"{item['key']} could not be staged to {item['node']}: {e}"
+            out.append({"key": item["key"], "node": item["node"], "corrupt": [], "error": why})
+    return out
 
 
 class DataStaging:
@@ -157,7 +174,7 @@ class DataStaging:
         def progress(n: int) -> None:
             counter[0] += n
 
-        future = self._stager.submit(stage_items, items, progress)
+        future = self._stager.submit(stage_items, self.node_files, items, progress)
         keys = {(i["name"], i["version"], i["node"]) for i in items}
         self._data_staging[row["id"]] = (row["attempt"], future, keys)
 
@@ -259,9 +276,7 @@ class DataStaging:
         """``$AIGRID_DATA`` of the job on ``node``: a folder of links, ``<name>`` -> the
         verified copy there (made afresh for every attempt)."""
         folder = self._node_root(node) / VIEWS / self.files.key(row["id"])
-        folder.mkdir(parents=True, exist_ok=True)
-        for entry in os.listdir(folder):
-            os.unlink(folder / entry)
+        links = {}
         for key in row["spec"].get("datasets") or []:
             name, _, number = key.partition("@")
             loc = next(
@@ -273,8 +288,8 @@ class DataStaging:
                 None,
             )
             if loc is not None:
-                os.symlink(self._location_path(loc), folder / name)
-        return str(folder)
+                links[name] = str(self._location_path(loc))
+        return self.node_files.call(node, make_view, folder, links)
 
     def _data_mounts(self, row: dict[str, Any], node: str) -> tuple[str, ...]:
         """What a container on ``node`` mounts read-only: the links and the copies."""

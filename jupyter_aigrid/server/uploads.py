@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -225,23 +224,6 @@ class Uploads:
         folder = self._dir(upload_id)
         if folder.exists():
             contents.remove_tree(folder)
-
-    def take(self, upload_id: str, dest: Path) -> bool:
-        """Move the upload's tree to ``dest`` (a rename; a verified copy across file
-        systems). False if ``dest`` already exists (the same content is already there)."""
-        source = self.data_dir(upload_id)
-        if dest.exists():
-            return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(source, dest)
-        except OSError as e:
-            if e.errno != 18:  # EXDEV: another file system
-                raise
-            meta = self.meta(upload_id)
-            contents.copy_tree(source, dest, self.manifest(meta))
-            shutil.rmtree(source, ignore_errors=True)
-        return True
 
 
 class Writer:

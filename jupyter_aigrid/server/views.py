@@ -123,12 +123,13 @@ def migration_view(migration: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def checkpoint_view(info: dict[str, Any] | None, listening: bool) -> dict[str, Any]:
-    """What the master knows of a job's checkpoints: the latest it asked for, and whether
-    the job can be asked at all."""
+    """What the master knows of a job's checkpoints: the latest it asked for, the newest
+    kept on a second node too, and whether the job can be asked at all."""
     info = info or {}
-    latest, request = info.get("latest"), info.get("request")
+    latest, request, copied = info.get("latest"), info.get("request"), info.get("copied")
     return {
         "listening": listening,
+        "copied": copied and {"name": copied["name"], "at": iso(copied["at"])},
         "latest": latest
         and {k: latest.get(k) for k in ("name", "step", "bytes", "seconds")}
         | {"at": iso(latest.get("at"))},

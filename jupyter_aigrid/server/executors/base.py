@@ -50,6 +50,14 @@ class Executor(Protocol):
     # Optional: ``prepare_gang(job_key, attempt, slots)``, called before a gang's first
     # launch(): reserve the whole gang where the slots say (ExecutorError if it cannot).
     #
+    # Optional: ``node_files``, a :class:`~.nodefiles.NodeFiles` through which the master
+    # reaches the nodes' own files (checkpoints, control files, datasets) when they are not
+    # on its machine (Ray). Without it, the nodes' scratch folders are read here.
+    #
+    # Optional: ``refresh(force=False) -> bool``, for an inventory that changes (nodes join
+    # and leave): called from ``poll()`` by the executor itself; the master takes in what
+    # ``nodes()`` says whenever it handles exits, and a node that left holds nothing.
+    #
     # Optional: ``prestarts = True`` says the master may start a migrating gang's replicas
     # at the destination while the checkpoint is still written (they wait for a go file in
     # their checkpoint folder), which needs replicas that start at once and see that folder.

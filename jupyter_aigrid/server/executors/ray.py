@@ -3,23 +3,29 @@
 ``c.AIGridApp.executor = "ray"`` and ``c.AIGridApp.ray_address`` (``auto``: the cluster this
 machine belongs to; or ``<ip>:<port>`` of its head). Then:
 
-- **Inventory.** Every live Ray node is a node named ``ray-<first 12 hex of its node id>``,
-  with its CPUs, memory and labels, and its GPUs: the NVML ones a probe task finds there, or,
-  on a node whose ``GPU`` resource has no NVML device behind it, that many simulated GPUs.
+- **Inventory.** Every live Ray node with CPUs or GPUs is a node named ``ray-<first 12 hex
+  of its node id>``, with its CPUs, memory and labels, its GPUs (the NVML ones a probe task
+  finds there, or, on a node whose ``GPU`` resource has no NVML device behind it, that many
+  simulated GPUs), and its own scratch folder (``$AIGRID_NODE_SCRATCH`` where its Ray node
+  was started, else ``<tmp>/aigrid``). The executor looks at which nodes are alive every
+  few seconds (:meth:`RayExecutor.refresh`): nodes that join are probed and added, nodes
+  that leave are dropped, and the master takes the change in.
 - **Gangs.** Before a gang starts, a placement group reserves one bundle per rank, each pinned
   to the node our policy chose (the ``ray.io/node-id`` label selector); the group is checked
   to have landed exactly there. Each replica is a named, detached actor in its rank's bundle
-  (``aigrid-<replica id>``, namespace ``aigrid``) that runs the job's code or command as a
-  subprocess with torchrun's environment; ``MASTER_ADDR`` is rank 0's node's address.
+  (``aigrid-<cluster id>/<replica id>``, namespace ``aigrid``) that runs the job's code or
+  command as a subprocess with torchrun's environment; ``MASTER_ADDR`` is rank 0's node's
+  address. A gang's actors are all asked to start at once; :meth:`RayExecutor.started`
+  says when each has.
 - **Logs and exits.** The actor keeps the subprocess's stdout and stderr on its node; the
   master pulls them into the rank's log files as they grow, and records the exit code in the
   rank's exit file. A replica whose actor died (its node is gone) ends lost
   (``exit_code=None``): the gang goes through the failure-recovery path.
+- **Files.** Checkpoints, their control files and dataset copies stay on the nodes; the
+  master reaches them through Ray only (:class:`.ray_files.RayFiles`: an agent per node,
+  copies pulled node to node through the object store), so no filesystem is shared.
 - **Restarts.** Actors are detached and named, so a restarted master finds them again
   (:meth:`RayExecutor.reconcile`) and goes on pulling their logs from where its files end.
-
-Checkpoints and control files live in each node's scratch (``<state>/ray/<node>``), which
-the master reads: this executor needs the scratch folders on a filesystem the master sees.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from ...durable import write_atomic
 from ..inventory import simulated_gpus
 from ..model import Gpu, LaunchRequest, Node, ReplicaExit, ReplicaHandle, Slot
 from .base import ExecutorError
+from .ray_files import RayFiles
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,10 @@ NAMESPACE = "aigrid"
 PLACEMENT_TIMEOUT_S = 60.0
 #: Most bytes of one log stream pulled per replica and poll.
 LOG_PULL_BYTES = 1 << 20
+#: A node's scratch folder, from its own environment (set it where the Ray node starts).
+SCRATCH_ENV = "AIGRID_NODE_SCRATCH"
+#: Seconds between two looks at which Ray nodes are alive.
+REFRESH_EVERY_S = 2.0
 
 
 def _node_name(node_id: str) -> str:
@@ -56,10 +67,13 @@ class _Replica:
     """The actor that runs one replica's process on its node (Ray makes it a remote class)."""
 
     def __init__(self) -> None:
+        import threading
+
         self.popen: subprocess.Popen | None = None
         self.out = self.err = ""
         self.code: int | None = None
-        self.kill_at: float | None = None
+        self.stopped = False
+        self.lock = threading.Lock()
 
     def start(
         self,
@@ -85,7 +99,10 @@ class _Replica:
         Path(cwd).mkdir(parents=True, exist_ok=True)
         Path(logs).mkdir(parents=True, exist_ok=True)
         self.out, self.err = str(Path(logs) / "stdout"), str(Path(logs) / "stderr")
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+        node_id = ray.get_runtime_context().get_node_id()
+        with self.lock, open(self.out, "wb") as out, open(self.err, "wb") as err:
+            if self.stopped:  # stopped before it started: it never does
+                return {"pid": None, "node_id": node_id}
             self.popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -96,11 +113,12 @@ class _Replica:
                 start_new_session=True,
                 close_fds=True,
             )
-        return {"pid": self.popen.pid, "node_id": ray.get_runtime_context().get_node_id()}
+        return {"pid": self.popen.pid, "node_id": node_id}
 
     def wait(self) -> int:
         """Block until the process ends; its exit code (128 + n when killed by signal n)."""
-        assert self.popen is not None
+        if self.popen is None:  # stopped before it started
+            return 128 + signal.SIGTERM
         code = self.popen.wait()
         self.code = 128 - code if code < 0 else code
         with contextlib.suppress(OSError):  # what it forked dies with it
@@ -120,6 +138,8 @@ class _Replica:
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM the process group now, SIGKILL after ``grace_s`` (unless it ended)."""
+        with self.lock:
+            self.stopped = True
         if self.popen is None or self.popen.poll() is not None:
             return
         with contextlib.suppress(OSError):
@@ -133,14 +153,19 @@ class _Replica:
 
 
 def _probe() -> dict[str, Any]:
-    """What a node has that Ray does not say: its address and its NVML GPUs."""
+    """What a node has that Ray does not say: its address, its NVML GPUs, and its scratch
+    folder (``$AIGRID_NODE_SCRATCH`` in the node's environment, else ``<tmp>/aigrid``)."""
+    import tempfile
+
     import ray
 
     from ..inventory import nvml_gpus
 
+    scratch = os.environ.get(SCRATCH_ENV) or os.path.join(tempfile.gettempdir(), "aigrid")
     return {
         "ip": ray.util.get_node_ip_address(),
         "gpus": [vars(g) for g in nvml_gpus()],
+        "scratch": os.path.abspath(scratch),
     }
 
 
@@ -159,8 +184,10 @@ class _Live:
     actor: Any
     stdout_path: str
     stderr_path: str
-    waiting: Any  # the ObjectRef of actor.wait()
     gang: str
+    rank: int
+    starting: Any = None  # the ObjectRef of actor.start() until it answered
+    waiting: Any = None  # then the ObjectRef of actor.wait()
     out_at: int = 0
     err_at: int = 0
     pulling: Any = None  # the ObjectRef of the logs() call in flight
@@ -196,11 +223,19 @@ class RayExecutor:
         self._actor_class = ray.remote(max_restarts=0, max_concurrency=4)(_Replica)
         self._probe = ray.remote(num_cpus=0)(_probe)
         self._port = ray.remote(num_cpus=0)(_free_port)
-        self._ids: dict[str, str] = {}  # node name -> Ray node id
+        self._ids: dict[str, str] = {}  # node name -> Ray node id (of the nodes alive)
         self._ips: dict[str, str] = {}
-        self._nodes = self._inventory()
+        #: Work on the nodes' files (checkpoints, datasets) through Ray: no shared filesystem.
+        self.node_files = RayFiles(ray, self._ids)
+        self._nodes: dict[str, Node] = {}
+        self._refreshed = 0.0
+        self.refresh(force=True)
+        if not self._nodes:
+            msg = f"the Ray cluster at {address!r} has no node with CPUs or GPUs"
+            raise ExecutorError(msg)
         self._live: dict[str, _Live] = {}
         self._exits: list[ReplicaExit] = []
+        self._started: list[str] = []
         self._gangs: dict[str, Any] = {}  # gang name -> placement group
         self._bundles: dict[str, dict[int, tuple[int, dict[str, float]]]] = {}  # rank -> bundle
         self._placed: dict[str, dict[int, str]] = {}  # gang name -> rank -> node it ran on
@@ -212,47 +247,71 @@ class RayExecutor:
 
         return NodeAffinitySchedulingStrategy(node_id=self._ids[node], soft=False)
 
-    def _inventory(self) -> list[Node]:
-        alive = [n for n in self._ray.nodes() if n.get("Alive")]
-        nodes = []
-        for info in sorted(alive, key=lambda n: n["NodeID"]):
+    def refresh(self, force: bool = False) -> bool:
+        """Look at which Ray nodes are alive (at most every REFRESH_EVERY_S unless
+        ``force``): nodes that left are dropped, new ones probed and added. True if the
+        inventory changed."""
+        now = time.monotonic()
+        if not force and now - self._refreshed < REFRESH_EVERY_S:
+            return False
+        self._refreshed = now
+        alive = {}
+        for info in self._ray.nodes():
             resources = info.get("Resources") or {}
-            gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-            if not gpus and not cpus:
-                continue  # a head that runs nothing
-            name = _node_name(info["NodeID"])
-            self._ids[name] = info["NodeID"]
-            probe = self._probe.options(scheduling_strategy=self._on(name)).remote()
-            try:
-                found = self._ray.get(probe, timeout=PLACEMENT_TIMEOUT_S)
-            except Exception as e:
-                msg = f"could not probe Ray node {info['NodeID']}: {e}"
-                raise ExecutorError(msg) from e
-            self._ips[name] = found["ip"]
-            real = [Gpu(**g) for g in found["gpus"]][:gpus]
-            labels = tuple(sorted((str(k), str(v)) for k, v in (info.get("Labels") or {}).items()))
-            nodes.append(
-                Node(
-                    name=name,
-                    gpus=tuple(real) if real else tuple(simulated_gpus(name, gpus)),
-                    cpus=cpus,
-                    memory_mb=int(resources.get("memory", 0) // 2**20),
-                    scratch=str(self.root / "ray" / name),
-                    labels=labels,
-                )
-            )
-        if not nodes:
-            msg = f"the Ray cluster at {self.address!r} has no node with CPUs or GPUs"
-            raise ExecutorError(msg)
-        return nodes
+            if info.get("Alive") and (resources.get("GPU") or resources.get("CPU")):
+                alive[_node_name(info["NodeID"])] = info  # a head that runs nothing is not
+        gone = set(self._nodes) - set(alive)
+        for name in gone:
+            log.warning("AI Grid: Ray node %s (%s) left the cluster", name, self._ids.get(name))
+            del self._nodes[name]
+            self._ids.pop(name, None)
+            self._ips.pop(name, None)
+            self.node_files.forget(name)
+        new = sorted(set(alive) - set(self._nodes))
+        for name in new:
+            node = self._node(name, alive[name])
+            if node is not None:
+                self._nodes[name] = node
+        return bool(gone or new)
+
+    def _node(self, name: str, info: dict[str, Any]) -> Node | None:
+        """A new Ray node, probed there; None if it did not answer (tried again later)."""
+        resources = info.get("Resources") or {}
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        self._ids[name] = info["NodeID"]
+        probe = self._probe.options(scheduling_strategy=self._on(name)).remote()
+        try:
+            found = self._ray.get(probe, timeout=PLACEMENT_TIMEOUT_S)
+        except Exception as e:
+            log.warning("AI Grid: could not probe Ray node %s: %s", info["NodeID"], e)
+            del self._ids[name]
+            return None
+        self._ips[name] = found["ip"]
+        real = [Gpu(**g) for g in found["gpus"]][:gpus]
+        labels = tuple(sorted((str(k), str(v)) for k, v in (info.get("Labels") or {}).items()))
+        return Node(
+            name=name,
+            gpus=tuple(real) if real else tuple(simulated_gpus(name, gpus)),
+            cpus=cpus,
+            memory_mb=int(resources.get("memory", 0) // 2**20),
+            scratch=found["scratch"],
+            labels=labels,
+        )
 
     def nodes(self) -> list[Node]:
-        return list(self._nodes)
+        return [self._nodes[name] for name in sorted(self._nodes)]
 
     def rendezvous(self, node: str) -> tuple[str, int]:
         """Rank 0's node's address, and a port free there (asked on that node)."""
+        if node not in self._ids:
+            msg = f"node {node} is not in the Ray cluster"
+            raise ExecutorError(msg)
         ref = self._port.options(scheduling_strategy=self._on(node)).remote()
-        ip, port = self._ray.get(ref, timeout=PLACEMENT_TIMEOUT_S)
+        try:
+            ip, port = self._ray.get(ref, timeout=PLACEMENT_TIMEOUT_S)
+        except Exception as e:
+            msg = f"could not reach node {node}: {e}"
+            raise ExecutorError(msg) from e
         return ip, int(port)
 
     # -- gangs ----------------------------------------------------------------------------------
@@ -309,6 +368,9 @@ class RayExecutor:
     def launch(
         self, request: LaunchRequest, code: str | None, args: list[str], command: list[str] | None
     ) -> ReplicaHandle:
+        """Create the replica's actor in its bundle and ask it to start the process; the
+        start completes in the background (:meth:`started`), so a gang's actors start at
+        once rather than one after another."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         gang = self._gang(request.job_key or request.job_id, request.attempt)
@@ -316,7 +378,10 @@ class RayExecutor:
         if pg is None:
             msg = f"rank {request.rank}'s gang has no placement group (prepare_gang first)"
             raise ExecutorError(msg)
-        node = next(n for n in self._nodes if n.name == request.node)
+        node = self._nodes.get(request.node)
+        if node is None:
+            msg = f"node {request.node} is not in the Ray cluster"
+            raise ExecutorError(msg)
         job_dir = Path(node.scratch) / "jobs" / (request.job_key or request.job_id)
         script = None if code is None else (str(job_dir / f"main-{request.attempt}.py"), code)
         argv = list(args) if code is not None else list(command or [])
@@ -335,17 +400,7 @@ class RayExecutor:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **request.env}
         env["AIGRID_SCRATCH"] = str(job_dir)
         logs = str(job_dir / "logs" / f"{request.attempt}-{request.rank}")
-        try:
-            started = self._ray.get(
-                actor.start.remote(argv, env, workdir, logs, script), timeout=120
-            )
-        except Exception as e:
-            with contextlib.suppress(Exception):
-                self._ray.kill(actor)
-            msg = f"could not start rank {request.rank} on {request.node}: {e}"
-            raise ExecutorError(msg) from e
-        self._placed.setdefault(gang, {})[request.rank] = _node_name(started["node_id"])
-        handle = ReplicaHandle(request.replica_id, started["pid"], None, request.exit_path)
+        handle = ReplicaHandle(request.replica_id, None, None, request.exit_path)
         for path in (request.stdout_path, request.stderr_path, request.exit_path):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(request.exit_path).unlink(missing_ok=True)
@@ -354,8 +409,9 @@ class RayExecutor:
             actor,
             request.stdout_path,
             request.stderr_path,
-            actor.wait.remote(),
             gang,
+            request.rank,
+            starting=actor.start.remote(argv, env, workdir, logs, script),
         )
         return handle
 
@@ -368,6 +424,34 @@ class RayExecutor:
     def placed(self, job_key: str, attempt: int) -> dict[int, str]:
         """Rank -> the node its actor reported running on (what Ray really did)."""
         return dict(self._placed.get(self._gang(job_key, attempt), {}))
+
+    def started(self) -> list[str]:
+        """Replicas whose process has started since the last call. One that could not start
+        ends with code 125, the reason in its stderr log."""
+        starting = [live for live in self._live.values() if live.starting is not None]
+        if starting:
+            ready, _ = self._ray.wait(
+                [live.starting for live in starting], num_returns=len(starting), timeout=0
+            )
+            done = set(ready)
+            for live in starting:
+                if live.starting in done:
+                    self._start_answered(live)
+        out, self._started = self._started, []
+        return out
+
+    def _start_answered(self, live: _Live) -> None:
+        ref, live.starting = live.starting, None
+        try:
+            started = self._ray.get(ref)
+        except Exception as e:
+            with open(live.stderr_path, "ab") as f:
+                f.write(f"could not start rank {live.rank}: {e}\n".encode())
+            self._end(live, 125)
+            return
+        self._placed.setdefault(live.gang, {})[live.rank] = _node_name(started["node_id"])
+        live.waiting = live.actor.wait.remote()
+        self._started.append(live.handle.replica_id)
 
     def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
         live = self._live.get(handle.replica_id)
@@ -400,7 +484,10 @@ class RayExecutor:
             stale = False
 
     def poll(self) -> list[ReplicaExit]:
+        self.refresh()
         for replica_id, live in list(self._live.items()):
+            if live.waiting is None:
+                continue  # not started yet (started() says when)
             ready, _ = self._ray.wait([live.waiting], timeout=0)
             if not ready:
                 self._pull_logs(live, block=False)
@@ -409,17 +496,22 @@ class RayExecutor:
                 code: int | None = int(self._ray.get(live.waiting))
             except Exception as e:  # the actor (or its node) died
                 log.warning("AI Grid: replica %s was lost: %s", replica_id, e)
+                self.refresh(force=True)  # its node may be gone: the master asks next
                 code = None
             else:
                 self._pull_logs(live, block=True)
-                write_atomic(Path(live.handle.exit_path), str(code).encode())
-            with contextlib.suppress(Exception):
-                self._ray.kill(live.actor)
-            del self._live[replica_id]
-            self._exits.append(ReplicaExit(replica_id, code))
-            self._release(live.gang)
+            self._end(live, code)
         exits, self._exits = self._exits, []
         return exits
+
+    def _end(self, live: _Live, code: int | None) -> None:
+        if code is not None:
+            write_atomic(Path(live.handle.exit_path), str(code).encode())
+        with contextlib.suppress(Exception):
+            self._ray.kill(live.actor)
+        del self._live[live.handle.replica_id]
+        self._exits.append(ReplicaExit(live.handle.replica_id, code))
+        self._release(live.gang)
 
     def _release(self, gang: str) -> None:
         """A gang's placement group goes once none of its replicas runs."""
@@ -450,7 +542,7 @@ class RayExecutor:
                     code = int(Path(handle.exit_path).read_text().strip())
                 self._exits.append(ReplicaExit(handle.replica_id, code, never_started=False))
                 continue
-            job_id, attempt, _ = handle.replica_id.rsplit(".", 2)
+            job_id, attempt, rank = handle.replica_id.rsplit(".", 2)
             exit_path = Path(handle.exit_path)
             out, err = exit_path.with_suffix(".stdout"), exit_path.with_suffix(".stderr")
             # The master keeps <state>/jobs/<cluster id>/<job>/<attempt>/rank-<r>.exit; the
@@ -463,15 +555,18 @@ class RayExecutor:
                 actor,
                 str(out),
                 str(err),
-                actor.wait.remote(),
                 gang,
+                int(rank),
+                waiting=actor.wait.remote(),
                 out_at=out.stat().st_size if out.exists() else 0,
                 err_at=err.stat().st_size if err.exists() else 0,
             )
             adopted.append(handle.replica_id)
+            self._started.append(handle.replica_id)  # if the master had not heard yet
         return adopted
 
     def close(self) -> None:
         """Replicas keep running (a restarted master adopts them); we leave the cluster."""
+        self.node_files.close()
         with contextlib.suppress(Exception):
             self._ray.shutdown()

@@ -1,0 +1,124 @@
+"""Each running gang's newest checkpoint kept on a second node, where nodes die on their own.
+
+On an executor whose nodes can leave the cluster with their disks
+(``node_files.copies_checkpoints``: Ray), the master looks at every running gang's
+checkpoints every :data:`COPY_EVERY_S`. Once a newer complete checkpoint is there, each
+rank's piece is copied to the node after its own in the inventory (another node whenever
+there are two), into ``<root>/.copies``, verified against its manifest on the way; the older
+copies there go. A gang whose node died then still finds every piece of that checkpoint on a
+live node (``checkpoints.copies_holder``), and staging takes it from there as from any other
+holder: the gang recovers from it elsewhere. A ``checkpoint`` event ``copied`` (and the job's
+``checkpoint.copied``) says from when a checkpoint survives the loss of any one node.
+
+Mixed into :class:`~jupyter_aigrid.server.master.Master`; the copying runs on a thread of
+its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoints as ck
+from .model import RUNNING
+
+log = logging.getLogger(__name__)
+#: Seconds between two looks for newer checkpoints to copy.
+COPY_EVERY_S = 2.0
+
+
+def copy_newest(
+    files: Any,
+    roots: dict[str, Path],
+    ranks: dict[int, str],
+    partners: dict[str, str],
+    last: str | None,
+) -> str | None:
+    """Copy the gang's newest complete checkpoint (newer than ``last``) to each rank's
+    partner node and drop the older copies there; return its name (``last`` if there is
+    nothing newer). ``ranks``: rank -> the node it runs on; ``files``: work on the nodes."""
+    nodes = sorted(set(ranks.values()))
+    listed = dict(
+        zip(nodes, files.call_each([(n, ck.listing, (roots[n],)) for n in nodes], {}), strict=True)
+    )
+    names = {name for found in listed.values() for name in found}
+    newest = next(
+        (
+            name
+            for name in sorted(names, key=lambda n: ck.parse_name(n) or (0, 0), reverse=True)
+            if all(rank in listed[node].get(name, ()) for rank, node in ranks.items())
+        ),
+        None,
+    )
+    if newest is None or newest == last:
+        return last
+    for rank, node in sorted(ranks.items()):
+        partner = partners[node]
+        dst = roots[partner] / ck.COPIES / newest
+        files.copy_checkpoint(node, roots[node] / newest, roots[node], partner, dst, rank)
+    for partner in sorted({partners[n] for n in nodes}):
+        files.call(partner, ck.keep_only, roots[partner] / ck.COPIES, newest)
+    return newest
+
+
+class CheckpointCopies:
+    """Copying running gangs' checkpoints to a second node (see the module docstring)."""
+
+    _copier: Any
+    #: job -> the future of its copy under way; job -> the checkpoint last copied.
+    _copying: dict[str, Future]
+    _copied: dict[str, tuple[str | None, tuple]]
+    _next_copy: float
+
+    def _copy_checkpoints(self) -> None:
+        if not self.node_files.copies_checkpoints:
+            return
+        for job_id, future in list(self._copying.items()):
+            if future.done():
+                del self._copying[job_id]
+                self._copy_done(job_id, future)
+        now = time.monotonic()
+        order = [n.name for n in self.nodes]
+        if now < self._next_copy or len(order) < 2:
+            return
+        self._next_copy = now + COPY_EVERY_S
+        partners = {n: order[(i + 1) % len(order)] for i, n in enumerate(order)}
+        for row in self.store.jobs((RUNNING,)):
+            ranks = self._rank_nodes(row)
+            if row["id"] in self._copying or not ranks:
+                continue
+            if any(node not in partners for node in ranks.values()):
+                continue  # a node of the gang left: its exit comes next
+            # Copied already, unless the partners changed (one may have left with it).
+            pairs = tuple(sorted((n, partners[n]) for n in set(ranks.values())))
+            last, before = self._copied.get(row["id"], (None, ()))
+            self._copied[row["id"]] = (last if before == pairs else None, pairs)
+            self._copying[row["id"]] = self._copier.submit(
+                copy_newest,
+                self.node_files,
+                self._roots(row["id"]),
+                ranks,
+                partners,
+                self._copied[row["id"]][0],
+            )
+
+    def _copy_done(self, job_id: str, future: Future) -> None:
+        try:
+            name = future.result()
+        except (OSError, ck.CheckpointError) as e:  # pruned under it, a node went: next time
+            log.info("AI Grid: job %s: copying its checkpoint failed: %s", job_id, e)
+            return
+        last, partners = self._copied.get(job_id, (None, ()))
+        if name is None or name == last:
+            return
+        self._copied[job_id] = (name, partners)
+        with self.store.write():
+            row = self.store.job(job_id)
+            if row is None:
+                return
+            info = {**(row.get("checkpoint") or {}), "copied": {"name": name, "at": time.time()}}
+            self.store.update_job(job_id, checkpoint=info)
+            self._checkpoint_event(job_id, "copied", checkpoint=name)
