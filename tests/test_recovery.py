@@ -172,3 +172,32 @@ async def test_a_master_that_cannot_recover_keeps_trying_and_loses_nothing(tmp_p
         assert (await m.cluster())["recovering"] is None
     finally:
         await m.stop()
+
+
+def test_a_gang_whose_node_cannot_be_reached_at_start_goes_back_to_the_queue(tmp_path):
+    """Placed, then its node stops answering before any replica started (it left the
+    cluster): the job is queued again, not failed and not counted as a restart."""
+    m = master(tmp_path)
+    real = m.executor.rendezvous
+    calls = []
+
+    def unreachable(node):
+        calls.append(node)
+        if len(calls) == 1:
+            raise ExecutorError(f"node {node} is not in the cluster")
+        return real(node)
+
+    m.executor.rendezvous = unreachable
+    job_id = submit(m, {"code": "print('ran')", "gpus": 1})
+    deadline = time.monotonic() + 60
+    while m.store.job(job_id)["state"] != "succeeded":
+        assert time.monotonic() < deadline, m.store.job(job_id)
+        m._tick()
+        time.sleep(0.02)
+    row = m.store.job(job_id)
+    assert len(calls) == 2 and row["restarts"] == 0
+    states = [e["data"]["state"] for e in m.store.events(job_id) if "job_state" in e["schema_id"]]
+    assert states.count("queued") == 2, states
+    reasons = [e["data"].get("reason") or "" for e in m.store.events(job_id)]
+    assert any("could not reach its nodes: node" in r for r in reasons), reasons
+    m.store.close()

@@ -23,7 +23,7 @@ from . import events
 from .admission import check_admissible
 from .datasets import Datasets
 from .executors.base import ExecutorError
-from .executors.nodefiles import NodeFiles
+from .executors.nodefiles import NodeFiles, NodeGone
 from .images import check_image, resolve_image
 from .inference import Inference
 from .migration import MIGRATE, Mover, active
@@ -692,7 +692,12 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         slots = placement.slots
         if not prestart:  # the gang it replaces may still be answering one
             self._clear_requests(row)
-        rendezvous = self.executor.rendezvous(slots[0].node)
+        try:
+            rendezvous = self.executor.rendezvous(slots[0].node)
+            views = {node: self._data_view_dir(row, node) for node in placement.nodes}
+        except (ExecutorError, OSError) as e:  # a node left since the gang was placed
+            self._could_not_reach(job_id, prestart, f"could not reach its nodes: {e}")
+            return
         requests = []
         with self.store.write():
             for slot in slots:
@@ -708,7 +713,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                     self.files.inputs(job_id),
                     host_env=getattr(self.executor, "host_env", True),
                 )
-                env["AIGRID_DATA"] = self._data_view_dir(row, slot.node)
+                env["AIGRID_DATA"] = views[slot.node]
                 env["AIGRID_RESOURCE"] = self._resource_of_placement(placement)
                 if restore:
                     env.update(self._restore_env(row, slot, restore))
@@ -775,7 +780,8 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                         dropped = self._without_prestart(now, now["migration"], reason)
                         self.store.update_job(job_id, migration=dropped)
                     else:
-                        self._fail_gang(job_id, reason, retry=False)
+                        lost = isinstance(e, NodeGone) or self._left(placement)
+                        self._fail_gang(job_id, reason, retry=lost, node_lost=lost)
                 return
             if self._async_starts:  # running once the executor says it started
                 self.store.update_replica(req.replica_id, pid=handle.pid)
@@ -790,6 +796,27 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         if not self._async_starts and not prestart:
             self._set_state(self.store.job(job_id), RUNNING)
         self._live_replicas = True
+
+    def _left(self, placement: Placement) -> bool:
+        """Has a node of ``placement`` left the cluster (as the executor sees it now)?"""
+        if not callable(getattr(self.executor, "refresh", None)):
+            return False
+        self.executor.refresh(force=True)
+        alive = {n.name for n in self.executor.nodes()}
+        return any(s.node not in alive for s in placement.slots)
+
+    def _could_not_reach(self, job_id: str, prestart: bool, reason: str) -> None:
+        """A placed gang none of whose replicas started: back to the queue, not counted as
+        a restart (or, started ahead of a migration, the migration goes on without it)."""
+        log.warning("AI Grid: job %s: %s", job_id, reason)
+        with self.store.write():
+            row = self.store.job(job_id)
+            if prestart:
+                dropped = self._without_prestart(row, row["migration"], reason)
+                self.store.update_job(job_id, migration=dropped)
+                return
+            self.store.update_job(job_id, pending_state=REQUEUE, reason=reason)
+            self._finish(self.store.job(job_id), {})
 
     def _container_fields(self, row: dict[str, Any], slot: Any) -> dict[str, Any]:
         """What a container executor needs beyond the environment: the image, the network,
