@@ -923,6 +923,8 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         pending = row.get("pending_state")
         now = time.time()
         ran_s = max(0.0, now - (row.get("started_at") or now))
+        self._listeners.discard((row["id"], row["attempt"]))  # the attempt is over
+        self._copied.pop(row["id"], None)
         if row.get("inference"):
             self._learn(row, pending is None and all(c == 0 for c in codes.values()), ran_s)
         earlier = row.get("attained_gpu_s") or 0.0
