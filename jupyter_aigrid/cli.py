@@ -20,6 +20,7 @@ from typing import Any
 
 from .client import AIGridError, Client
 from .options import add_job_options, spec_fields
+from .vocabulary import RUN_METRICS
 
 FAILED_EXIT = 1
 
@@ -179,10 +180,9 @@ def images_table(images: list[dict[str, Any]]) -> str:
 
 def simulation_table(found: dict[str, Any]) -> str:
     """The live run next to its replay under another policy (``POST /simulate``)."""
-    from .sim.engine import METRICS
-
     rows = [
-        [label, f"{found['live'][key]:,}", f"{found['simulated'][key]:,}"] for key, label in METRICS
+        [label, f"{found['live'][key]:,}", f"{found['simulated'][key]:,}"]
+        for key, label in RUN_METRICS
     ]
     header = ["", f"live ({found['live_policy']})", f"simulated ({found['policy']})"]
     return _table(rows, header)

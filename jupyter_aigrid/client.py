@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import requests
 
-from .server.model import FINAL_STATES
+from .vocabulary import FINAL_STATES
 
 API = "aigrid/api"
 #: Bytes per ``PUT /uploads/{id}/data`` (the master takes at most 64 MiB).

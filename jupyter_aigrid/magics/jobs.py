@@ -9,7 +9,7 @@ from typing import Any
 from IPython.display import display
 
 from ..client import AIGridError, Client
-from ..server.model import FINAL_STATES
+from ..vocabulary import FINAL_STATES
 from .transfer import JobFailed, RemoteError, decode_pull
 from .widgets import JobWidget
 

@@ -26,7 +26,7 @@ from ..cli import (
 )
 from ..client import AIGridError, Client
 from ..options import add_job_options, policy_option, spec_fields
-from ..server.model import JOB_STATES
+from ..vocabulary import JOB_STATES
 from .datasets import DatasetCommands, dataset_parsers
 from .jobs import OUTPUT_MODES, JobHandle, PullError, run_blocking
 from .parsing import MagicParser, add_inference_options, inference_fields, latency_ms

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from ..options import duration
-from ..server.profiles import QOS_CLASSES
+from ..vocabulary import QOS_CLASSES
 
 
 class MagicParser(MagicArgumentParser):

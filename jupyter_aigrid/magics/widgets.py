@@ -21,7 +21,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Int, List, Unicode
 
 from ..client import AIGridError, Client
-from ..server.model import FINAL_STATES
+from ..vocabulary import FINAL_STATES
 from .profiles import inference_html, inference_view
 
 STATE_COLOURS = {

@@ -56,7 +56,7 @@ from .spec import SpecError
 from .staging import DataStaging
 from .templating import choose, describe, hostfile_text, templates
 from .uploads import Uploads
-from .views import image_view
+from .views import cancel_blocker, image_view
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -462,9 +462,9 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
 
     def _cancel(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self._visible(job_id, user, admin)
-        if row["state"] in FINAL_STATES:
-            msg = f"job {job_id} has already {row['state']}; there is nothing to cancel"
-            raise Conflict(msg)
+        why = cancel_blocker(row)
+        if why is not None:
+            raise Conflict(why)
         reason = f"cancelled by {user}"
         with self.store.write():
             unstarted = row["state"] == STARTING and not self.store.replicas(job_id, row["attempt"])

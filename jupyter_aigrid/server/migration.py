@@ -29,6 +29,7 @@ from .. import checkpoints as ck
 from . import events
 from .model import RUNNING, STARTING, Placement
 from .snapshot import Snapshot
+from .views import move_blocker
 
 log = logging.getLogger(__name__)
 #: ``pending_state`` of a gang stopping so that it can move.
@@ -120,22 +121,10 @@ class Mover:
     def _check_can_move(self, row: dict[str, Any], what: str) -> None:
         from .queries import Conflict
 
-        if row["state"] != RUNNING or row.get("pending_state"):
-            msg = f"job {row['id']} is {row['state']}; only a running job can {what}"
-            raise Conflict(msg)
-        if active(row.get("migration")):
-            msg = f"job {row['id']} is migrating ({row['migration']['state']}); wait for it to end"
-            raise Conflict(msg)
-        request = (row.get("checkpoint") or {}).get("request")
-        if request and request["state"] == "pending":
-            msg = f"job {row['id']} is already writing a checkpoint ({request['reason']})"
-            raise Conflict(msg)
-        if not self._listening(row):
-            msg = (
-                f"job {row['id']} does not answer checkpoint requests: its code never calls "
-                "jupyter_aigrid.runtime.should_checkpoint()"
-            )
-            raise Conflict(msg)
+        listening = row["state"] == RUNNING and self._listening(row)
+        why = move_blocker(row, what, listening)
+        if why is not None:
+            raise Conflict(why)
 
     def _checkpoint_now(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self._visible(job_id, user, admin)

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Job states. ``preempted`` comes with the migration issue; it is listed so every consumer
-# already knows the full set.
-QUEUED = "queued"
-STARTING = "starting"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-PREEMPTED = "preempted"
-JOB_STATES = (QUEUED, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED, PREEMPTED)
-ACTIVE_STATES = (STARTING, RUNNING)
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+from ..vocabulary import (  # noqa: F401 - the states, as the server's modules name them
+    ACTIVE_STATES,
+    FINAL_STATES,
+    JOB_STATES,
+    PRIORITIES,
+    JobState,
+)
 
-PRIORITIES = ("high", "normal", "low")
+QUEUED = JobState.QUEUED.value
+STARTING = JobState.STARTING.value
+RUNNING = JobState.RUNNING.value
+SUCCEEDED = JobState.SUCCEEDED.value
+FAILED = JobState.FAILED.value
+CANCELLED = JobState.CANCELLED.value
+PREEMPTED = JobState.PREEMPTED.value
 
 
 @dataclass(frozen=True)

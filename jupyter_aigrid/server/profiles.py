@@ -45,7 +45,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-QOS_CLASSES = ("realtime", "interactive", "batch")
+from ..vocabulary import QOS_CLASSES
+
 REASONS = ("meets_slo", "explore", "best_effort")
 #: Results below this many milliseconds share one bucket (reported as 0).
 MIN_LATENCY_MS = 1e-3

@@ -6,7 +6,8 @@ import datetime as dt
 import time
 from typing import Any
 
-from .model import FINAL_STATES, Node
+from ..vocabulary import FINAL_STATES, Action, JobState
+from .model import Node
 from .templating import describe
 
 
@@ -43,7 +44,8 @@ def job_view(
                     }
                 )
             placement.append({**slot, "gpus": gpus})
-    end = row.get("finished_at") or time.time()
+    now = time.time()
+    end = row.get("finished_at") or now
     started = row.get("started_at")
     return {
         "id": row["id"],
@@ -72,13 +74,53 @@ def job_view(
         ),
         "inference": row.get("inference"),
         "prediction": row.get("prediction"),
-        "migration": migration_view(row.get("migration")),
+        "migration": migration_view(row.get("migration"), now),
         "checkpoint": checkpoint_view(row.get("checkpoint"), listening),
         "datasets": spec.get("datasets") or [],
         "staging": staging_view(row.get("staging")),
         "phase": job_phase(row),
+        "actions": job_actions(row, listening),
         "description": row.get("description") or describe(spec),
         "spec": spec,
+    }
+
+
+def move_blocker(row: dict[str, Any], what: str, listening: bool) -> str | None:
+    """Why the job cannot be checkpointed or migrated now (``what``: the verb), or None.
+    The one rule: the master refuses with it, and clients show it on their buttons."""
+    if row["state"] != JobState.RUNNING or row.get("pending_state"):
+        return f"job {row['id']} is {row['state']}; only a running job can {what}"
+    migration = row.get("migration")
+    if migration and migration["state"] not in ("done", "failed"):
+        return f"job {row['id']} is migrating ({migration['state']}); wait for it to end"
+    request = (row.get("checkpoint") or {}).get("request")
+    if request and request["state"] == "pending":
+        return f"job {row['id']} is already writing a checkpoint ({request['reason']})"
+    if not listening:
+        return (
+            f"job {row['id']} does not answer checkpoint requests: its code never calls "
+            "jupyter_aigrid.runtime.should_checkpoint()"
+        )
+    return None
+
+
+def cancel_blocker(row: dict[str, Any]) -> str | None:
+    """Why the job cannot be cancelled (it has ended), or None."""
+    if row["state"] in FINAL_STATES:
+        return f"job {row['id']} has already {row['state']}; there is nothing to cancel"
+    return None
+
+
+def job_actions(row: dict[str, Any], listening: bool) -> dict[str, dict[str, Any]]:
+    """What its owner may do with the job now: for each action, ``allowed`` and, when it is
+    not, the ``reason`` (the message the request would be refused with)."""
+    blockers = {
+        Action.CANCEL: cancel_blocker(row),
+        Action.CHECKPOINT: move_blocker(row, "checkpoint", listening),
+        Action.MIGRATE: move_blocker(row, "migrate", listening),
+    }
+    return {
+        str(action): {"allowed": why is None, "reason": why} for action, why in blockers.items()
     }
 
 
@@ -106,20 +148,93 @@ def job_phase(row: dict[str, Any]) -> str | None:
     return None
 
 
-def migration_view(migration: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A job's latest migration (or resume from a checkpoint), its phases timed."""
+def migration_view(
+    migration: dict[str, Any] | None, now: float | None = None
+) -> dict[str, Any] | None:
+    """A job's latest migration (or resume from a checkpoint), its phases timed, and its
+    timeline as clients draw it (``steps``, see :func:`migration_steps`; ``now``: the time
+    the running phase is timed to, default the current time)."""
     if not migration:
         return None
+    now = time.time() if now is None else now
     keep = ("id", "kind", "reason", "state", "from", "to", "checkpoint", "error", "prestart")
+    started, finished = migration.get("started_at"), migration.get("finished_at")
     return {k: migration.get(k) for k in keep} | {
         "bytes": migration.get("bytes"),
         "phases": [
             {**p, "started_at": iso(p["started_at"]), "finished_at": iso(p["finished_at"])}
             for p in migration["phases"]
         ],
-        "started_at": iso(migration.get("started_at")),
-        "finished_at": iso(migration.get("finished_at")),
+        "steps": migration_steps(migration, now),
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "duration_s": _seconds(started, finished),
     }
+
+
+#: The phases of a migration, in the order the master runs them; a resume runs the last two.
+MIGRATION_PHASES = ("checkpointing", "stopping", "transferring", "restoring")
+
+
+def _seconds(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(max(0.0, end - start), 3)
+
+
+def migration_steps(migration: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    """The migration's timeline: one step per phase of :data:`MIGRATION_PHASES`, in that
+    order, each ``{"phase", "status", "duration_s", "bytes"}``. The sidebar and the
+    notebook widget draw exactly these, so the rules live here only:
+
+    - ``done``: the phase ran and finished; its duration, and the bytes it wrote
+      (checkpointing), copied (transferring) or restored (restoring).
+    - ``active``: the phase under way now (the migration's ``state``); its duration is the
+      time so far, at ``now`` (null until the master has recorded the phase's start).
+    - ``failed``: the phase the migration failed in: the last one it reached.
+    - ``pending``: a phase still to come while the migration is under way.
+    - ``skipped``: a phase it did not run and will not: a resume's checkpointing and
+      stopping (it starts from a checkpoint already written), the phases after a failure,
+      and any earlier phase the record lacks.
+
+    ``migration`` is the stored record (Unix times).
+    """
+    state = migration["state"]
+    recorded = {p["phase"]: p for p in migration.get("phases") or []}
+    if state in MIGRATION_PHASES:
+        at, here = MIGRATION_PHASES.index(state), "active"
+    elif state == "failed":
+        reached = [i for i, name in enumerate(MIGRATION_PHASES) if name in recorded]
+        at, here = (reached[-1], "failed") if reached else (len(MIGRATION_PHASES), "failed")
+    else:  # done
+        at, here = len(MIGRATION_PHASES), "done"
+    steps = []
+    for i, name in enumerate(MIGRATION_PHASES):
+        phase = recorded.get(name)
+        if i < at:
+            status = "done" if phase else "skipped"
+        elif i == at:
+            status = here
+        else:
+            status = "pending" if here == "active" else "skipped"
+        duration = None
+        if phase is not None and status != "pending":
+            duration = phase.get("duration_s")
+            if duration is None:
+                # Unfinished: the time so far (running), or until the migration ended.
+                end = phase.get("finished_at") or (
+                    now if status == "active" else migration.get("finished_at")
+                )
+                duration = _seconds(phase.get("started_at"), end)
+        steps.append(
+            {
+                "phase": name,
+                "status": status,
+                "duration_s": duration,
+                "bytes": phase.get("bytes") if phase and status != "pending" else None,
+            }
+        )
+    return steps
 
 
 def checkpoint_view(info: dict[str, Any] | None, listening: bool) -> dict[str, Any]:

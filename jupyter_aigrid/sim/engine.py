@@ -30,22 +30,12 @@ from ..server.inventory import simulated_gpus
 from ..server.model import Node, Placement, Request
 from ..server.policies import Policy, schedule_round
 from ..server.snapshot import History, Prediction, Snapshot
+from ..vocabulary import RUN_METRICS
 from .data import NodeCaches, Staging, dataset_of
 from .trace import TraceJob, check_fits
 
 _FINISH, _ARRIVAL, _TICK = 0, 1, 2
-#: (key, label) of the figures of a run, as tables show them.
-METRICS = (
-    ("avg_jct_s", "avg JCT (s)"),
-    ("median_jct_s", "median JCT (s)"),
-    ("p99_jct_s", "p99 JCT (s)"),
-    ("avg_queue_s", "avg queue (s)"),
-    ("p99_queue_s", "p99 queue (s)"),
-    ("makespan_s", "makespan (s)"),
-    ("gpu_utilization", "GPU util"),
-    ("preemptions", "preemptions"),
-    ("jobs", "jobs"),
-)
+METRICS = RUN_METRICS
 #: The figures of a run with staging, after METRICS.
 STAGING_METRICS = (
     ("staging_s", "staging (s)"),
