@@ -57,13 +57,14 @@ def waiting_by_size(result) -> str:
     return ", ".join(f"{g} GPUs: {s:,.0f} s" for g, s in sorted(share.items()) if s >= 0.5)
 
 
-def peer_rows(readme: Path) -> list[tuple[str, float, float, float]]:
-    """(simulator and policy, avg JCT, median JCT, avg queueing) from the traces' README."""
+def peer_rows(readme: Path) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(simulator and policy, avg JCT, median JCT, avg queueing) from the traces' README;
+    None where the README leaves a cell empty."""
     rows = []
     for line in readme.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 6 and re.match(r"^(Tiresias|Lucid) simulator", cells[0]):
-            nums = [float(c.replace(",", "")) for c in cells[1:4]]
+            nums = [float(c.replace(",", "")) if c else None for c in cells[1:4]]
             rows.append((cells[0], *nums))
     return rows
 
@@ -106,8 +107,12 @@ def main() -> int:
     print()
     show(results)
     print(f"\n{'peer simulator, policy':48}{'avg JCT':>12}{'median JCT':>12}{'avg queue':>11}")
+
+    def cell(value: float | None, width: int) -> str:
+        return f"{value:>{width},.1f}" if value is not None else f"{'-':>{width}}"
+
     for name, jct, median, queue in peer_rows(args.traces / "README.md"):
-        print(f"{name:48}{jct:>12,.1f}{median:>12,.1f}{queue:>11,.1f}")
+        print(f"{name[:47]:48}{cell(jct, 12)}{cell(median, 12)}{cell(queue, 11)}")
     bound = statistics.fmean(j.duration_s for j in jobs)
     print(f"{'lower bound (mean duration: no job ever waits)':48}{bound:>12,.1f}")
     ours = next(r for r in results if r.policy == "aigrid").metrics

@@ -18,28 +18,17 @@ from urllib.parse import quote
 
 import requests
 
+from .uploading import upload_dataset
 from .vocabulary import FINAL_STATES
+from .wire import CHUNK_BYTES, AIGridError
+
+__all__ = ["CHUNK_BYTES", "AIGridError", "Client"]
 
 API = "aigrid/api"
-#: Bytes per ``PUT /uploads/{id}/data`` (the master takes at most 64 MiB).
-CHUNK_BYTES = 8 * 2**20
 #: Seconds without even a heartbeat after which an event stream counts as dead.
 EVENTS_SILENCE_S = 35.0
 #: Seconds to wait for the master to hash a dataset (committing an upload, verifying copies).
 HASHING_S = 3600.0
-
-
-class AIGridError(RuntimeError):
-    """The master refused a request (``status``), or could not be reached (``status`` 0)."""
-
-    def __init__(self, message: str, status: int = 0, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
-
-    def __str__(self) -> str:
-        return f"{self.message} (field: {self.field})" if self.field else self.message
 
 
 def _ancestor_pids() -> list[int]:
@@ -266,8 +255,6 @@ class Client:
         ``progress(sent, total)`` follows the bytes on the master. See
         :mod:`jupyter_aigrid.uploading`.
         """
-        from .uploading import upload_dataset
-
         return upload_dataset(self, path, name, node, progress, chunk_bytes)
 
     # -- uploads: the steps upload_dataset takes --------------------------------------------------

@@ -21,10 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import contents
-from .client import CHUNK_BYTES, AIGridError, Client
+from .wire import CHUNK_BYTES, AIGridError
+
+if TYPE_CHECKING:
+    from .client import Client
 
 #: Failures in a row (dropped connections, offset conflicts) after which a send gives up.
 MAX_RETRIES = 5

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_aigrid.server.model import Request
 from jupyter_aigrid.server.policies import load_policy
 from jupyter_aigrid.sim import (
     Simulator,
@@ -271,3 +272,39 @@ def test_command_line_staging_options(tmp_path):
     ]:
         out = sim_cli("--synthetic", "10", "--nodes", "2", "--json", *args)
         assert out.returncode == 2 and words in out.stderr, (args, out.stderr)
+
+
+def _gang(job_id: str, submit_s: float, duration_s: float, gpus: int = 1) -> TraceJob:
+    request = Request(
+        job_id=job_id,
+        owner="u",
+        replicas=1,
+        gpus_per_replica=gpus,
+        cpus_per_replica=0.0,
+        memory_mb_per_replica=0,
+        preemptible=True,
+    )
+    return TraceJob(job_id, submit_s, duration_s, gpus, request=request)
+
+
+def test_the_simulator_defragments_as_the_master_does():
+    """Four 1-GPU gangs fill two 2-GPU nodes; one ends on each; a 2-GPU gang arrives and
+    waits only because the free GPUs are scattered: one small gang moves (paying the
+    overhead) and the big one starts at once."""
+    jobs = [
+        _gang("a", 0, 100),
+        _gang("b", 0, 5),
+        _gang("c", 0, 100),
+        _gang("d", 0, 5),
+        _gang("big", 6, 10, gpus=2),
+    ]
+    result = Simulator(jobs, make_nodes(2, 2), load_policy("fifo"), preempt_overhead_s=7.0).run()
+    records = {r.job.job_id: r for r in result.records}
+    placed = {j: records[j].placements[0].nodes for j in "abcd"}
+    assert placed["b"] != placed["d"], placed  # the precondition: one ended on each node
+    assert result.migrations == 1
+    assert records["big"].first_start == 6
+    moved = [r for r in records.values() if r.moves]
+    assert len(moved) == 1 and moved[0].job.job_id in ("a", "c")
+    assert moved[0].finish == pytest.approx(100 + 7)
+    assert result.metrics["preemptions"] == 0

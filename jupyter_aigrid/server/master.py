@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,8 +46,8 @@ from .model import (
     ReplicaHandle,
     Request,
 )
-from .policies import load_policy, schedule_round
-from .policies.defrag import defragment
+from .policies import Context, decide, load_policy
+from .policies.qos import resource_of_placement
 from .profiles import ProfileBook
 from .queries import Conflict, JobQueries, NotFound, run_time_s
 from .replicas import JobFiles, replica_env
@@ -94,6 +95,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         dataset_quota_bytes: int = 0,
         dataset_verify_interval_s: float = 6 * 3600.0,
         gpu_cost_per_hour: dict[str, float] | None = None,
+        record_rounds: bool = False,
         profile_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
@@ -175,8 +177,10 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         self.gpu_cost_per_hour = dict(gpu_cost_per_hour or {})
         self.book = ProfileBook.from_rows(store.profiles(), **(profile_options or {}))
         #: Queued job -> its spec if it is an inference job, else None (read once).
-        self._inference_specs: dict[str, dict[str, Any] | None] = {}
         self._choices: dict[str, Any] = {}
+        #: (snapshot, queue, context, decisions) of every round, when ``record_rounds`` is
+        #: set (tests and debugging; it grows without bound); None otherwise.
+        self.rounds: list[tuple[Any, ...]] | None = [] if record_rounds else None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -564,18 +568,40 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         if not queue:
             return
         snapshot = self._snapshot()
-        queue = self._choose_resources(queue, snapshot)
-        decided = schedule_round(self.policy, queue, snapshot)
+        context = self._round_context()
+        if self.rounds is not None:  # the book changes as jobs end: keep it as it was
+            context = replace(context, book=self.book.copy())
+        decided = decide(snapshot, queue, self.policy, context)
+        self._choices = dict(decided.choices)
+        if self.rounds is not None:
+            self.rounds.append((snapshot, tuple(queue), context, decided))
         for launch in decided.launches:
             self._apply(launch)
-        for preempt in (*decided.preemptions, *self._qos_preemptions(queue, decided)):
+        for preempt in decided.preemptions:
             with self.store.write():
                 self._preempt(preempt.job_id, preempt.reason)
-        if not decided.launches and not decided.preemptions:
-            for move in self._defragment(queue, snapshot):
-                with self.store.write():
-                    self._migrate_for(move)
-                self._prestart(move.job_id)
+        for move in decided.migrations:
+            with self.store.write():
+                self._migrate_for(move)
+            self._prestart(move.job_id)
+
+    def _round_context(self) -> Context:
+        """What the round needs to know about running gangs beyond the snapshot."""
+        rows = self.store.jobs(ACTIVE_STATES)
+        settled = frozenset(
+            r["id"] for r in rows if r["state"] == RUNNING and not r.get("pending_state")
+        )
+        return Context(
+            book=self.book,
+            costs=self.gpu_cost_per_hour,
+            settled=settled,
+            movable=frozenset(
+                r["id"]
+                for r in rows
+                if r["id"] in settled and r["spec"].get("preemptible") and self._listening(r)
+            ),
+            moving=any(active(r.get("migration")) for r in rows),
+        )
 
     def _preempt(self, job_id: str, reason: str) -> None:
         """Checkpoint a running gang if it can, then stop it and requeue it: it resumes
@@ -591,22 +617,6 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
             self._request_checkpoint(row, reason, then="preempt")
             return
         self._stop_to_requeue(job_id, reason)
-
-    def _defragment(self, queue: list[Request], snapshot) -> list[Migrate]:
-        """When the next gang in the policy's order waits only because the free GPUs are
-        scattered, move small gangs (preemptible ones that answer checkpoint requests) so
-        that whole nodes come free. One move at a time."""
-        if any(active(r.get("migration")) for r in self.store.jobs(ACTIVE_STATES)):
-            return []
-        movable = {
-            r["id"]
-            for r in self.store.jobs((RUNNING,))
-            if r["spec"].get("preemptible") and not r.get("pending_state") and self._listening(r)
-        }
-        if not movable:
-            return []
-        first = self.policy.order(queue, snapshot)[0]
-        return defragment(first, snapshot, movable, self.policy.place)
 
     def _migrate_for(self, move: Migrate) -> None:
         row = self.store.job(move.job_id)
@@ -714,7 +724,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                     host_env=getattr(self.executor, "host_env", True),
                 )
                 env["AIGRID_DATA"] = views[slot.node]
-                env["AIGRID_RESOURCE"] = self._resource_of_placement(placement)
+                env["AIGRID_RESOURCE"] = resource_of_placement(placement, self._nodes_by_name)
                 if restore:
                     env.update(self._restore_env(row, slot, restore))
                 if prestart:

@@ -15,6 +15,7 @@ from ..vocabulary import (  # noqa: F401 - the states, as the server's modules n
     PRIORITIES,
     JobState,
 )
+from .profiles import Slo
 
 QUEUED = JobState.QUEUED.value
 STARTING = JobState.STARTING.value
@@ -80,6 +81,18 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class InferenceAsk:
+    """What an inference job asks of a round: a resource type chosen for its ``model`` from
+    the learnt profiles, under its ``slo`` and QoS class (``gpu_type`` if the user named one)."""
+
+    model: str
+    qos: str = "interactive"
+    slo: Slo = field(default_factory=Slo)
+    gpu_type: str | None = None
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
 class Request:
     """The resource side of a job: what the scheduler needs to know to queue and place it."""
 
@@ -107,6 +120,8 @@ class Request:
     #: its argv): with the owner and GPU count, what recognises the same job run again.
     template: str = ""
     code_hash: str = ""
+    #: Set for inference jobs: the round pins them to the resource type it chooses.
+    inference: InferenceAsk | None = None
 
     @property
     def gpus(self) -> int:

@@ -432,6 +432,17 @@ class ProfileBook:
             book.add(Profile.from_row(row))
         return book
 
+    def copy(self) -> ProfileBook:
+        """A book with the same options and profiles that later observations do not touch."""
+        return ProfileBook.from_rows(
+            (p.to_row() for p in self.all()),
+            min_samples=self.min_samples,
+            explore=self.explore,
+            alpha=self.alpha,
+            half_life=self.half_life,
+            relative_accuracy=self.relative_accuracy,
+        )
+
     def add(self, profile: Profile) -> None:
         self._profiles[profile.model, profile.resource] = profile
 

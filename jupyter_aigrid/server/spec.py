@@ -19,7 +19,8 @@ from typing import Any
 
 import jsonschema
 
-from .model import Request
+from .model import InferenceAsk, Request
+from .profiles import Slo
 from .templating import TemplateError, check, choose
 
 #: Variables the runtime sets for every replica; a job may not override them.
@@ -430,6 +431,20 @@ def to_request(
         datasets=tuple(spec.get("datasets", ())),
         template=spec.get("template", ""),
         code_hash=code_hash(spec),
+        inference=inference_ask(spec),
+    )
+
+
+def inference_ask(spec: dict[str, Any]) -> InferenceAsk | None:
+    """What an inference spec asks of the scheduling round; None for other kinds."""
+    if spec.get("kind") != "inference":
+        return None
+    return InferenceAsk(
+        model=spec["model"],
+        qos=spec.get("qos") or "interactive",
+        slo=Slo.from_dict(spec.get("slo")),
+        gpu_type=spec.get("gpu_type"),
+        gpus=int(spec.get("gpus") or 0),
     )
 
 

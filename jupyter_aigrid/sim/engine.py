@@ -1,10 +1,15 @@
 """A discrete-event simulator that replays a trace through a policy object, unchanged.
 
 Events are arrivals, completions and (for policies that ask for it) periodic ticks. After
-the events of one instant, rounds of :func:`schedule_round` run until the policy decides
-nothing more: launches take resources at once; a preempted gang gives them back at once and
-pays ``preempt_overhead_s`` (checkpoint + restore) when it next starts, holding its GPUs
-without progress for that long. Policies see :class:`Request` objects only: never a job's
+the events of one instant, rounds of :func:`~jupyter_aigrid.server.policies.decide` (the
+master's own round: inference resource choice, the policy, QoS preemption,
+defragmentation) run until nothing more is decided: launches take resources at once; a
+preempted gang gives them back at once and pays ``preempt_overhead_s`` (checkpoint +
+restore) when it next starts, holding its GPUs without progress for that long; a migrated
+gang moves at once and pays the same overhead on its new GPUs. Every preemptible gang is
+taken to answer checkpoint requests (what the overhead models), so any may be moved.
+
+Policies see :class:`Request` objects only: never a job's
 true duration, except in ``oracle`` mode, which declares it as the job's time limit (and is
 named as such in every output). Each job's record keeps the run time estimate the policy
 saw when it first started (:meth:`History.predict`), and the result reports how far those
@@ -28,7 +33,8 @@ from typing import Any
 from ..server.accuracy import PredictionError, prediction_errors
 from ..server.inventory import simulated_gpus
 from ..server.model import Node, Placement, Request
-from ..server.policies import Policy, schedule_round
+from ..server.policies import Context, Decisions, Policy, decide
+from ..server.profiles import ProfileBook
 from ..server.snapshot import History, Prediction, Snapshot
 from ..vocabulary import RUN_METRICS
 from .data import NodeCaches, Staging, dataset_of
@@ -70,6 +76,8 @@ class JobRecord:
     first_start: float | None = None
     finish: float | None = None
     preemptions: int = 0
+    #: Defragmentation moves (each paid the preemption overhead on its new GPUs).
+    moves: int = 0
     held_s: float = 0.0
     run_start: float = 0.0
     run_overhead_s: float = 0.0
@@ -88,6 +96,8 @@ class SimResult:
     timeline: list[tuple[float, int]]
     #: Run time prediction errors (see :func:`prediction_errors`): ``all``, then per basis.
     prediction: dict[str, PredictionError] = field(default_factory=dict)
+    #: Defragmentation moves made (each also in its job's record as ``moves``).
+    migrations: int = 0
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -110,6 +120,8 @@ class Simulator:
         oracle: bool = False,
         source: str = "trace",
         staging: Staging | None = None,
+        book: ProfileBook | None = None,
+        costs: dict[str, float] | None = None,
     ) -> None:
         self.nodes = nodes
         total = sum(len(n.gpus) for n in nodes)
@@ -119,7 +131,17 @@ class Simulator:
         self.oracle = oracle
         self.staging = staging
         self.records = {j.job_id: self._record(j, seq) for seq, j in enumerate(jobs)}
-        self.tick_s: float | None = getattr(policy, "tick_s", None)
+        self.tick_s: float | None = policy.tick_s
+        #: What every round knows beyond the snapshot: the profiles inference jobs are
+        #: placed by (None: placed as they ask). Running gangs all count as settled.
+        self.context = Context(book=book, costs=dict(costs or {}))
+
+    def round(
+        self, snapshot: Snapshot, queue: list[Request], context: Context | None = None
+    ) -> Decisions:
+        """One round, decided exactly as the master decides it (``context``: facts about
+        running gangs that a trace does not carry; the simulator's own by default)."""
+        return decide(snapshot, queue, self.policy, context or self.context)
 
     def _record(self, job: TraceJob, seq: int) -> JobRecord:
         if job.request is not None:
@@ -165,7 +187,7 @@ class Simulator:
         history = History()
         queue: dict[str, Request] = {}
         timeline: list[tuple[float, int]] = [(0.0, 0)]
-        used = decisions = preemptions = rounds = 0
+        used = decisions = preemptions = migrations = rounds = 0
         next_tick = None
         while events:
             now = events[0][0]
@@ -190,7 +212,7 @@ class Simulator:
             for _ in range(MAX_ROUNDS_PER_INSTANT):
                 if not queue:
                     break
-                result = schedule_round(self.policy, list(queue.values()), snapshot)
+                result = self.round(snapshot, list(queue.values()))
                 rounds += 1
                 snapshot = result.snapshot
                 for launch in result.launches:
@@ -214,25 +236,38 @@ class Simulator:
                     seq += 1
                 for pre in result.preemptions:
                     rec = self.records[pre.job_id]
-                    ran = now - rec.run_start
-                    rec.remaining_s -= max(0.0, ran - rec.run_overhead_s)
-                    rec.held_s += ran
-                    rec.run_id += 1  # its finish event no longer counts
+                    self._stop(rec, now)
                     rec.preemptions += 1
-                    rec.request = replace(
-                        rec.request,
-                        attained_gpu_s=rec.request.attained_gpu_s + ran * rec.request.slots,
-                    )
                     snapshot = snapshot.release(pre.job_id)
                     if caches is not None:
                         caches.release(rec.request, rec.placements[-1].nodes)
                     used -= rec.request.gpus
                     queue[pre.job_id] = rec.request
+                for move in result.migrations:
+                    rec = self.records[move.job_id]
+                    self._stop(rec, now)
+                    rec.moves += 1
+                    snapshot = snapshot.release(move.job_id)
+                    if caches is not None:
+                        caches.release(rec.request, rec.placements[-1].nodes)
+                    snapshot = snapshot.allocate(rec.request, move.placement, started_at=now)
+                    rec.run_start = now
+                    rec.run_overhead_s = self.overhead
+                    rec.placements.append(move.placement)
+                    if caches is not None:
+                        rec.run_overhead_s += caches.stage(rec.request, move.placement.nodes, now)
+                        if shown:
+                            snapshot = snapshot.with_data(caches.data_on)
+                    end = now + rec.run_overhead_s + rec.remaining_s
+                    heapq.heappush(events, (end, _FINISH, seq, move.job_id, rec.run_id))
+                    seq += 1
                 decisions += len(result.launches) + len(result.preemptions)
+                decisions += len(result.migrations)
                 preemptions += len(result.preemptions)
+                migrations += len(result.migrations)
                 if result.launches or result.preemptions:
                     timeline.append((now, used))
-                if not result.preemptions:
+                if not result.preemptions and not result.migrations:
                     break
             # Ticks matter only while gangs run (their service grows); with nothing running
             # and nothing else to come, a job that can never be placed must not tick forever.
@@ -251,7 +286,19 @@ class Simulator:
         errors = prediction_errors(
             (r.prediction, r.job.duration_s) for r in records if r.prediction is not None
         )
-        return SimResult(name, metrics, records, timeline, errors)
+        return SimResult(name, metrics, records, timeline, errors, migrations)
+
+    @staticmethod
+    def _stop(rec: JobRecord, now: float) -> None:
+        """Stop a running gang at ``now`` (preempted or moved): what it did counts, and its
+        finish event no longer does."""
+        ran = now - rec.run_start
+        rec.remaining_s -= max(0.0, ran - rec.run_overhead_s)
+        rec.held_s += ran
+        rec.run_id += 1
+        rec.request = replace(
+            rec.request, attained_gpu_s=rec.request.attained_gpu_s + ran * rec.request.slots
+        )
 
     def _caches(self) -> NodeCaches | None:
         if self.staging is None:

@@ -1,23 +1,21 @@
-"""The policy contract, the registry of policies, and one scheduling round.
+"""The policy contract, and the common shape of a policy.
 
 A policy orders the queue, places gangs and may preempt running ones. Inputs are frozen
 (:class:`~jupyter_aigrid.server.snapshot.Snapshot`, :class:`Request`); outputs are decisions
-(:class:`Launch`, :class:`Preempt`). The master and the simulator both call
-:func:`schedule_round`, so a policy measured on a trace is exactly the policy that runs the
-cluster. No policy ever sees a job's true duration: only declared limits and history.
+(:class:`Launch`, :class:`Preempt`). The policy's round is one step of
+:func:`~jupyter_aigrid.server.policies.decide.decide`, which the master and the simulator
+both call, so a policy measured on a trace is exactly the policy that runs the cluster. No
+policy ever sees a job's true duration: only declared limits and history.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..model import Launch, Placement, Preempt, Request
 from ..snapshot import Snapshot
 from .placement import place_gang
-
-ENTRY_POINT_GROUP = "jupyter_aigrid.policies"
 
 
 @dataclass(frozen=True)
@@ -30,10 +28,32 @@ class Round:
     snapshot: Snapshot
 
 
+@runtime_checkable
 class Policy(Protocol):
-    name: str
+    """Every method the scheduler calls. :class:`QueuePolicy` implements all of them; a
+    plug-in usually subclasses it and changes ``order`` and ``preempt``."""
 
-    def schedule(self, queue: list[Request], snapshot: Snapshot) -> Round: ...
+    #: The name it is registered under.
+    name: str
+    #: Seconds between extra rounds while gangs run (for policies whose order changes with
+    #: service received, such as LAS); None: rounds only on arrivals and exits.
+    tick_s: float | None
+
+    def order(self, queue: list[Request], snapshot: Snapshot) -> list[Request]:
+        """The queue, most urgent first (queue positions and defragmentation use it)."""
+        ...
+
+    def place(self, request: Request, snapshot: Snapshot) -> Placement | None:
+        """Where the gang would run now; None if it does not fit."""
+        ...
+
+    def preempt(self, snapshot: Snapshot, pending: list[Request]) -> list[Preempt]:
+        """Running gangs to checkpoint and requeue so that ``pending`` can run."""
+        ...
+
+    def schedule(self, queue: list[Request], snapshot: Snapshot) -> Round:
+        """The policy's round: launches (taking resources as it goes) and preemptions."""
+        ...
 
 
 class QueuePolicy:
@@ -46,6 +66,7 @@ class QueuePolicy:
 
     name = "queue"
     blocking = False
+    tick_s: float | None = None
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -84,46 +105,6 @@ class QueuePolicy:
 
 
 def schedule_round(policy: Policy, queue: list[Request], snapshot: Snapshot) -> Round:
-    """One round of ``policy`` over ``queue``; resources are taken as launches are decided."""
+    """The policy's step of a round alone (what policy tests check); the scheduler itself
+    runs :func:`~jupyter_aigrid.server.policies.decide.decide`."""
     return policy.schedule(queue, snapshot)
-
-
-def available_policies() -> dict[str, object]:
-    """Name -> entry point of every installed policy (built-in ones come in the same way)."""
-    found: dict[str, object] = dict(_builtin())
-    found.update({ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)})
-    return found
-
-
-def load_policy(name: str, **options: Any) -> Policy:
-    """Instantiate the policy registered as ``name`` with ``options``."""
-    found = available_policies()
-    if name not in found:
-        msg = f"unknown policy {name!r}; installed policies: {', '.join(sorted(found))}"
-        raise ValueError(msg)
-    entry = found[name]
-    cls = entry.load() if hasattr(entry, "load") else entry  # type: ignore[attr-defined]
-    return cls(**options)
-
-
-def _builtin() -> dict[str, type]:
-    from .aigrid import AIGridPolicy
-    from .backfill import BackfillPolicy
-    from .fairshare import FairSharePolicy
-    from .fifo import FifoPolicy
-    from .las import LasPolicy
-    from .priority import PriorityPolicy
-    from .srtf import SrtfPolicy
-
-    return {
-        cls.name: cls
-        for cls in (
-            FifoPolicy,
-            PriorityPolicy,
-            FairSharePolicy,
-            LasPolicy,
-            BackfillPolicy,
-            SrtfPolicy,
-            AIGridPolicy,
-        )
-    }
