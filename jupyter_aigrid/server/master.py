@@ -111,7 +111,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         self.checkpoint_timeout_s = checkpoint_timeout_s
         #: Start a migrating gang at its destination while its checkpoint is written (where
         #: the executor can: ``prestarts``)?
-        self.migration_prestart = migration_prestart and getattr(executor, "prestarts", False)
+        self.migration_prestart = migration_prestart and executor.capabilities.prestart
         #: The first restart after a failure waits this long; each next one twice as long.
         self.restart_backoff_s = restart_backoff_s
         #: Checkpoints being verified and copied where gangs resume: job -> (attempt, future).
@@ -146,9 +146,9 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         self._data_progress: dict[str, list] = {}
         self.nodes = executor.nodes()
         #: Work on the nodes' own files (checkpoints, datasets): on the node, not here.
-        self.node_files: NodeFiles = getattr(executor, "node_files", None) or NodeFiles()
+        self.node_files: NodeFiles = executor.node_files
         #: Does the executor start replicas in the background (and report it in started())?
-        self._async_starts = callable(getattr(executor, "started", None))
+        self._async_starts = executor.capabilities.slow_starts
         self._nodes_by_name = {n.name: n for n in self.nodes}
         #: Every node's scratch folder, those that left the cluster too.
         self._scratch = {n.name: n.scratch for n in self.nodes}
@@ -438,7 +438,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         spec = self._resolve_datasets(spec)
         check_admissible(spec, self.nodes, self.executor.name)
         image = None
-        if getattr(self.executor, "host_env", True) is False:  # replicas run in an image
+        if not self.executor.capabilities.host_env:  # replicas run in an image
             framework = templates()[spec.get("template") or choose(spec)].framework
             image = resolve_image(
                 spec.get("image"), framework, self.store.images(), self.allow_uncatalogued_images
@@ -536,7 +536,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         """Take in the nodes that joined or left the cluster (executors whose inventory
         changes say so in ``nodes()``: Ray). A node that left holds nothing any more: its
         replicas are reported lost and their gangs recover elsewhere."""
-        if not callable(getattr(self.executor, "refresh", None)):
+        if not self.executor.capabilities.changing_inventory:
             return
         nodes = self.executor.nodes()
         if [n.name for n in nodes] == [n.name for n in self.nodes]:
@@ -721,7 +721,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                     self.files.results(job_id, attempt),
                     self.files.key(job_id),
                     self.files.inputs(job_id),
-                    host_env=getattr(self.executor, "host_env", True),
+                    host_env=self.executor.capabilities.host_env,
                 )
                 env["AIGRID_DATA"] = views[slot.node]
                 env["AIGRID_RESOURCE"] = resource_of_placement(placement, self._nodes_by_name)
@@ -767,11 +767,11 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                 self.files.attempt_dir(job_id, attempt) / "hostfile",
                 hostfile_text(placement).encode(),
             )
-        prepare = getattr(self.executor, "prepare_gang", None)  # reserve the gang at once
+        reserve = self.executor.capabilities.gang_reservation  # reserve the gang at once
         for i, req in enumerate(requests):
             try:
-                if i == 0 and prepare is not None:
-                    prepare(self.files.key(job_id), attempt, tuple(slots))
+                if i == 0 and reserve:
+                    self.executor.prepare_gang(self.files.key(job_id), attempt, tuple(slots))
                 handle = self.executor.launch(
                     req, spec.get("code"), spec.get("args", []), spec.get("command")
                 )
@@ -809,7 +809,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
 
     def _left(self, placement: Placement) -> bool:
         """Has a node of ``placement`` left the cluster (as the executor sees it now)?"""
-        if not callable(getattr(self.executor, "refresh", None)):
+        if not self.executor.capabilities.changing_inventory:
             return False
         self.executor.refresh(force=True)
         alive = {n.name for n in self.executor.nodes()}

@@ -153,13 +153,12 @@ class Mover:
         roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
         nodes = sorted(set(ranks.values()))
         self.node_files.call_each([(n, ck.ask, ([roots[n]], request["id"], reason)) for n in nodes])
-        signal = getattr(self.executor, "signal_checkpoint", None)
-        if signal is not None:
+        if self.executor.capabilities.checkpoint_signal:
             for rep in self.store.replicas(row["id"], row["attempt"]):
                 root = roots[rep["node"]]
                 listener = self._read_control(rep["node"], root, ck.listen_file, row, rep["rank"])
                 if listener and isinstance(listener.get("pid"), int):
-                    signal(self._handle(rep), listener["pid"])
+                    self.executor.signal_checkpoint(self._handle(rep), listener["pid"])
         self._watching.add(row["id"])
 
     def _checkpoint_event(self, job_id: str, state: str, **data: Any) -> None:

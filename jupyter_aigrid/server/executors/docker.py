@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 from ...durable import write_atomic
 from ..inventory import nvml_gpus, simulated_gpus
 from ..model import LaunchRequest, Node, ReplicaExit, ReplicaHandle
-from .base import ExecutorError
+from .base import Capabilities, Executor, ExecutorError
 from .local import free_port, read_exit_code
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,13 @@ def container_name(request: LaunchRequest) -> str:
     return _NAME.sub("-", f"aigrid-{key}-a{request.attempt}-r{request.rank}")
 
 
-class DockerExecutor:
+class DockerExecutor(Executor):
     """Every replica in its own container on one Docker host."""
 
     name = "docker"
-    #: Replicas do not inherit the server's environment: they get the job's, and the image's.
-    host_env = False
+    #: Replicas do not inherit the server's environment: they get the job's, and the image's;
+    #: creating a container is a slow start, finished in the background.
+    capabilities = Capabilities(slow_starts=True, host_env=False)
 
     def __init__(
         self,
@@ -111,6 +112,7 @@ class DockerExecutor:
     ) -> None:
         import docker
 
+        super().__init__()
         self.user = user or _default_user()
         if not re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", self.user):
             msg = (

@@ -23,7 +23,7 @@ import psutil
 
 from ..inventory import nvml_gpus, simulated_gpus
 from ..model import Gpu, LaunchRequest, Node, ReplicaExit, ReplicaHandle
-from .base import ExecutorError
+from .base import Capabilities, Executor, ExecutorError
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,13 @@ def _kill_leftovers(pgid: int, exit_path: str) -> None:
             continue
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     """Replicas as processes on this machine, spread over ``nodes`` logical nodes."""
 
     name = "local"
-    #: A migrating gang's replicas may start at the destination ahead of their checkpoint.
-    prestarts = True
+    #: Processes start at once and see their checkpoint folder: a migrating gang may start
+    #: at the destination ahead of its checkpoint; a SIGUSR1 wakes a checkpoint listener.
+    capabilities = Capabilities(prestart=True, checkpoint_signal=True)
 
     def __init__(
         self,
@@ -115,6 +116,7 @@ class LocalExecutor:
         if nodes < 1:
             msg = f"local_nodes must be at least 1, got {nodes}"
             raise ValueError(msg)
+        super().__init__()
         self.root = Path(root)
         self.python = python
         unknown = sorted(set(gpu_models or {}) - {f"node-{i}" for i in range(nodes)})

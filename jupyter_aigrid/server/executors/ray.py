@@ -43,7 +43,7 @@ from typing import Any
 from ...durable import write_atomic
 from ..inventory import simulated_gpus
 from ..model import Gpu, LaunchRequest, Node, ReplicaExit, ReplicaHandle, Slot
-from .base import ExecutorError
+from .base import Capabilities, Executor, ExecutorError
 from .ray_files import RayFiles
 
 log = logging.getLogger(__name__)
@@ -193,10 +193,13 @@ class _Live:
     pulling: Any = None  # the ObjectRef of the logs() call in flight
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """The master's executor on a Ray cluster (see the module's docstring)."""
 
     name = "ray"
+    capabilities = Capabilities(
+        slow_starts=True, gang_reservation=True, remote_node_files=True, changing_inventory=True
+    )
 
     def __init__(self, root: str | Path, address: str = "auto") -> None:
         try:
@@ -204,6 +207,7 @@ class RayExecutor:
         except ImportError as e:
             msg = f"the ray executor needs Ray: pip install ray ({e})"
             raise ExecutorError(msg) from e
+        super().__init__()
         self._ray = ray
         self.root = Path(root)
         self.address = address
