@@ -15,6 +15,10 @@ from tornado.httpclient import HTTPClientError
 
 from jupyter_aigrid.testing import ServerProcess
 
+# An illegal state transition is an error in tests (in production it is logged and refused);
+# servers the tests start in subprocesses inherit it.
+os.environ.setdefault("AIGRID_STRICT_TRANSITIONS", "1")
+
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -47,6 +51,16 @@ def jp_server_config(aigrid_state: Path, aigrid_config: dict) -> dict:
             **aigrid_config,
         },
     }
+
+
+@pytest.fixture(autouse=True)
+def _no_illegal_transitions():
+    """A state change that its machine's table forbids fails the test that made it."""
+    from jupyter_aigrid.server.states import REFUSED
+
+    REFUSED.clear()
+    yield
+    assert not REFUSED, f"illegal state transitions: {REFUSED}"
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+from jupyter_aigrid.server.schema import NAMES, SCHEMA_VERSION
 from jupyter_aigrid.server.spec import SpecError, validate
-from jupyter_aigrid.server.store import SCHEMA_VERSION, Store
+from jupyter_aigrid.server.store import Store
 
 
 def test_store_is_durable_and_versioned(tmp_path):
@@ -16,7 +18,7 @@ def test_store_is_durable_and_versioned(tmp_path):
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(store.db.table_names())
-    assert {"jobs", "replicas", "nodes", "gpus", "events", "meta"} <= tables
+    assert {"jobs", "replicas", "events", "meta"} <= tables
     assert "STRICT" in store.db["jobs"].schema.upper()
     store.close()
 
@@ -38,7 +40,7 @@ def test_a_failed_write_changes_nothing(tmp_path):
 
     def crash_mid_transaction():
         with store.write():
-            store.update_job(job["id"], state="running")
+            store.update_job(job["id"], state="starting")
             raise RuntimeError("crash mid-transaction")
 
     with pytest.raises(RuntimeError):
@@ -96,27 +98,31 @@ def test_spec_rules_name_the_field(raw, field):
     assert info.value.field == field
 
 
-def test_a_version_1_database_gains_the_new_columns(tmp_path):
+FIXTURES = Path(__file__).parent / "fixtures" / "store"
+SHIPPED = sorted(int(p.stem[1:]) for p in FIXTURES.glob("v*.sql"))
+
+
+def _old_database(tmp_path: Path, version: int) -> Path:
+    """The database a jupyter-aigrid of schema ``version`` wrote (one succeeded job, "old")."""
     path = tmp_path / "db.sqlite"
-    store = Store(path)
-    job = store.insert_job(
-        {"name": "old", "owner": "u", "kind": "training", "state": "queued", "priority": "normal",
-         "gpus": 0, "replicas": 1, "spec": {"code": "pass"}, "submitted_at": 1.0}
-    )  # fmt: skip
-    store.close()
     raw = sqlite3.connect(path)
-    raw.execute("ALTER TABLE jobs DROP COLUMN attained_gpu_s")
-    raw.execute("ALTER TABLE jobs DROP COLUMN description")
-    raw.execute("ALTER TABLE jobs DROP COLUMN inference")
-    raw.execute("ALTER TABLE jobs DROP COLUMN prediction")
-    raw.execute("DROP TABLE profiles")
-    raw.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    raw.commit()
+    raw.executescript((FIXTURES / f"v{version}.sql").read_text())
     raw.close()
+    return path
+
+
+def test_every_shipped_version_has_a_fixture():
+    assert list(range(1, 8)) == SHIPPED
+
+
+@pytest.mark.parametrize("version", SHIPPED)
+def test_a_database_of_every_shipped_version_upgrades(tmp_path, version):
+    path = _old_database(tmp_path, version)
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 7
-    tables = {"datasets", "dataset_versions", "dataset_locations", "profiles"}
+    assert store.schema_version() == SCHEMA_VERSION
+    tables = {"datasets", "dataset_versions", "dataset_locations", "profiles", "images"}
     assert tables <= set(store.db.table_names())
+    assert not {"nodes", "gpus"} & set(store.db.table_names())  # never read: dropped
     assert {
         "attained_gpu_s",
         "description",
@@ -127,5 +133,28 @@ def test_a_version_1_database_gains_the_new_columns(tmp_path):
         "inference",
         "prediction",
     } <= set(store.db["jobs"].columns_dict)
-    assert store.job(job["id"])["name"] == "old"  # nothing lost
+    assert store.job("1")["name"] == "old"  # nothing lost
+    assert len(store.cluster_id()) == 12  # version 1 had none
+    assert store.images()  # the catalog is seeded where a version had none
+    applied = store.db.execute("SELECT name, applied_at FROM _sqlite_migrations").fetchall()
+    assert [name for name, _ in applied] == NAMES
     store.close()
+    store = Store(path)  # every step ran once: opening again applies nothing
+    again = store.db.execute("SELECT name, applied_at FROM _sqlite_migrations").fetchall()
+    assert again == applied
+    assert store.job("1")["state"] == "succeeded"
+    store.close()
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "db.sqlite"
+    Store(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+        "VALUES ('jupyter_aigrid', '999_from_the_future', '2030-01-01')"
+    )
+    raw.commit()
+    raw.close()
+    with pytest.raises(RuntimeError, match=r"999_from_the_future.*upgrade jupyter-aigrid"):
+        Store(path)

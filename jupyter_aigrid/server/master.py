@@ -553,7 +553,6 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         )
         self.nodes, self._nodes_by_name = nodes, {n.name: n for n in nodes}
         self._scratch.update((n.name, n.scratch) for n in nodes)
-        self.store.replace_inventory(self.executor.name, nodes)
 
     def _handle_exits(self, exits: list[ReplicaExit]) -> None:
         self._sync_inventory()
@@ -1055,7 +1054,6 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
 
     def _recover(self) -> None:
         """Pick up where a previous master left off: adopt live replicas, settle the rest."""
-        self.store.replace_inventory(self.executor.name, self.nodes)
         self._load_queue()
         self._history = self._load_history()
         live = self.store.replicas_in(LIVE_REPLICA)

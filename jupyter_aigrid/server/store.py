@@ -2,8 +2,8 @@
 
 The database runs in WAL mode with ``synchronous=FULL``, so a job acknowledged to a client
 survives a crash or a power cut. Every write happens inside :meth:`Store.write`
-(``BEGIN IMMEDIATE``), and only the master's one database thread writes. Schema changes are
-additive; the version is recorded in ``meta``.
+(``BEGIN IMMEDIATE``), and only the master's one database thread writes. The schema is built
+and upgraded by the steps in :mod:`.schema`, each applied once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +21,13 @@ from typing import Any
 
 import sqlite_utils
 
-from .dataset_rows import DatasetRows, create_tables
-from .model import Node
+from .dataset_rows import DatasetRows
+from .schema import upgrade
+from .states import job_change_allowed, replica_change_allowed
 
-SCHEMA_VERSION = 7
+#: Job fields that hold a state machine's state (checked on every write).
+_WATCHED_JOB = frozenset({"state", "pending_state", "migration", "checkpoint", "staging"})
+
 #: Columns stored as JSON text, decoded on the way out.
 _JSON_COLUMNS = frozenset(
     {
@@ -110,7 +112,11 @@ class Store(DatasetRows):
         #: Called after the outermost transaction commits / rolls back (on the writer thread).
         self.on_commit: Callable[[], None] | None = None
         self.on_rollback: Callable[[], None] | None = None
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()  # a refused database must not keep its lock
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -137,164 +143,8 @@ class Store(DatasetRows):
             self.on_commit()
 
     def _migrate(self) -> None:
-        db = self.db
         with self.write():
-            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db["jobs"].create(
-                {
-                    "id": str,
-                    "seq": int,
-                    "name": str,
-                    "owner": str,
-                    "kind": str,
-                    "state": str,
-                    "reason": str,
-                    "priority": str,
-                    "gpus": int,
-                    "replicas": int,
-                    "spec": str,
-                    "placement": str,
-                    "exit_codes": str,
-                    "submitted_at": float,
-                    "started_at": float,
-                    "finished_at": float,
-                    "restarts": int,
-                    "attempt": int,
-                    "pending_state": str,
-                    "attained_gpu_s": float,
-                    "description": str,
-                    "migration": str,
-                    "checkpoint": str,
-                    "retry_at": float,
-                    "staging": str,
-                    "inference": str,
-                    "prediction": str,
-                },
-                pk="id",
-                not_null={"seq", "owner", "state", "spec", "submitted_at"},
-                if_not_exists=True,
-            )
-            db["jobs"].create_index(["state", "seq"], if_not_exists=True)
-            db["jobs"].create_index(["seq"], unique=True, if_not_exists=True)
-            db["replicas"].create(
-                {
-                    "id": str,
-                    "job_id": str,
-                    "attempt": int,
-                    "rank": int,
-                    "local_rank": int,
-                    "node": str,
-                    "gpu_indices": str,
-                    "state": str,
-                    "pid": int,
-                    "pid_start": float,
-                    "exit_code": int,
-                    "exit_path": str,
-                    "started_at": float,
-                    "finished_at": float,
-                },
-                pk="id",
-                foreign_keys=[("job_id", "jobs", "id")],
-                if_not_exists=True,
-            )
-            db["replicas"].create_index(["job_id", "attempt"], if_not_exists=True)
-            db["replicas"].create_index(["state"], if_not_exists=True)
-            db["nodes"].create(
-                {
-                    "name": str,
-                    "executor": str,
-                    "cpus": int,
-                    "memory_mb": int,
-                    "scratch": str,
-                    "labels": str,
-                    "updated_at": float,
-                },
-                pk="name",
-                if_not_exists=True,
-            )
-            db["gpus"].create(
-                {
-                    "node": str,
-                    "idx": int,
-                    "uuid": str,
-                    "model": str,
-                    "memory_mb": int,
-                    "simulated": int,
-                },
-                pk=("node", "idx"),
-                if_not_exists=True,
-            )
-            db["events"].create(
-                {"seq": int, "time": float, "schema_id": str, "job_id": str, "data": str},
-                pk="seq",
-                if_not_exists=True,
-            )
-            db["events"].create_index(["job_id"], if_not_exists=True)
-            fresh_images = "images" not in db.table_names()
-            db["images"].create(
-                {
-                    "id": str,
-                    "ref": str,
-                    "framework": str,
-                    "framework_version": str,
-                    "cuda": str,
-                    "python": str,
-                    "description": str,
-                    "updated_at": float,
-                },
-                pk="id",
-                not_null={"ref", "framework"},
-                if_not_exists=True,
-            )
-            if fresh_images:  # seeded once; after that the catalog is the admins'
-                from .images import DEFAULT_IMAGES
-
-                db["images"].insert_all({**i, "updated_at": time.time()} for i in DEFAULT_IMAGES)
-            # Version 6: datasets, their versions and locations; jobs.staging.
-            create_tables(db)
-            # Version 7: performance profiles; jobs.inference (the resource chosen, predicted
-            # and observed latency) and jobs.prediction (a training job's predicted run time).
-            db["profiles"].create(
-                {"model": str, "resource": str, "row": str, "updated_at": float},
-                pk=("model", "resource"),
-                if_not_exists=True,
-            )
-            for column in ("inference", "prediction"):
-                if column not in db["jobs"].columns_dict:
-                    db["jobs"].add_column(column, str)
-            current = self.schema_version()
-            if current is None:
-                db["meta"].insert_all(
-                    [
-                        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-                        # Job ids restart at 1 in a new database: files are kept under this id so
-                        # a new job 1 never meets an old job 1's logs, code or checkpoints.
-                        {"key": "cluster_id", "value": uuid.uuid4().hex[:12]},
-                    ]
-                )
-            elif current < SCHEMA_VERSION:
-                # Version 2 added jobs.attained_gpu_s (service before a preemption); version 3
-                # the images table (created above); version 4 jobs.description (the rendered
-                # job description, with its image).
-                if "attained_gpu_s" not in db["jobs"].columns_dict:
-                    db["jobs"].add_column("attained_gpu_s", float)
-                # Version 5: migration, checkpoint (what the master asked for and learnt) and
-                # retry_at (the restart backoff).
-                for column, kind in (
-                    ("description", str),
-                    ("migration", str),
-                    ("checkpoint", str),
-                    ("retry_at", float),
-                ):
-                    if column not in db["jobs"].columns_dict:
-                        db["jobs"].add_column(column, kind)
-                db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
-            elif current > SCHEMA_VERSION:
-                msg = (
-                    f"the database {self.path} has schema version {current}, newer than this "
-                    f"jupyter-aigrid understands ({SCHEMA_VERSION}); upgrade jupyter-aigrid"
-                )
-                raise RuntimeError(msg)
+            upgrade(self.db, self.path)
 
     def cluster_id(self) -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key='cluster_id'").fetchone()
@@ -332,9 +182,16 @@ class Store(DatasetRows):
         rows = self.db["jobs"].rows_where(" AND ".join(where) or None, args, order_by="seq")
         return [_decode(r) for r in rows]  # type: ignore[misc]
 
-    def update_job(self, job_id: str, **fields: Any) -> None:
+    def update_job(self, job_id: str, **fields: Any) -> bool:
+        """Write ``fields`` of job ``job_id``; False (nothing written) if they would move one
+        of its state machines in a way its table forbids (see :mod:`.states`)."""
         with self.write():
+            if _WATCHED_JOB.intersection(fields):
+                old = self.job(job_id)
+                if old is not None and not job_change_allowed(job_id, old, fields):
+                    return False
             self.db["jobs"].update(job_id, _encode(fields))
+        return True
 
     # -- replicas -----------------------------------------------------------------------------
 
@@ -366,42 +223,15 @@ class Store(DatasetRows):
         )
         return [_decode(r) for r in rows]  # type: ignore[misc]
 
-    def update_replica(self, replica_id: str, **fields: Any) -> None:
+    def update_replica(self, replica_id: str, **fields: Any) -> bool:
+        """Write ``fields`` of a replica; False (nothing written) for an illegal state change."""
         with self.write():
+            if "state" in fields:
+                old = self.replica(replica_id)
+                if old is not None and not replica_change_allowed(replica_id, old, fields):
+                    return False
             self.db["replicas"].update(replica_id, _encode(fields))
-
-    # -- inventory ----------------------------------------------------------------------------
-
-    def replace_inventory(self, executor: str, nodes: list[Node]) -> None:
-        now = time.time()
-        with self.write():
-            self.db.execute("DELETE FROM gpus")
-            self.db.execute("DELETE FROM nodes")
-            for n in nodes:
-                self.db["nodes"].insert(
-                    _encode(
-                        {
-                            "name": n.name,
-                            "executor": executor,
-                            "cpus": n.cpus,
-                            "memory_mb": n.memory_mb,
-                            "scratch": n.scratch,
-                            "labels": dict(n.labels),
-                            "updated_at": now,
-                        }
-                    )
-                )
-                self.db["gpus"].insert_all(
-                    {
-                        "node": n.name,
-                        "idx": g.index,
-                        "uuid": g.uuid,
-                        "model": g.model,
-                        "memory_mb": g.memory_mb,
-                        "simulated": int(g.simulated),
-                    }
-                    for g in n.gpus
-                )
+        return True
 
     # -- events -------------------------------------------------------------------------------
 
