@@ -29,6 +29,17 @@ def aigrid_state(tmp_path: Path) -> Path:
     return tmp_path / "aigrid"
 
 
+#: Fixtures that start a Jupyter server (in this process or another): a test that uses one
+#: is an end-to-end test, and is kept out of the fast lane (``pytest -m "not slow"``).
+SERVER_FIXTURES = frozenset({"jp_serverapp", "jp_fetch", "aigrid_master", "api", "server", "ip"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def aigrid_config() -> dict:
     """AIGridApp traits for the test server; a test may override this fixture."""

@@ -35,6 +35,7 @@ DEATHS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", list(DEATHS))
 async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_path, step):
     a = master(tmp_path, two_nodes(tmp_path))

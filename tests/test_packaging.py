@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # restarts servers / installs the package: not the fast lane
+
 
 def _jupyter(*args: str) -> str:
     proc = subprocess.run(

@@ -12,6 +12,8 @@ import pytest
 
 from jupyter_aigrid.testing import ServerProcess, wait_for_state
 
+pytestmark = pytest.mark.slow  # restarts servers / installs the package: not the fast lane
+
 ARGS = (
     "--AIGridApp.local_nodes=1",
     "--AIGridApp.simulated_gpus=2",
