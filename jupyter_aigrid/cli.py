@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import AIGridError, Client
+from .formatting import format_age, format_bytes
 from .options import add_job_options, spec_fields
 from .vocabulary import RUN_METRICS
 
@@ -90,13 +91,12 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _age(iso: str | None) -> str:
+    """How long ago ``iso`` was, as every age is written (``5 m``); ``-`` if unknown."""
     if not iso:
         return "-"
     seconds = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+    # A master clock a little ahead must not make an age unknown.
+    return format_age(max(0.0, seconds))
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -135,6 +135,19 @@ def jobs_table(jobs: list[dict[str, Any]]) -> str:
     )
 
 
+#: The master counts GPU memory in MiB (NVML's bytes / 2**20).
+MIB = 1024**2
+
+
+def _memory(gpu: dict[str, Any]) -> str:
+    """``20 GiB / 78 GiB`` where NVML says what is used, ``78 GiB`` where only the total."""
+    if not gpu.get("memory_mb"):
+        return "-"
+    total = format_bytes(gpu["memory_mb"] * MIB)
+    used = gpu.get("memory_used_mb")
+    return f"{format_bytes(used * MIB)} / {total}" if used is not None else total
+
+
 def cluster_table(cluster: dict[str, Any]) -> str:
     rows = [
         [
@@ -144,12 +157,13 @@ def cluster_table(cluster: dict[str, Any]) -> str:
             g.get("job_id") or "-",
             "-" if g.get("rank") is None else g["rank"],
             f"{g['utilization_pct']}%" if "utilization_pct" in g else "-",
+            _memory(g),
         ]
         for n in cluster["nodes"]
         for g in n["gpus"]
     ]
     return (
-        _table(rows, ["NODE", "GPU", "MODEL", "JOB", "RANK", "UTIL"])
+        _table(rows, ["NODE", "GPU", "MODEL", "JOB", "RANK", "UTIL", "MEMORY"])
         + f"\n{cluster['gpus_free']}/{cluster['gpus_total']} GPUs free "
         + f"({cluster['executor']} executor)"
     )

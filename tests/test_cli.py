@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_aigrid.cli import build_parser, spec_from_args
+from jupyter_aigrid.cli import build_parser, cluster_table, jobs_table, spec_from_args
 
 TRAIN = textwrap.dedent("""
     import sys
@@ -122,6 +123,42 @@ def test_errors_are_clear(server):
         timeout=60,
     )
     assert unreachable.returncode == 1 and "cannot reach the AI Grid master" in unreachable.stderr
+
+
+def test_tables_write_sizes_and_ages_as_the_whole_product_does():
+    ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=200)
+    job = {
+        "id": "7",
+        "name": "mnist",
+        "state": "running",
+        "gpus": 1,
+        "qos": "normal",
+        "owner": "ada",
+        "submitted_at": ago.isoformat(),
+        "placement": None,
+        "queue_position": None,
+    }
+    header, row = jobs_table([job]).splitlines()
+    assert row[header.index("AGE") :].startswith("3 m ")  # formatting.format_age
+    gpu = {"index": 0, "model": "H100", "simulated": False, "job_id": None, "rank": None}
+    cluster = {
+        "executor": "local",
+        "gpus_free": 2,
+        "gpus_total": 2,
+        "nodes": [
+            {
+                "name": "node-0",
+                "gpus": [
+                    {**gpu, "memory_mb": 81559, "memory_used_mb": 20480, "utilization_pct": 40},
+                    {**gpu, "index": 1, "memory_mb": 81559},
+                ],
+            }
+        ],
+    }
+    lines = cluster_table(cluster).splitlines()
+    assert lines[0].split()[-1] == "MEMORY"
+    assert lines[1].endswith("40%   20 GiB / 80 GiB")
+    assert lines[2].endswith("80 GiB")
 
 
 def test_spec_from_args():

@@ -64,9 +64,11 @@ def test_upload_list_and_a_job_on_two_nodes_reads_the_data(ip, server, tmp_path)
         ip.run_line_magic("aigrid", f"dataset upload {data} --name tiny")
     root = contents.build_manifest(data).root
     lines = cap.stdout.splitlines()
-    assert lines[0] == "hashing tiny: 3 files, 3.0 kB", lines
-    assert "uploading tiny: 100% (3.0 kB of 3.0 kB" in cap.stdout
-    assert lines[-1].startswith(f"uploaded tiny@1: 3 files, 3.0 kB, root {root[:12]} (3.0 kB sent")
+    assert lines[0] == "hashing tiny: 3 files, 2.9 KiB", lines
+    assert "uploading tiny: 100% (2.9 KiB of 2.9 KiB" in cap.stdout
+    assert lines[-1].startswith(
+        f"uploaded tiny@1: 3 files, 2.9 KiB, root {root[:12]} (2.9 KiB sent"
+    )
 
     dataset = server.client().dataset("tiny")
     assert (dataset["latest"], dataset["files"], dataset["root"]) == (1, 3, root)
@@ -81,7 +83,7 @@ def test_upload_list_and_a_job_on_two_nodes_reads_the_data(ip, server, tmp_path)
     assert "node-0 <span" in html and ">verified</span>" in html
     header, row = table["text/plain"].splitlines()
     assert header.split() == ["NAME", "LATEST", "SIZE", "FILES", "ROOT", "COPIES"]
-    assert row.split() == ["tiny", "v1", "3.0", "kB", "3", root[:12], "node-0", "verified"]
+    assert row.split() == ["tiny", "v1", "2.9", "KiB", "3", root[:12], "node-0", "verified"]
 
     # One rank per node: node-1 has no copy, so the job stages one there first.
     with capture_output() as cap:
@@ -379,18 +381,18 @@ def test_job_widget_shows_the_staging_phase_from_events():
     widget = JobWidget(client, client.view, follow=False)
     widget._client = client
     try:
-        assert "staging data: 0% (0 B of 268.0 MB) &middot; mnist@2" in widget._timeline.value
+        assert "staging data: 0% (0 B of 256 MiB) &middot; mnist@2" in widget._timeline.value
         progress = {"state": "progress", "attempt": 0, "bytes": 268_000_000, "done": 120_600_000}
         event = {"seq": 0, "type": "job_staging", "job_id": "3", "data": progress}
         assert widget._on_change(event) is False
-        assert "staging data: 45% (120.6 MB of 268.0 MB)" in widget._timeline.value
+        assert "staging data: 45% (115 MiB of 256 MiB)" in widget._timeline.value
         assert client.reads == 0  # progress alone is drawn from the event
         # Another job's progress is none of its business; a re-read keeps the bytes done.
         other = {**event, "job_id": "4", "data": {**progress, "done": 1}}
         widget._on_change(other)
         widget._on_change({"seq": 9, "type": "job_state", "job_id": "3", "data": {}})
         assert client.reads == 1
-        assert "45% (120.6 MB of 268.0 MB)" in widget._timeline.value
+        assert "45% (115 MiB of 256 MiB)" in widget._timeline.value
         client.view = {**_staging_job("done", None, 268_000_000), "state": "running"}
         done = {**event, "data": {**progress, "state": "done", "done": 268_000_000}}
         widget._on_change(done)
@@ -407,7 +409,7 @@ def test_upload_progress_widget_and_terminal_lines(capsys):
     now[0] += 2.0
     progress.sending(70_000_000, 100_000_000)
     assert progress.bar.value == 0.7
-    assert progress.label.value == "uploading tiny: 70% (70.0 MB of 100.0 MB, 25.0 MB/s)"
+    assert progress.label.value == "uploading tiny: 70% (67 MiB of 95 MiB, 24 MiB/s)"
     assert capsys.readouterr().out == ""  # the widget says it all until the end
 
     lines = UploadProgress("tiny", 1, widget=False, clock=lambda: now[0])

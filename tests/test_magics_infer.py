@@ -452,7 +452,7 @@ def test_job_widget_shows_the_choice_and_whether_the_slo_was_met(server):
     line = widget._timeline.value
     for part in (
         "QoS <b>realtime</b>",
-        "SLO p95 &le; 50 ms, deadline 10m",
+        "SLO p95 &le; 50 ms, deadline 10 m",
         f"on <b>{H100}</b>",
         "predicted to meet the SLO at least cost",
         "p95 predicted 41 ms, observed 47 ms (1200 reports, 850.0/s)",

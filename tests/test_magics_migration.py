@@ -3,7 +3,6 @@ and ``%aigrid migrate`` magics, and the widget's timeline, without a master behi
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
@@ -13,30 +12,30 @@ from IPython.core.error import UsageError
 
 from jupyter_aigrid.client import AIGridError, Client
 from jupyter_aigrid.magics import AIGridMagics, JobHandle, JobWidget
+from jupyter_aigrid.magics.job_html import actions_html, checkpoint_html, migration_html
 from jupyter_aigrid.magics.magics import PARSERS, checkpoint_requested, migration_started
-from jupyter_aigrid.magics.widgets import (
-    checkpoint_html,
-    human_bytes,
-    human_seconds,
-    migration_html,
-)
+from jupyter_aigrid.server.views import job_actions, migration_view
 
 HOSTILE = "<script>alert(1)</script>"
 NOWHERE = "http://127.0.0.1:9"  # nothing listens: any real request fails at once
+T0 = 1_893_456_000.0  # 2030-01-01T00:00:00Z
 
 
-def _phase(name: str, start: int, took: float | None, size: int | None = None) -> dict:
+def _phase(name: str, start: float, took: float | None, size: int | None = None) -> dict:
+    """A phase as the master stores it: Unix times, unfinished while ``took`` is None."""
     return {
         "phase": name,
-        "started_at": f"2030-01-01T00:00:{start:02d}+00:00",
-        "finished_at": None if took is None else f"2030-01-01T00:00:{start + int(took):02d}+00:00",
+        "started_at": T0 + start,
+        "finished_at": None if took is None else T0 + start + took,
         "duration_s": took,
         "bytes": size,
     }
 
 
-def _migration(state: str, phases: list[dict], **extra: Any) -> dict:
-    return {
+def _migration(state: str, phases: list[dict], now: float = T0 + 60, **extra: Any) -> dict:
+    """The job view's ``migration``, made by the master's own view of a stored record (its
+    ``steps`` included), as the widget receives it."""
+    stored = {
         "id": 1,
         "kind": "migrate",
         "reason": "requested by alice",
@@ -46,10 +45,11 @@ def _migration(state: str, phases: list[dict], **extra: Any) -> dict:
         "checkpoint": "ckpt-00000004.0",
         "phases": phases,
         "error": None,
-        "started_at": "2030-01-01T00:00:00+00:00",
+        "started_at": T0,
         "finished_at": None,
         **extra,
     }
+    return migration_view(stored, now)
 
 
 def _job(state: str = "running", migration: dict | None = None, checkpoint=None) -> dict:
@@ -70,25 +70,12 @@ def _cells(html: str) -> list[str]:
     return [h.split(">", 1)[1].split("<", 1)[0] for h in html.split("<th")[1:]]
 
 
+def _statuses(html: str) -> list[str]:
+    """The status of each phase of a timeline, in order (its header's title)."""
+    return [h.split('title="', 1)[1].split('"', 1)[0] for h in html.split("<th")[1:]]
+
+
 # -- rendering ------------------------------------------------------------------------------------
-
-
-def test_human_units():
-    assert [human_bytes(n) for n in (None, 0, 999, 12_345_678, 4.2e9, 7e15)] == [
-        "-",
-        "0 B",
-        "999 B",
-        "12.3 MB",
-        "4.2 GB",
-        "7000.0 TB",
-    ]
-    assert [human_seconds(s) for s in (None, 0.04, 12.34, 75, 3725)] == [
-        "-",
-        "0.0 s",
-        "12.3 s",
-        "1m 15s",
-        "1h 02m",
-    ]
 
 
 def test_no_migration_renders_nothing():
@@ -105,16 +92,15 @@ def test_finished_migration_shows_every_phase_with_time_and_bytes():
         _phase("transferring", 4, 3.25, 12_345_678),
         _phase("restoring", 8, 4.0, 12_345_678),
     ]
-    html = migration_html(
-        _job(migration=_migration("done", phases, finished_at=phases[-1]["finished_at"]))
-    )
+    html = migration_html(_job(migration=_migration("done", phases, finished_at=T0 + 12)))
     assert _cells(html) == ["checkpointing", "stopping", "transferring", "restoring"]
-    assert "2.5 s &middot; 12.3 MB" in html
+    assert _statuses(html) == ["done"] * 4
+    assert "2.5 s &middot; 12 MiB" in html
     assert "1.0 s &middot; -" in html  # stopping moves no bytes
-    assert "3.2 s &middot; 12.3 MB" in html
+    assert "3.3 s &middot; 12 MiB" in html
     assert "node-0 &rarr; node-1" in html
     assert "ckpt-00000004.0" in html and "requested by alice" in html
-    assert "took 12.0 s" in html
+    assert "took 12 s" in html
     assert "&hellip;" not in html  # nothing is running any more
     assert "done" in html
 
@@ -122,37 +108,54 @@ def test_finished_migration_shows_every_phase_with_time_and_bytes():
 def test_running_phase_is_highlighted_and_later_ones_are_pending():
     phases = [_phase("checkpointing", 0, 2.0, 1000), _phase("stopping", 2, 1.0)]
     phases.append(_phase("transferring", 3, None))
-    migration = _migration("transferring", phases)
-    start = phases[-1]["started_at"]
-    now = dt.datetime.fromisoformat(start).timestamp() + 4.5
-    html = migration_html(_job(migration=migration), now=now)
+    migration = _migration("transferring", phases, now=T0 + 3 + 4.5)
+    html = migration_html(_job(migration=migration))
     assert _cells(html) == ["checkpointing", "stopping", "transferring &hellip;", "restoring"]
+    assert _statuses(html) == ["done", "done", "active", "pending"]
     running = html.split("<th")[3]
-    assert "#1e88e5" in running  # the current phase's colour
-    assert "4.5 s" in html  # its time so far
+    assert "#1e88e5" in running  # the active phase's colour
+    assert "4.5 s" in html  # its time so far, as the master timed it
     pending = html.split("<th")[4]
     assert "#9e9e9e" in pending
-    # Without a clock, the running phase's time is unknown rather than made up.
-    assert "4.5 s" not in migration_html(_job(migration=migration))
+
+
+def test_the_widget_draws_the_masters_steps_and_nothing_else():
+    # Whatever the phases say, the steps are what is drawn: one rule, on the master.
+    migration = _migration("transferring", [_phase("transferring", 0, None)])
+    migration["steps"] = [
+        {"phase": "checkpointing", "status": "skipped", "duration_s": None, "bytes": None},
+        {"phase": "restoring", "status": "failed", "duration_s": 61, "bytes": 2048},
+    ]
+    html = migration_html(_job(migration=migration))
+    assert _cells(html) == ["checkpointing", "restoring &#10007;"]
+    assert _statuses(html) == ["skipped", "failed"]
+    assert "line-through" in html.split("<th")[1]
+    assert "1 m 1 s &middot; 2.0 KiB" in html
+    assert "<th" not in migration_html(_job(migration={**migration, "steps": []}))
 
 
 def test_just_started_migration_highlights_its_state_as_the_phase():
     html = migration_html(_job(migration=_migration("checkpointing", [])))
     assert _cells(html) == ["checkpointing &hellip;", "stopping", "transferring", "restoring"]
-    # A resume's phases are known only as they come: none are invented.
-    resume = _migration("restoring", [], kind="resume", reason="restarting after: node lost")
+    # A resume starts from a checkpoint already written: the master skips the first two.
+    resume = _migration(
+        "transferring", [], kind="resume", reason="restarting after: node lost", to=[]
+    )
     html = migration_html(_job(migration=resume))
-    assert _cells(html) == [] and "<b>resume 1</b>" in html
+    assert _statuses(html) == ["skipped", "skipped", "active", "pending"]
+    assert "<b>resume 1</b>" in html
 
 
 def test_failed_migration_shows_where_and_why():
     phases = [_phase("checkpointing", 0, None)]
     migration = _migration(
-        "failed", phases, error="checkpoint timeout after 60 s", finished_at="2030-01-01T00:01:00"
+        "failed", phases, error="checkpoint timeout after 60 s", finished_at=T0 + 60
     )
     html = migration_html(_job(migration=migration))
-    assert _cells(html) == ["checkpointing &#10007;"]  # no pending phases after a failure
+    assert _cells(html) == ["checkpointing &#10007;", "stopping", "transferring", "restoring"]
+    assert _statuses(html) == ["failed", "skipped", "skipped", "skipped"]  # nothing to come
     assert "#e53935" in html.split("<th")[1]
+    assert "1 m &middot; -" in html  # it ran until the migration failed
     assert "<b>error:</b> checkpoint timeout after 60 s" in html
     assert ">failed</span>" in html
 
@@ -160,7 +163,7 @@ def test_failed_migration_shows_where_and_why():
 def test_everything_from_the_job_is_escaped():
     migration = _migration(
         "failed",
-        [_phase(HOSTILE, 0, 1.0, 5), _phase("stopping", 1, None)],
+        [_phase("checkpointing", 0, 1.0, 5), _phase("stopping", 1, None)],
         reason=HOSTILE,
         error=HOSTILE,
         checkpoint=HOSTILE,
@@ -168,14 +171,18 @@ def test_everything_from_the_job_is_escaped():
         id=HOSTILE,
     )
     migration["from"] = HOSTILE
+    migration["steps"][0] = {**migration["steps"][0], "phase": HOSTILE, "status": HOSTILE}
     checkpoint = {
         "listening": True,
         "latest": {"name": HOSTILE, "step": HOSTILE, "bytes": HOSTILE, "at": HOSTILE},
         "request": {"id": HOSTILE, "state": HOSTILE, "reason": HOSTILE},
     }
+    refused = {"allowed": False, "reason": HOSTILE}
+    actions = {"cancel": refused, "checkpoint": refused, "migrate": refused}
     for html in (
         migration_html(_job(migration=migration)),
         checkpoint_html(_job(checkpoint=checkpoint)),
+        actions_html({**_job(), "actions": actions}),
     ):
         assert "<script>" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -188,10 +195,32 @@ def test_checkpoint_line_shows_latest_and_request():
         "request": {"id": "c3", "state": "pending", "requested_at": "x", "reason": "by alice"},
     }
     html = checkpoint_html(_job(checkpoint=checkpoint))
-    assert "<b>ckpt-00000004.0</b> (step 120, 2.5 MB)" in html
+    assert "<b>ckpt-00000004.0</b> (step 120, 2.4 MiB)" in html
     assert "checkpoint request c3" in html and ">pending</span>" in html and "by alice" in html
     listening = checkpoint_html(_job(checkpoint={"listening": True, "latest": None}))
     assert "none written yet" in listening
+
+
+def _row(state: str = "running", **extra: Any) -> dict:
+    """A stored job row, as far as the master's action rule reads it."""
+    return {"id": "3", "state": state, "pending_state": None, "migration": None, **extra}
+
+
+def test_actions_line_takes_the_masters_word():
+    allowed = {**_job(), "actions": job_actions(_row(), listening=True)}
+    html = actions_html(allowed)
+    assert "<code>%aigrid checkpoint 3</code>" in html and "<code>%aigrid migrate 3</code>" in html
+    deaf = {**_job(), "actions": job_actions(_row(), listening=False)}
+    html = actions_html(deaf)
+    assert "checkpoint: <i>not now, job 3 does not answer checkpoint requests" in html
+    assert "should_checkpoint()" in html and "%aigrid migrate" not in html
+    pending = {"request": {"state": "pending", "reason": "by alice"}}
+    busy = {**_job(), "actions": job_actions(_row(checkpoint=pending), listening=True)}
+    assert "already writing a checkpoint (by alice)" in actions_html(busy)
+    # A job that is not running says so in its badge; a view without actions shows none.
+    queued = {**_job("queued"), "actions": job_actions(_row("queued"), listening=False)}
+    assert actions_html(queued) == ""
+    assert actions_html(_job()) == ""
 
 
 def test_widget_shows_the_timeline_and_rereads_on_migration_events():

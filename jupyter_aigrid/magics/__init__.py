@@ -3,11 +3,12 @@ widgets."""
 
 from __future__ import annotations
 
+from .cluster_widget import ClusterWidget
 from .jobs import JobHandle, PullError
 from .magics import AIGridMagics
 from .profiles import ProfileWidget
 from .transfer import JobFailed, RemoteError
-from .widgets import ClusterWidget, JobWidget
+from .widgets import JobWidget
 
 
 def load_ipython_extension(ipython) -> None:

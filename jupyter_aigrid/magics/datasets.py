@@ -19,9 +19,10 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 from ..client import AIGridError, Client
+from ..formatting import format_bytes, format_duration, format_rate
 from ..uploading import DatasetUpload, UploadError
+from .job_html import badge
 from .parsing import MagicParser
-from .widgets import _badge, human_bytes
 
 COPY_COLOURS = {"verified": "#2e7d32", "corrupt": "#e53935", "unverified": "#9e9e9e"}
 #: The hash prefix a table shows (``name@<prefix>`` needs at least 8 digits).
@@ -146,12 +147,8 @@ def verify_lines(dataset: dict[str, Any]) -> list[str]:
     return lines or [f"dataset {dataset['name']} has no copies"]
 
 
-def _rate(sent: int, seconds: float) -> str:
-    return f"{sent / seconds / 1e6:.1f} MB/s" if seconds > 0 and sent else "- MB/s"
-
-
 class UploadProgress:
-    """An upload's progress: in a notebook a bar and a label (bytes done of total, MB/s);
+    """An upload's progress: in a notebook a bar and a label (bytes done of total, MiB/s);
     in a terminal, plain lines (one per tenth of the bytes). The last line is printed in
     both, so that the output keeps a record of what was uploaded."""
 
@@ -183,10 +180,10 @@ class UploadProgress:
     def hashing(self, done: int, total: int) -> None:
         what = f"{self.files} file{'s' if self.files != 1 else ''}"
         if not self._hashing_said:
-            self._say(done, total, f"hashing {self.name}: {what}, {human_bytes(total)}", True)
+            self._say(done, total, f"hashing {self.name}: {what}, {format_bytes(total)}", True)
             self._hashing_said = True
             return
-        text = f"hashing {what}: {human_bytes(done)} of {human_bytes(total)}"
+        text = f"hashing {what}: {format_bytes(done)} of {format_bytes(total)}"
         self._say(done, total, text, line=False)
 
     def sending(self, received: int, total: int) -> None:
@@ -194,29 +191,30 @@ class UploadProgress:
         if self._started is None:
             self._started, self._first = now, received
             if received:
-                already = f"{human_bytes(received)} of {human_bytes(total)}"
+                already = f"{format_bytes(received)} of {format_bytes(total)}"
                 self._say(received, total, f"resuming {self.name}: {already} already sent", True)
         pct = int(100 * received / total) if total else 100
         text = (
-            f"uploading {self.name}: {pct}% ({human_bytes(received)} of {human_bytes(total)}, "
-            f"{_rate(received - self._first, now - self._started)})"
+            f"uploading {self.name}: {pct}% ({format_bytes(received)} of {format_bytes(total)}, "
+            f"{format_rate(received - self._first, now - self._started)})"
         )
         tenth = pct // 10
         self._say(received, total, text, line=tenth != self._tenth)
         self._tenth = tenth
 
     def committing(self, total: int) -> None:
-        text = f"committing {self.name}: the master checks all {human_bytes(total)}"
+        text = f"committing {self.name}: the master checks all {format_bytes(total)}"
         self._say(total, total, text, line=True)
 
     def finished(self, dataset: dict[str, Any], root: str, sent: int) -> None:
         version = _version_of(dataset, root)
         took = self._clock() - (self._started or self._clock())
-        resumed = f", resumed after {human_bytes(self._first)}" if self._first else ""
+        resumed = f", resumed after {format_bytes(self._first)}" if self._first else ""
         text = (
             f"uploaded {version['ref']}: {version['files']} files, "
-            f"{human_bytes(version['bytes'])}, root {root[:ROOT_DIGITS]} "
-            f"({human_bytes(sent)} sent in {took:.1f} s, {_rate(sent, took)}{resumed})"
+            f"{format_bytes(version['bytes'])}, root {root[:ROOT_DIGITS]} "
+            f"({format_bytes(sent)} sent in {format_duration(took)}, "
+            f"{format_rate(sent, took)}{resumed})"
         )
         self.bar.bar_style = "success"
         self._say(1, 1, text, line=False)
@@ -234,8 +232,8 @@ class UploadProgress:
         pct = int(100 * received / total) if total else 0
         self.bar.bar_style = "warning"
         text = (
-            f"interrupted: {self.name} is {pct}% uploaded ({human_bytes(received)} of "
-            f"{human_bytes(total)}); run the same command again to send the rest"
+            f"interrupted: {self.name} is {pct}% uploaded ({format_bytes(received)} of "
+            f"{format_bytes(total)}); run the same command again to send the rest"
         )
         self._say(received, total, text, line=False)
         print(text, file=sys.stderr, flush=True)
@@ -270,7 +268,7 @@ class DatasetTable:
                 (
                     d["name"],
                     f"v{d['latest']}" + (f" (of {count})" if count > 1 else ""),
-                    human_bytes(d["bytes"]),
+                    format_bytes(d["bytes"]),
                     str(d["files"]),
                     (d.get("root") or "-")[:ROOT_DIGITS],
                     copies or "-",
@@ -292,7 +290,7 @@ class DatasetTable:
         for d, row in zip(self.datasets, self.rows(), strict=True):
             copies = " ".join(
                 f"{html.escape(c['node'])} "
-                + _badge(c["state"], COPY_COLOURS.get(c["state"], "#616161"))
+                + badge(c["state"], COPY_COLOURS.get(c["state"], "#616161"))
                 for c in self._latest(d)["locations"]
             )
             cells = [html.escape(v) for v in row[:4]]

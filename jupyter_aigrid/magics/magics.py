@@ -27,12 +27,13 @@ from ..cli import (
 from ..client import AIGridError, Client
 from ..options import add_job_options, policy_option, spec_fields
 from ..vocabulary import JOB_STATES
+from .cluster_widget import ClusterWidget
 from .datasets import DatasetCommands, dataset_parsers
 from .jobs import OUTPUT_MODES, JobHandle, PullError, run_blocking
 from .parsing import MagicParser, add_inference_options, inference_fields, latency_ms
 from .profiles import ProfileWidget
 from .transfer import check_pull, encode_push, split_names
-from .widgets import ClusterWidget, JobWidget
+from .widgets import JobWidget
 
 CELL_FILE = "<aigrid cell>"
 #: The commands whose code can be the cell, and options to show in their examples.

@@ -1,6 +1,6 @@
-"""What the notebook shows of inference with QoS: the latency profiles the master learnt
-(:class:`ProfileWidget`, ``%aigrid profiles``) and an inference job's line in the job widget
-(:func:`inference_html`).
+"""What the notebook shows of the latency profiles the master learnt for inference with QoS
+(:class:`ProfileWidget`, ``%aigrid profiles``): a plot, a table and plain text. An inference
+job's own line in the job widget is :func:`~jupyter_aigrid.magics.inference_line.inference_html`.
 
 The master keeps one profile per (model, resource type) and places an inference job on the
 type that meets its SLO at least cost, so the widget puts exactly that side by side: p50 and
@@ -21,18 +21,20 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Unicode
 
 from ..client import Client
+from ..formatting import format_latency_ms
+from .inference_line import (
+    SIMULATED_COLOUR,
+    is_simulated,
+    meets,
+    number,
+    per_hour,
+    per_second,
+    simulated_pill,
+)
 
 P50_COLOUR = "#90caf9"
 P95_COLOUR = "#1e88e5"
 SLO_COLOUR = "#e53935"
-SIMULATED_COLOUR = "#ef6c00"
-VERDICT_COLOURS = {True: "#2e7d32", False: "#e53935", None: "#9e9e9e"}
-#: Why the master chose a resource (``Choice.reason``), as people read it.
-REASONS = {
-    "meets_slo": "predicted to meet the SLO at least cost",
-    "explore": "no profile yet: run there to learn its latency",
-    "best_effort": "no resource is predicted to meet the SLO: best effort",
-}
 #: The plot's geometry in pixels: margins around the plot area, one group of bars per resource.
 PLOT_HEIGHT = 230
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 56, 76, 30, 58
@@ -41,143 +43,12 @@ LABEL_CHARS = 19
 _CELL = "border:1px solid #ddd;padding:2px 8px"
 
 
-def is_simulated(resource: str) -> bool:
-    """``simulated`` and ``simulated:<model>`` name CPU slots that stand in for GPUs."""
-    return resource == "simulated" or resource.startswith("simulated:")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return None
-    return float(value)
-
-
-def _ms(value: Any) -> str:
-    v = _number(value)
-    if v is None:
-        return "-"
-    # Three significant digits: 50 ms, 41.2 ms, 3.46 ms, 0.123 ms; whole milliseconds above.
-    return f"{v:.3g} ms" if v < 1000 else f"{v:.0f} ms"
-
-
-def _rate(value: Any) -> str:
-    v = _number(value)
-    return "-" if v is None else f"{v:.1f}/s"
-
-
-def _cost(value: Any) -> str:
-    v = _number(value)
-    return "-" if v is None else f"{v:.2f}/h"
-
-
-def _duration(seconds: Any) -> str:
-    """``90`` -> ``1m 30s``, ``600`` -> ``10m``, ``3600`` -> ``1h``."""
-    v = _number(seconds)
-    if v is None:
-        return "-"
-    s = round(v)
-    if s < 60:
-        return f"{v:g}s"
-    h, m, s = s // 3600, s % 3600 // 60, s % 60
-    parts = [f"{h}h"] * bool(h) + [f"{m}m"] * bool(m) + [f"{s}s"] * bool(s)
-    return " ".join(parts)
-
-
 def _when(value: Any) -> str:
     """A profile's ``updated_at`` (Unix time or ISO text) to the minute."""
-    v = _number(value)
+    v = number(value)
     if v is not None:
         return dt.datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M")
     return str(value)[:16].replace("T", " ") if value else "-"
-
-
-def _pill(text: str, colour: str) -> str:
-    return (
-        f'<span style="background:{colour};color:white;border-radius:3px;padding:0 6px">'
-        f"{html.escape(text)}</span>"
-    )
-
-
-def _simulated_pill() -> str:
-    return f'<span class="aigrid-simulated">{_pill("SIMULATED", SIMULATED_COLOUR)}</span>'
-
-
-def meets(p95_ms: Any, slo_ms: float | None) -> bool | None:
-    """Whether a profile's p95 is within the SLO; None when either is unknown."""
-    p95 = _number(p95_ms)
-    return None if p95 is None or slo_ms is None else p95 <= slo_ms
-
-
-# -- the job widget's inference line -----------------------------------------------------------
-
-
-def inference_view(job: dict[str, Any]) -> dict[str, Any] | None:
-    """A job's ``inference`` record; for an inference job whose record has none (the master
-    has not chosen yet, or predates the field), what its spec asked for."""
-    info = job.get("inference")
-    if isinstance(info, dict):
-        return info
-    if job.get("kind") != "inference":
-        return None
-    spec = job.get("spec") or {}
-    return {
-        "model": spec.get("model"),
-        "qos": spec.get("qos") or "interactive",
-        "slo": spec.get("slo") or {},
-        "resource": None,
-        "predicted_p95_ms": None,
-        "reason": None,
-        "observed": None,
-        "slo_met": None,
-    }
-
-
-def _slo_text(slo: Any) -> str:
-    slo = slo if isinstance(slo, dict) else {}
-    parts = []
-    if slo.get("latency_ms") is not None:
-        parts.append(f"p95 &le; {_ms(slo['latency_ms'])}")
-    if slo.get("deadline_s") is not None:
-        parts.append(f"deadline {_duration(slo['deadline_s'])}")
-    return "SLO " + (", ".join(parts) if parts else "-")
-
-
-def inference_html(job: dict[str, Any]) -> str:
-    """``inference resnet50 · QoS realtime · SLO p95 ≤ 50 ms · on NVIDIA H100 (why) · p95
-    predicted 41 ms, observed 47 ms · SLO met``; ``""`` for jobs that are not inference."""
-    info = inference_view(job)
-    if info is None:
-        return ""
-    parts = [
-        f"<b>inference</b> <code>{html.escape(str(info.get('model') or '?'))}</code>",
-        f"QoS <b>{html.escape(str(info.get('qos') or 'interactive'))}</b>",
-        _slo_text(info.get("slo")),
-    ]
-    resource = info.get("resource")
-    if resource:
-        where = f"on <b>{html.escape(str(resource))}</b>"
-        if is_simulated(str(resource)):
-            where += " " + _simulated_pill()
-        reason = info.get("reason")
-        if reason:
-            where += f" <i>({html.escape(REASONS.get(str(reason), str(reason)))})</i>"
-        parts.append(where)
-    else:
-        parts.append("resource not chosen yet")
-    observed = info.get("observed") if isinstance(info.get("observed"), dict) else {}
-    predicted, seen = info.get("predicted_p95_ms"), observed.get("p95_ms")
-    if _number(predicted) is not None or _number(seen) is not None:
-        p95 = f"p95 predicted {_ms(predicted)}, observed {_ms(seen)}"
-        if observed.get("count"):
-            p95 += f" ({observed['count']} reports"
-            if _number(observed.get("throughput")) is not None:
-                p95 += f", {_rate(observed['throughput'])}"
-            p95 += ")"
-        parts.append(p95)
-    met = info.get("slo_met")
-    verdict = {True: "SLO met", False: "SLO missed"}.get(met, "SLO not known yet")
-    parts.append(_pill(verdict, VERDICT_COLOURS.get(met, VERDICT_COLOURS[None])))
-    return f"<div class='aigrid-inference'>{' &middot; '.join(parts)}</div>"
 
 
 # -- the profiles: plot, table, text -----------------------------------------------------------
@@ -207,7 +78,7 @@ def profile_plot_svg(
     """
     if not rows:
         return ""
-    values = [_number(r.get(k)) for r in rows for k in ("p50_ms", "p95_ms")]
+    values = [number(r.get(k)) for r in rows for k in ("p50_ms", "p95_ms")]
     top = max([v for v in values if v is not None] + [slo_ms or 0.0])
     y_max = _nice_ceiling(top * 1.1)
     plot_h = PLOT_HEIGHT - PAD_TOP - PAD_BOTTOM
@@ -251,17 +122,17 @@ def profile_plot_svg(
             ("p50_ms", "aigrid-p50", P50_COLOUR, centre - BAR_W - 2),
             ("p95_ms", "aigrid-p95", P95_COLOUR, centre + 2),
         ):
-            v = _number(row.get(key))
+            v = number(row.get(key))
             if v is None:
                 continue
             out.append(
                 f'<rect class="{cls}" data-ms="{v:g}" x="{x:.2f}" y="{y(v):.2f}" '
                 f'width="{BAR_W}" height="{bottom - y(v):.2f}" fill="{colour}"{dash}>'
-                f"<title>{html.escape(resource)} {key[:3]}: {_ms(v)}</title></rect>"
+                f"<title>{html.escape(resource)} {key[:3]}: {format_latency_ms(v)}</title></rect>"
                 f'<text x="{x + BAR_W / 2:.2f}" y="{y(v) - 3:.2f}" text-anchor="middle" '
                 f'font-size="9">{v:.3g}</text>'
             )
-        if _number(row.get("p50_ms")) is None and _number(row.get("p95_ms")) is None:
+        if number(row.get("p50_ms")) is None and number(row.get("p95_ms")) is None:
             out.append(
                 f'<text x="{centre:.2f}" y="{bottom - 6}" text-anchor="middle" '
                 f'fill="#9e9e9e">no data</text>'
@@ -284,7 +155,7 @@ def profile_plot_svg(
             f'x2="{right}" y2="{sy:.2f}" stroke="{SLO_COLOUR}" stroke-width="2" '
             f'stroke-dasharray="6 3"/>'
             f'<text x="{right + 4}" y="{sy + 4:.2f}" fill="{SLO_COLOUR}">'
-            f"SLO {_ms(slo_ms)}</text>"
+            f"SLO {format_latency_ms(slo_ms)}</text>"
         )
     out.append("</svg>")
     return "".join(out)
@@ -296,7 +167,7 @@ def _by_model(profiles: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, An
     for row in profiles:
         grouped.setdefault(str(row.get("model", "?")), []).append(row)
     for rows in grouped.values():
-        rows.sort(key=lambda r: (_number(r.get("p95_ms")) is None, _number(r.get("p95_ms")) or 0))
+        rows.sort(key=lambda r: (number(r.get("p95_ms")) is None, number(r.get("p95_ms")) or 0))
     return dict(sorted(grouped.items()))
 
 
@@ -306,11 +177,11 @@ _COLUMNS = ("resource", "count", "p50", "p95", "EWMA", "throughput", "cost/h")
 def _cells(row: dict[str, Any]) -> list[str]:
     return [
         str(row.get("count") if row.get("count") is not None else "-"),
-        _ms(row.get("p50_ms")),
-        _ms(row.get("p95_ms")),
-        _ms(row.get("ewma_ms")),
-        _rate(row.get("throughput")),
-        _cost(row.get("cost_per_hour")),
+        format_latency_ms(row.get("p50_ms")),
+        format_latency_ms(row.get("p95_ms")),
+        format_latency_ms(row.get("ewma_ms")),
+        per_second(row.get("throughput")),
+        per_hour(row.get("cost_per_hour")),
     ]
 
 
@@ -327,7 +198,7 @@ def profiles_table_html(payload: dict[str, Any], slo_ms: float | None = None) ->
             resource = str(row.get("resource", "?"))
             label = html.escape(resource)
             if is_simulated(resource):
-                label += " " + _simulated_pill()
+                label += " " + simulated_pill()
             cells = [f"<code>{html.escape(model)}</code>", label, *_cells(row)]
             if slo_ms is not None:
                 met = meets(row.get("p95_ms"), slo_ms)
@@ -355,10 +226,10 @@ def resources_html(payload: dict[str, Any]) -> str:
         resource = str(r.get("resource", "?"))
         text = f"<b>{html.escape(resource)}</b>"
         if is_simulated(resource):
-            text += " " + _simulated_pill()
+            text += " " + simulated_pill()
         if r.get("gpus"):
             text += f" {r.get('free', '?')}/{r['gpus']} free"
-        items.append(f"{text} {_cost(r.get('cost_per_hour'))}")
+        items.append(f"{text} {per_hour(r.get('cost_per_hour'))}")
     return f"<div>resources: {' &middot; '.join(items)}</div>" if items else ""
 
 
@@ -368,7 +239,7 @@ def _simulated_note(payload: dict[str, Any]) -> str:
     if not any(is_simulated(n) for n in names):
         return ""
     return (
-        f"<div>{_simulated_pill()} resources are CPU slots standing in for GPUs: their "
+        f"<div>{simulated_pill()} resources are CPU slots standing in for GPUs: their "
         "latencies are measured on the CPU, not on the GPU they are named after.</div>"
     )
 
@@ -404,7 +275,7 @@ def profiles_text(
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     header = "  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()
     if slo_ms is not None:
-        header = f"SLO p95 {_ms(slo_ms)}\n{header}"
+        header = f"SLO p95 {format_latency_ms(slo_ms)}\n{header}"
     return "\n".join([header, *lines])
 
 
@@ -467,7 +338,9 @@ class ProfileWidget(widgets.VBox):
         self.payload = payload
         grouped = _by_model(payload.get("profiles") or [])
         what = f"model <code>{html.escape(self.model)}</code>" if self.model else "every model"
-        slo = f" &middot; SLO p95 {_ms(self.slo_ms)}" if self.slo_ms is not None else ""
+        slo = (
+            f" &middot; SLO p95 {format_latency_ms(self.slo_ms)}" if self.slo_ms is not None else ""
+        )
         self._title.value = f"<b>latency profiles</b> of {what}{slo}"
         if not grouped:
             self._plots.value = f"<div><i>{html.escape(_empty_text(self.model))}</i></div>"

@@ -13,17 +13,15 @@ import {
   migrateJob,
   submitJob
 } from './api';
+import { checkpointFacts, checkpointSummary } from './checkpoint';
+import { clusterMap } from './cluster';
+import { el } from './dom';
+import { migrationTimeline } from './migration';
 import { AIGridModel } from './model';
 import {
-  checkpointBlocker,
-  checkpointFacts,
-  checkpointSummary,
-  clusterMap,
-  el,
+  actionBlocker,
   jobFacts,
   jobRow,
-  migrateBlocker,
-  migrationTimeline,
   nodeSelect,
   placementTable,
   splitCommand,
@@ -148,7 +146,11 @@ export class AIGridPanel extends Widget {
     );
   }
 
-  /** Cancel, Checkpoint, Migrate (with its destination picker), and the server's refusal if any. */
+  /**
+   * Cancel, Checkpoint, Migrate (with its destination picker), each enabled
+   * as the server's `job.actions` says, the reason it gives as the tooltip of
+   * a disabled one; and the server's refusal of the last request, if any.
+   */
   private _actions(job: IJob): HTMLElement {
     const busy = this._busy === job.id;
     const button = (
@@ -160,7 +162,7 @@ export class AIGridPanel extends Widget {
       const b = el('button', { class: cls }, label);
       b.toggleAttribute('disabled', busy || blocker !== null);
       if (blocker !== null) {
-        b.title = `${label}: not now, ${blocker}`;
+        b.title = `${label}: not now: ${blocker}`;
       }
       b.addEventListener('click', () => void this._act(job, run));
       return b;
@@ -168,13 +170,13 @@ export class AIGridPanel extends Widget {
     const cancel = button(
       'aigrid-cancel jp-mod-warn',
       'Cancel job',
-      ['succeeded', 'failed', 'cancelled'].includes(job.state) ? `the job is ${job.state}` : null,
+      actionBlocker(job, 'cancel'),
       () => cancelJob(job.id)
     );
-    const checkpoint = button('aigrid-checkpoint-job', 'Checkpoint', checkpointBlocker(job), () =>
+    const checkpoint = button('aigrid-checkpoint-job', 'Checkpoint', actionBlocker(job, 'checkpoint'), () =>
       checkpointJob(job.id)
     );
-    const migrateBlocked = migrateBlocker(job);
+    const migrateBlocked = actionBlocker(job, 'migrate');
     const nodes = [...new Set((job.placement ?? []).map(slot => slot.node))];
     const target = nodeSelect(this.model.cluster, nodes, this._migrateTo);
     target.toggleAttribute('disabled', busy || migrateBlocked !== null);

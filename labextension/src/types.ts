@@ -1,153 +1,49 @@
-/** What the REST API returns, as far as the sidebar reads it. */
+/**
+ * What the REST API returns, by the names the sidebar uses. The shapes are
+ * generated from the server's `openapi.yaml` into `openapi.ts` by
+ * `jlpm build:types`, which every build and test run first: a field the
+ * server adds, renames or drops changes these types, and `tsc` says where the
+ * sidebar must follow.
+ */
+import { components } from './openapi';
 
-export interface IPlacementGpu {
-  index: number;
-  uuid: string | null;
-  model: string | null;
-  simulated: boolean | null;
-}
+type Schemas = components['schemas'];
 
-export interface IPlacementSlot {
-  rank: number;
-  node: string;
-  local_rank: number;
-  gpus: IPlacementGpu[];
-}
+export type IJob = Schemas['Job'];
+export type IJobActions = Schemas['JobActions'];
+export type IJobAction = Schemas['JobAction'];
+export type IJobCheckpoint = Schemas['JobCheckpoint'];
+export type IJobDescription = Schemas['JobDescription'];
+export type IPlacementSlot = Schemas['PlacementSlot'];
+export type IPlacementGpu = Schemas['PlacementGpu'];
+/** A job's latest migration or resume; the schema's `Migration` is nullable. */
+export type IMigration = NonNullable<Schemas['Migration']>;
+export type IMigrationPhase = Schemas['MigrationPhase'];
+export type IMigrationStep = Schemas['MigrationStep'];
+export type StepStatus = IMigrationStep['status'];
+export type MigrationState = IMigration['state'];
+export type ICheckpointInfo = NonNullable<IJobCheckpoint['latest']>;
+export type ICheckpointRequest = NonNullable<IJobCheckpoint['request']>;
+export type ICluster = Schemas['Cluster'];
+export type IClusterNode = Schemas['ClusterNode'];
+export type IClusterGpu = Schemas['ClusterGpu'];
+export type ILogLine = Schemas['LogLine'];
+export type JobState = Schemas['JobState'];
 
-/** The steps of a migration, in the order the master runs them. */
-export const MIGRATION_PHASES = ['checkpointing', 'stopping', 'transferring', 'restoring'] as const;
+/**
+ * Every job state, in the order the state filter lists them. A Record, so
+ * that `tsc` fails when the schema gains a state this list lacks.
+ */
+const STATE_ORDER: Record<JobState, number> = {
+  queued: 0,
+  starting: 1,
+  running: 2,
+  succeeded: 3,
+  failed: 4,
+  cancelled: 5,
+  preempted: 6
+};
 
-export type MigrationPhaseName = (typeof MIGRATION_PHASES)[number];
-
-/** A migration's state: the phase it is in, or how it ended. */
-export type MigrationState = MigrationPhaseName | 'done' | 'failed';
-
-export interface IMigrationPhase {
-  phase: MigrationPhaseName;
-  started_at: string;
-  /** null while the phase runs. */
-  finished_at: string | null;
-  duration_s: number | null;
-  /** What the phase wrote or moved, if it measures that. */
-  bytes: number | null;
-}
-
-export interface IMigration {
-  /** 1, 2, ... per job. */
-  id: number;
-  /** "resume": a restart from a checkpoint (after a failure or a preemption). */
-  kind: 'migrate' | 'resume';
-  reason: string | null;
-  state: MigrationState;
-  /** The job's nodes before and after. */
-  from: string[];
-  to: string[];
-  /** The checkpoint moved or restored. */
-  checkpoint: string | null;
-  /** In order; the last one may still be running. */
-  phases: IMigrationPhase[];
-  /** What the migration moved in all, if the server says. */
-  bytes?: number | null;
-  /** Why it failed (state "failed"). */
-  error: string | null;
-  started_at: string;
-  finished_at: string | null;
-}
-
-export interface ICheckpointInfo {
-  name: string;
-  step: number | null;
-  bytes: number;
-  /** How long writing it took, if the server says. */
-  seconds?: number | null;
-  at: string;
-}
-
-export interface ICheckpointRequest {
-  id: string;
-  state: 'pending' | 'written' | 'timeout';
-  requested_at: string;
-  reason: string | null;
-}
-
-export interface IJobCheckpoint {
-  /** The job's ranks call runtime.should_checkpoint(): checkpoint and migrate are possible. */
-  listening: boolean;
-  latest: ICheckpointInfo | null;
-  request: ICheckpointRequest | null;
-}
-
-export interface IJob {
-  id: string;
-  name: string;
-  owner: string;
-  kind: string;
-  state: string;
-  reason: string | null;
-  priority: string;
-  qos: string;
-  preemptible: boolean;
-  gpus: number;
-  replicas: number;
-  queue_position: number | null;
-  placement: IPlacementSlot[] | null;
-  stopping: boolean;
-  restarts: number;
-  attempt: number;
-  submitted_at: string;
-  started_at: string | null;
-  finished_at: string | null;
-  elapsed_s: number | null;
-  /** The job's latest migration or resume (restart from a checkpoint); null if none yet. */
-  migration: IMigration | null;
-  /** Whether the job can checkpoint, its latest checkpoint and request (servers since issue 5). */
-  checkpoint?: IJobCheckpoint | null;
-  /** The rendered job description: its template and the image it runs in (if any). */
-  description?: {
-    template: string;
-    image: { id: string | null; ref: string } | null;
-  };
-}
-
-export interface IClusterGpu {
-  index: number;
-  uuid: string;
-  model: string;
-  memory_mb: number;
-  simulated: boolean;
-  job_id: string | null;
-  rank: number | null;
-  utilization_pct?: number;
-  memory_used_mb?: number;
-}
-
-export interface IClusterNode {
-  name: string;
-  cpus: number;
-  memory_mb: number;
-  gpus: IClusterGpu[];
-}
-
-export interface ICluster {
-  executor: string;
-  simulated: boolean;
-  gpus_total: number;
-  gpus_free: number;
-  nodes: IClusterNode[];
-}
-
-export interface ILogLine {
-  rank: number;
-  stream: 'stdout' | 'stderr';
-  line: string;
-}
-
-export const JOB_STATES = [
-  'queued',
-  'starting',
-  'running',
-  'succeeded',
-  'failed',
-  'cancelled',
-  'preempted'
-];
+export const JOB_STATES = (Object.keys(STATE_ORDER) as JobState[]).sort(
+  (a, b) => STATE_ORDER[a] - STATE_ORDER[b]
+);

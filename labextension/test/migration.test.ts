@@ -1,69 +1,11 @@
-import {
-  canCheckpoint,
-  canMigrate,
-  checkpointBlocker,
-  checkpointFacts,
-  checkpointSummary,
-  formatBytes,
-  formatDuration,
-  jobFacts,
-  jobRow,
-  migrateBlocker,
-  migrationActive,
-  migrationSteps,
-  migrationTimeline,
-  nodeSelect
-} from '../src/render';
-import { IJob, IJobCheckpoint, IMigration } from '../src/types';
-import { cluster, job } from './fixtures';
+import { checkpointFacts, checkpointSummary } from '../src/checkpoint';
+import { migrationActive, migrationTimeline } from '../src/migration';
+import { actionBlocker, jobFacts, jobRow, nodeSelect } from '../src/render';
+import { IJobCheckpoint, IMigration } from '../src/types';
+import { ALLOWED, cluster, job, migration } from './fixtures';
 
 const NOW = Date.parse('2026-01-01T00:10:00Z');
 const EVIL = '<img src=x onerror=alert(1)>';
-
-function migration(overrides: Partial<IMigration> = {}): IMigration {
-  return {
-    id: 1,
-    kind: 'migrate',
-    reason: 'requested by ada',
-    state: 'transferring',
-    from: ['node-0'],
-    to: ['node-1'],
-    checkpoint: 'ckpt-00000004.0',
-    phases: [
-      {
-        phase: 'checkpointing',
-        started_at: '2026-01-01T00:09:00Z',
-        finished_at: '2026-01-01T00:09:02.500Z',
-        duration_s: 2.5,
-        bytes: 3 * 1024 ** 3
-      },
-      {
-        phase: 'stopping',
-        started_at: '2026-01-01T00:09:02.500Z',
-        finished_at: '2026-01-01T00:09:04Z',
-        duration_s: 1.5,
-        bytes: null
-      },
-      {
-        phase: 'transferring',
-        started_at: '2026-01-01T00:09:30Z',
-        finished_at: null,
-        duration_s: null,
-        bytes: null
-      }
-    ],
-    error: null,
-    started_at: '2026-01-01T00:09:00Z',
-    finished_at: null,
-    ...overrides
-  };
-}
-
-const listening: IJobCheckpoint = { listening: true, latest: null, request: null };
-
-function migratable(overrides: Partial<IJob> = {}): IJob {
-  return job({ checkpoint: listening, placement: [], ...overrides });
-}
 
 /** No element and no handler came out of the server's strings. */
 function noMarkup(node: HTMLElement): void {
@@ -73,148 +15,44 @@ function noMarkup(node: HTMLElement): void {
   }
 }
 
-describe('formatBytes', () => {
-  it('reads in powers of 1024', () => {
-    expect(formatBytes(0)).toBe('0 B');
-    expect(formatBytes(512)).toBe('512 B');
-    expect(formatBytes(1536)).toBe('1.5 KiB');
-    expect(formatBytes(20 * 1024 ** 2)).toBe('20 MiB');
-    expect(formatBytes(3.25 * 1024 ** 3)).toBe('3.3 GiB');
-    expect(formatBytes(1024 ** 2 - 100)).toBe('1.0 MiB');
-    expect(formatBytes(2 * 1024 ** 5)).toBe('2.0 PiB');
-  });
-
-  it('says "-" when the size is unknown', () => {
-    expect(formatBytes(null)).toBe('-');
-    expect(formatBytes(undefined)).toBe('-');
-    expect(formatBytes(-1)).toBe('-');
-    expect(formatBytes(NaN)).toBe('-');
-  });
-});
-
-describe('formatDuration', () => {
-  it('reads in seconds, minutes and hours', () => {
-    expect(formatDuration(0.4)).toBe('0.4s');
-    expect(formatDuration(12.7)).toBe('12s');
-    expect(formatDuration(125)).toBe('2m 05s');
-    expect(formatDuration(3720)).toBe('1h 02m');
-    expect(formatDuration(null)).toBe('-');
-  });
-});
-
-describe('canMigrate and canCheckpoint', () => {
-  it('allow a running job that listens and is not migrating', () => {
-    expect(canMigrate(migratable())).toBe(true);
-    expect(canCheckpoint(migratable())).toBe(true);
-    expect(canMigrate(migratable({ migration: migration({ state: 'done' }) }))).toBe(true);
-    expect(canMigrate(migratable({ migration: migration({ state: 'failed' }) }))).toBe(true);
-  });
-
-  it('refuse a job that is not running', () => {
-    for (const state of ['queued', 'starting', 'succeeded', 'failed', 'cancelled', 'preempted']) {
-      expect(canMigrate(migratable({ state }))).toBe(false);
-      expect(canCheckpoint(migratable({ state }))).toBe(false);
+describe('actionBlocker', () => {
+  it("takes the server's word: allowed is no blocker", () => {
+    for (const action of ['cancel', 'checkpoint', 'migrate'] as const) {
+      expect(actionBlocker(job({ actions: ALLOWED }), action)).toBeNull();
     }
-    expect(migrateBlocker(migratable({ state: 'queued' }))).toBe('the job is queued');
-    expect(canMigrate(migratable({ stopping: true }))).toBe(false);
   });
 
-  it('refuse a job that does not listen, or a server without checkpoints', () => {
-    expect(canMigrate(migratable({ checkpoint: { ...listening, listening: false } }))).toBe(false);
-    expect(canCheckpoint(migratable({ checkpoint: { ...listening, listening: false } }))).toBe(false);
-    expect(canMigrate(job())).toBe(false);
-    expect(canCheckpoint(job({ checkpoint: null }))).toBe(false);
-    expect(migrateBlocker(job())).toContain('should_checkpoint');
-  });
-
-  it('refuse while a migration is under way', () => {
-    for (const state of ['checkpointing', 'stopping', 'transferring', 'restoring'] as const) {
-      const busy = migratable({ migration: migration({ state }) });
-      expect(canMigrate(busy)).toBe(false);
-      expect(canCheckpoint(busy)).toBe(false);
-    }
-    expect(migrateBlocker(migratable({ migration: migration() }))).toBe(
-      'Migration #1 is under way'
-    );
-  });
-
-  it('refuse a second checkpoint while one is being written, not a migration', () => {
-    const pending = migratable({
-      checkpoint: {
-        ...listening,
-        request: { id: 'c3', state: 'pending', requested_at: '2026-01-01T00:09:00Z', reason: 'x' }
-      }
+  it("gives the server's reason for a refused action, whatever the job looks like", () => {
+    const reason = 'job 7 is already writing a checkpoint (requested by ada)';
+    const refused = job({
+      actions: { ...ALLOWED, checkpoint: { allowed: false, reason } }
     });
-    expect(canCheckpoint(pending)).toBe(false);
-    expect(checkpointBlocker(pending)).toBe('a checkpoint is being written');
-    expect(canMigrate(pending)).toBe(true);
-  });
-});
-
-describe('migrationSteps', () => {
-  it('lists the phases gone through, the running one, then those to come', () => {
-    const steps = migrationSteps(migration(), NOW);
-    expect(steps.map(s => [s.phase, s.status])).toEqual([
-      ['checkpointing', 'done'],
-      ['stopping', 'done'],
-      ['transferring', 'current'],
-      ['restoring', 'pending']
-    ]);
-    expect(steps[0].duration_s).toBe(2.5);
-    expect(steps[0].bytes).toBe(3 * 1024 ** 3);
-    expect(steps[2].duration_s).toBe(30); // running for 30 s so far
-    expect(steps[3].duration_s).toBeNull();
-  });
-
-  it('highlights the first phase before the server has recorded it', () => {
-    const steps = migrationSteps(migration({ state: 'checkpointing', phases: [] }), NOW);
-    expect(steps.map(s => s.status)).toEqual(['current', 'pending', 'pending', 'pending']);
-  });
-
-  it('moves on when a phase has finished and the next is not recorded yet', () => {
-    const m = migration();
-    m.phases[2] = { ...m.phases[2], finished_at: '2026-01-01T00:09:40Z', duration_s: 10 };
-    const steps = migrationSteps({ ...m, state: 'restoring' }, NOW);
-    expect(steps.map(s => s.status)).toEqual(['done', 'done', 'done', 'current']);
-  });
-
-  it('marks the failed phase and shows nothing to come', () => {
-    const steps = migrationSteps(
-      migration({ state: 'failed', phases: migration().phases.slice(0, 1), error: 'timeout' }),
-      NOW
+    expect(actionBlocker(refused, 'checkpoint')).toBe(reason);
+    expect(actionBlocker(refused, 'migrate')).toBeNull();
+    // Nothing of the job's own fields is judged: a queued job the server allows is allowed.
+    expect(actionBlocker(job({ state: 'queued', actions: ALLOWED }), 'migrate')).toBeNull();
+    expect(actionBlocker(job({ actions: { ...ALLOWED, cancel: { allowed: false, reason: null } } }), 'cancel')).toBe(
+      'not allowed now'
     );
-    expect(steps.map(s => [s.phase, s.status])).toEqual([['checkpointing', 'failed']]);
-  });
-
-  it('shows a finished migration as done, durations from the timestamps if missing', () => {
-    const phases = migration().phases.map(p => ({
-      ...p,
-      finished_at: p.finished_at ?? '2026-01-01T00:09:35Z',
-      duration_s: null
-    }));
-    const steps = migrationSteps(migration({ state: 'done', phases }), NOW);
-    expect(steps.map(s => s.status)).toEqual(['done', 'done', 'done']);
-    expect(steps.map(s => s.duration_s)).toEqual([2.5, 1.5, 5]);
   });
 });
 
 describe('migrationTimeline', () => {
-  it('renders each phase with duration and bytes, the current one highlighted', () => {
+  it('draws the steps the server gave, in order, the active one highlighted', () => {
     const timeline = migrationTimeline(migration(), NOW);
     const phases = [...timeline.querySelectorAll<HTMLElement>('.aigrid-phase')];
-    expect(phases.map(p => p.dataset.phase)).toEqual([
-      'checkpointing',
-      'stopping',
-      'transferring',
-      'restoring'
+    expect(phases.map(p => [p.dataset.phase, p.className])).toEqual([
+      ['checkpointing', 'aigrid-phase aigrid-phase-done'],
+      ['stopping', 'aigrid-phase aigrid-phase-done'],
+      ['transferring', 'aigrid-phase aigrid-phase-active'],
+      ['restoring', 'aigrid-phase aigrid-phase-pending']
     ]);
-    expect(phases[0].querySelector('.aigrid-phase-duration')?.textContent).toBe('2.5s');
+    expect(phases[0].querySelector('.aigrid-phase-duration')?.textContent).toBe('2.5 s');
     expect(phases[0].querySelector('.aigrid-phase-bytes')?.textContent).toBe('3.0 GiB');
     expect(phases[1].querySelector('.aigrid-phase-bytes')?.textContent).toBe('');
-    expect(phases[2].classList).toContain('aigrid-phase-current');
     expect(phases[2].getAttribute('aria-current')).toBe('step');
-    expect(phases[2].querySelector('.aigrid-phase-duration')?.textContent).toBe('30s…');
-    expect(phases[3].classList).toContain('aigrid-phase-pending');
+    expect(phases[2].querySelector('.aigrid-phase-duration')?.textContent).toBe('30 s…');
+    expect(phases[3].querySelector('.aigrid-phase-duration')?.textContent).toBe('');
     expect(timeline.querySelectorAll('[aria-current]')).toHaveLength(1);
     expect(timeline.querySelector('.aigrid-migration-route')?.textContent).toBe('node-0 → node-1');
     expect(timeline.querySelector('.aigrid-migration-state')?.textContent).toContain('transferring');
@@ -225,12 +63,44 @@ describe('migrationTimeline', () => {
     expect(timeline.querySelector('.aigrid-state')).toBeNull();
   });
 
+  it('derives nothing from the phases: only the steps are drawn', () => {
+    // A resume: the server marks the phases it does not run as skipped.
+    const resume = migration({
+      kind: 'resume',
+      state: 'restoring',
+      steps: [
+        { phase: 'checkpointing', status: 'skipped', duration_s: null, bytes: null },
+        { phase: 'stopping', status: 'skipped', duration_s: null, bytes: null },
+        { phase: 'transferring', status: 'done', duration_s: 4, bytes: 1024 },
+        { phase: 'restoring', status: 'active', duration_s: 1.2, bytes: null }
+      ]
+    });
+    const timeline = migrationTimeline(resume, NOW);
+    const phases = [...timeline.querySelectorAll<HTMLElement>('.aigrid-phase')];
+    expect(phases.map(p => p.className.split('aigrid-phase-')[1])).toEqual([
+      'skipped',
+      'skipped',
+      'done',
+      'active'
+    ]);
+    expect(phases[2].querySelector('.aigrid-phase-bytes')?.textContent).toBe('1.0 KiB');
+    expect(phases[3].querySelector('.aigrid-phase-duration')?.textContent).toBe('1.2 s…');
+    expect(migrationTimeline(migration({ steps: [] }), NOW).querySelectorAll('.aigrid-phase')).toHaveLength(0);
+  });
+
   it('shows the error of a failed migration and how long it took', () => {
     const timeline = migrationTimeline(
       migration({
         state: 'failed',
         error: 'checkpoint timeout after 60 s',
-        finished_at: '2026-01-01T00:10:00Z'
+        finished_at: '2026-01-01T00:10:00Z',
+        duration_s: 60,
+        steps: [
+          { phase: 'checkpointing', status: 'done', duration_s: 2.5, bytes: 3 * 1024 ** 3 },
+          { phase: 'stopping', status: 'done', duration_s: 1.5, bytes: null },
+          { phase: 'transferring', status: 'failed', duration_s: 30, bytes: null },
+          { phase: 'restoring', status: 'skipped', duration_s: null, bytes: null }
+        ]
       }),
       NOW
     );
@@ -240,13 +110,19 @@ describe('migrationTimeline', () => {
     expect(timeline.querySelector('.aigrid-phase-failed')?.getAttribute('data-phase')).toBe(
       'transferring'
     );
-    expect(timeline.querySelector('.aigrid-migration-time')?.textContent).toContain('took 1m 00s');
+    expect(timeline.querySelector('[aria-current]')).toBeNull();
+    expect(timeline.querySelector('.aigrid-migration-time')?.textContent).toContain('took 1 m');
     const moved = migrationTimeline(
-      migration({ state: 'done', finished_at: '2026-01-01T00:10:00Z', bytes: 5 * 1024 ** 3 }),
+      migration({
+        state: 'done',
+        finished_at: '2026-01-01T00:10:00Z',
+        duration_s: 60,
+        bytes: 5 * 1024 ** 3
+      }),
       NOW
     );
     expect(moved.querySelector('.aigrid-migration-time')?.textContent).toBe(
-      'started 1m ago · took 1m 00s · moved 5.0 GiB'
+      'started 1 m ago · took 1 m · moved 5.0 GiB'
     );
   });
 
@@ -274,46 +150,66 @@ describe('migrationTimeline', () => {
     expect(timeline.textContent).toContain(`Checkpoint ${EVIL}`);
   });
 
-  it('keeps a hostile state out of the class names', () => {
+  it('keeps a hostile state or step status out of the class names', () => {
     const timeline = migrationTimeline(
-      migration({ state: `x" onclick="alert(1)` as IMigration['state'] }),
+      migration({
+        state: `x" onclick="alert(1)` as IMigration['state'],
+        steps: [
+          {
+            phase: 'checkpointing',
+            status: `y" onclick="alert(1)` as 'done',
+            duration_s: null,
+            bytes: null
+          }
+        ]
+      }),
       NOW
     );
     noMarkup(timeline);
     const state = timeline.querySelector('.aigrid-migration-state') as HTMLElement;
     expect(state.className).toBe('aigrid-migration-state aigrid-migration-state-x--onclick--alert-1-');
     expect(state.getAttribute('onclick')).toBeNull();
+    expect(timeline.querySelector('.aigrid-phase')?.className).toBe(
+      'aigrid-phase aigrid-phase-y--onclick--alert-1-'
+    );
   });
 });
 
 describe('checkpoint facts', () => {
   const checkpoint: IJobCheckpoint = {
     listening: true,
-    latest: { name: 'ckpt-00000004.0', step: 1200, bytes: 1536 * 1024 ** 2, at: '2026-01-01T00:07:00Z' },
+    copied: null,
+    latest: {
+      name: 'ckpt-00000004.0',
+      step: 1200,
+      bytes: 1536 * 1024 ** 2,
+      seconds: null,
+      at: '2026-01-01T00:07:00Z'
+    },
     request: { id: 'c3', state: 'pending', requested_at: '2026-01-01T00:09:50Z', reason: 'requested by ada' }
   };
 
   it('lists listening, the latest checkpoint and the request', () => {
     expect(checkpointFacts(checkpoint, NOW)).toEqual([
-      ['Listening', 'yes: checkpoint and migrate possible'],
-      ['Latest', 'ckpt-00000004.0 · step 1200 · 1.5 GiB · 3m ago'],
-      ['Request', 'pending (c3) · requested 10s ago · requested by ada']
+      ['Listening', 'yes: its ranks answer checkpoint requests'],
+      ['Latest', 'ckpt-00000004.0 · step 1200 · 1.5 GiB · 3 m ago'],
+      ['Request', 'pending (c3) · requested 10 s ago · requested by ada']
     ]);
     expect(
       checkpointFacts(
         {
-          listening: true,
+          ...checkpoint,
           latest: { ...checkpoint.latest!, step: null, seconds: 4.2 },
           request: { ...checkpoint.request!, state: 'written', reason: null }
         },
         NOW
       )
     ).toEqual([
-      ['Listening', 'yes: checkpoint and migrate possible'],
-      ['Latest', 'ckpt-00000004.0 · 1.5 GiB · written in 4.2s · 3m ago'],
-      ['Request', 'written (c3) · requested 10s ago']
+      ['Listening', 'yes: its ranks answer checkpoint requests'],
+      ['Latest', 'ckpt-00000004.0 · 1.5 GiB · written in 4.2 s · 3 m ago'],
+      ['Request', 'written (c3) · requested 10 s ago']
     ]);
-    expect(checkpointFacts({ listening: false, latest: null, request: null }, NOW)).toEqual([
+    expect(checkpointFacts({ listening: false, copied: null, latest: null, request: null }, NOW)).toEqual([
       ['Listening', 'no: its ranks never called runtime.should_checkpoint()'],
       ['Latest', 'none']
     ]);
@@ -323,7 +219,7 @@ describe('checkpoint facts', () => {
   it('marks the request state and escapes names and reasons', () => {
     const summary = checkpointSummary(
       {
-        listening: true,
+        ...checkpoint,
         latest: { ...checkpoint.latest!, name: EVIL, step: null },
         request: { ...checkpoint.request!, state: 'timeout', reason: EVIL }
       },
@@ -331,7 +227,7 @@ describe('checkpoint facts', () => {
     );
     noMarkup(summary);
     expect(summary.querySelector('[data-fact="latest"]')?.textContent).toBe(
-      `${EVIL} · 1.5 GiB · 3m ago`
+      `${EVIL} · 1.5 GiB · 3 m ago`
     );
     const request = summary.querySelector('.aigrid-request') as HTMLElement;
     expect(request.classList).toContain('aigrid-request-timeout');

@@ -6,7 +6,7 @@ import { AIGridError } from '../src/api';
 import { AIGridModel } from '../src/model';
 import { AIGridPanel } from '../src/panel';
 import { IJob } from '../src/types';
-import { cluster, job } from './fixtures';
+import { ALLOWED, cluster, job, migration } from './fixtures';
 
 // jsdom has no DragEvent, which @lumino/widgets needs: a Widget that is just a node.
 jest.mock('@lumino/widgets', () => ({
@@ -48,9 +48,13 @@ jest.mock('../src/api', () => {
 
 const api = jest.requireMock('../src/api');
 
+const NOT_LISTENING =
+  'job 7 does not answer checkpoint requests: its code never calls ' +
+  'jupyter_aigrid.runtime.should_checkpoint()';
+
 const running = (overrides: Partial<IJob> = {}) =>
   job({
-    checkpoint: { listening: true, latest: null, request: null },
+    checkpoint: { listening: true, copied: null, latest: null, request: null },
     placement: [{ rank: 0, node: 'node-0', local_rank: 0, gpus: [] }],
     ...overrides
   });
@@ -74,7 +78,7 @@ function button(panel: AIGridPanel, cls: string): HTMLButtonElement {
 beforeEach(() => jest.clearAllMocks());
 
 describe('the job detail actions', () => {
-  it('enables Checkpoint and Migrate for a running job that listens', () => {
+  it('enables Checkpoint and Migrate when the server allows them', () => {
     const panel = panelWith([running()]);
     expect(button(panel, 'aigrid-checkpoint-job').disabled).toBe(false);
     expect(button(panel, 'aigrid-migrate-job').disabled).toBe(false);
@@ -86,13 +90,32 @@ describe('the job detail actions', () => {
     ]);
   });
 
-  it('disables them, saying why, for a job that does not listen', () => {
-    const panel = panelWith([running({ checkpoint: { listening: false, latest: null, request: null } })]);
+  it("disables the ones the server refuses, its reason as their tooltip", () => {
+    const refused = { allowed: false, reason: NOT_LISTENING };
+    const panel = panelWith([
+      running({ actions: { ...ALLOWED, checkpoint: refused, migrate: refused } })
+    ]);
     const migrate = button(panel, 'aigrid-migrate-job');
     expect(migrate.disabled).toBe(true);
-    expect(migrate.title).toContain('should_checkpoint');
+    expect(migrate.title).toBe(`Migrate: not now: ${NOT_LISTENING}`);
     expect(button(panel, 'aigrid-checkpoint-job').disabled).toBe(true);
+    expect(button(panel, 'aigrid-checkpoint-job').title).toBe(`Checkpoint: not now: ${NOT_LISTENING}`);
+    expect((panel.node.querySelector('.aigrid-migrate-node') as HTMLSelectElement).disabled).toBe(true);
+    const cancel = button(panel, 'aigrid-cancel');
+    expect(cancel.disabled).toBe(false);
+    expect(cancel.title).toBe('');
+  });
+
+  it('follows the server, not its own reading of the job', () => {
+    // A finished job the server (say, a newer one) would still let cancel: the button is on.
+    const panel = panelWith([running({ state: 'succeeded' })]);
     expect(button(panel, 'aigrid-cancel').disabled).toBe(false);
+    const ended = 'job 7 has already succeeded; there is nothing to cancel';
+    const done = panelWith([
+      running({ actions: { ...ALLOWED, cancel: { allowed: false, reason: ended } } })
+    ]);
+    expect(button(done, 'aigrid-cancel').disabled).toBe(true);
+    expect(button(done, 'aigrid-cancel').title).toBe(`Cancel job: not now: ${ended}`);
   });
 
   it('migrates to the node picked, or lets the policy choose', async () => {
@@ -133,8 +156,13 @@ describe('the job detail actions', () => {
       running({
         checkpoint: {
           listening: true,
+          copied: null,
           latest: null,
           request: { id: 'c1', state: 'pending', requested_at: new Date().toISOString(), reason: 'r' }
+        },
+        actions: {
+          ...ALLOWED,
+          checkpoint: { allowed: false, reason: 'job 7 is already writing a checkpoint (r)' }
         }
       })
     );
@@ -172,23 +200,25 @@ describe('the job detail actions', () => {
   it('shows the migration timeline and the checkpoints, one job state badge', () => {
     const panel = panelWith([
       running({
-        migration: {
+        migration: migration({
           id: 2,
-          kind: 'migrate',
-          reason: 'requested by ada',
           state: 'stopping',
-          from: ['node-0'],
-          to: ['node-1'],
-          checkpoint: 'ckpt-1',
           phases: [],
-          error: null,
-          started_at: new Date().toISOString(),
-          finished_at: null
+          steps: [
+            { phase: 'checkpointing', status: 'done', duration_s: 1, bytes: 10 },
+            { phase: 'stopping', status: 'active', duration_s: null, bytes: null },
+            { phase: 'transferring', status: 'pending', duration_s: null, bytes: null },
+            { phase: 'restoring', status: 'pending', duration_s: null, bytes: null }
+          ]
+        }),
+        actions: {
+          ...ALLOWED,
+          migrate: { allowed: false, reason: 'job 7 is migrating (stopping); wait for it to end' }
         }
       })
     ]);
     const detail = panel.node.querySelector('.aigrid-detail') as HTMLElement;
-    expect(detail.querySelector('.aigrid-migration .aigrid-phase-current')?.getAttribute('data-phase')).toBe(
+    expect(detail.querySelector('.aigrid-migration .aigrid-phase-active')?.getAttribute('data-phase')).toBe(
       'stopping'
     );
     expect(detail.querySelector('.aigrid-checkpoint')).not.toBeNull();

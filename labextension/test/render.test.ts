@@ -1,12 +1,5 @@
-import {
-  clusterMap,
-  formatAge,
-  jobFacts,
-  jobRow,
-  placementTable,
-  splitCommand,
-  statusText
-} from '../src/render';
+import { clusterMap } from '../src/cluster';
+import { jobFacts, jobRow, placementTable, splitCommand, statusText } from '../src/render';
 import { cluster, job } from './fixtures';
 
 describe('jobRow', () => {
@@ -17,7 +10,7 @@ describe('jobRow', () => {
     expect(row.textContent).toContain('mnist');
     expect(row.textContent).toContain('ada');
     expect(row.textContent).toContain('2 GPUs');
-    expect(row.querySelector('.aigrid-job-age')?.textContent).toBe('1m');
+    expect(row.querySelector('.aigrid-job-age')?.textContent).toBe('1 m');
   });
 
   it('escapes names that contain markup', () => {
@@ -38,7 +31,7 @@ describe('jobFacts', () => {
     const facts = new Map(
       jobFacts(
         job({
-          description: { template: 'pytorch-ddp', image: { id: 'torch', ref: 'repo/torch:2' } },
+          description: { ...job().description, template: 'pytorch-ddp', image: { id: 'torch', ref: 'repo/torch:2' } },
           queue_position: 2
         })
       )
@@ -50,7 +43,7 @@ describe('jobFacts', () => {
   });
 
   it("says a local job runs in the server's environment", () => {
-    const facts = new Map(jobFacts(job({ description: { template: 'single', image: null } })));
+    const facts = new Map(jobFacts(job({ description: { ...job().description, template: 'single', image: null } })));
     expect(facts.get('Image')).toBe("the server's environment");
   });
 });
@@ -80,6 +73,8 @@ describe('clusterMap', () => {
     expect(map.textContent).toContain('2/4 GPUs free');
     const bars = map.querySelectorAll<HTMLElement>('.aigrid-bar-fill');
     expect([...bars].map(b => b.style.width)).toEqual(['40%', '25%']);
+    // The server counts GPU memory in MiB; the map writes it as every size is written.
+    expect(bars[1].parentElement?.title).toBe('memory 20 GiB / 78 GiB');
   });
 });
 
@@ -92,13 +87,6 @@ describe('statusText', () => {
 });
 
 describe('helpers', () => {
-  it('formats ages', () => {
-    const now = Date.parse('2026-01-01T00:00:00Z');
-    expect(formatAge('2025-12-31T23:59:30Z', now)).toBe('30s');
-    expect(formatAge('2025-12-31T21:00:00Z', now)).toBe('3h');
-    expect(formatAge(null, now)).toBe('-');
-  });
-
   it('splits command lines with quotes', () => {
     expect(splitCommand(`python -c "print('hi there')" --x 'a b'`)).toEqual([
       'python',
