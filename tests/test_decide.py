@@ -83,6 +83,7 @@ async def test_the_simulator_decides_what_the_master_decided(api, aigrid_master)
         await api.call("DELETE", "jobs", job["id"])
         await api.wait(job["id"])
 
+    assert len(aigrid_master.memory) == 0  # every job ended: nothing kept about any of them
     rounds = list(aigrid_master.rounds)
     decided = [d for *_, d in rounds]
     assert any(

@@ -515,7 +515,8 @@ class Datasets:
         if now < self._next_verify_check:
             return
         self._next_verify_check = now + min(60.0, self.dataset_verify_interval_s / 4)
-        staging = {key for _, _, keys in self._data_staging.values() for key in keys}
+        staged = self.memory.having("data_staging")
+        staging = {key for _, memory in staged for key in memory.data_staging[2]}
 
         def due(loc: dict[str, Any]) -> bool:
             key = (loc["name"], loc["version"], loc["node"])

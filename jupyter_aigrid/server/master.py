@@ -27,6 +27,7 @@ from .executors.base import ExecutorError
 from .executors.nodefiles import NodeFiles, NodeGone
 from .images import check_image, resolve_image
 from .inference import Inference
+from .memory import Memory
 from .migration import MIGRATE, Mover, active
 from .model import (
     ACTIVE_STATES,
@@ -60,6 +61,8 @@ from .uploads import Uploads
 from .views import cancel_blocker, image_view
 
 T = TypeVar("T")
+#: Work in memory that the loop follows at the exit-poll pace rather than once a tick.
+BUSY = ("checkpoint_staging", "watching", "data_staging")
 log = logging.getLogger(__name__)
 #: Restarts a gang gets beyond its ``max_restarts`` when a node it ran on left the cluster.
 NODE_LOSS_RESTARTS = 3
@@ -116,17 +119,11 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         self.restart_backoff_s = restart_backoff_s
         #: Checkpoints being verified and copied where gangs resume: job -> (attempt, future).
         self._stager = ThreadPoolExecutor(2, thread_name_prefix="aigrid-stage")
-        self._staging: dict[str, tuple[int, Any]] = {}
         #: Running gangs' newest checkpoints copied to a second node (:mod:`.replication`).
         self._copier = ThreadPoolExecutor(1, thread_name_prefix="aigrid-copies")
-        self._copying: dict[str, Any] = {}
-        self._copied: dict[str, tuple[str | None, tuple]] = {}
         self._next_copy = 0.0
-        #: Jobs with a checkpoint request or a restore outstanding.
-        self._watching: set[str] = set()
-        self._listeners: set[tuple[str, int]] = set()
-        #: Queued jobs that wait for their restart backoff: job -> not before (epoch s).
-        self._not_before: dict[str, float] = {}
+        #: What is kept about each job in memory only (dropped when the job ends).
+        self.memory = Memory()
         #: Where nodes keep datasets ('' = <scratch>/datasets); per-user bytes (0 = no limit).
         self.dataset_root = dataset_root
         self.dataset_quota_bytes = dataset_quota_bytes
@@ -140,10 +137,6 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         self._next_verify_check = 0.0
         #: Uploads being moved into place (not to be verified before they are there).
         self._placing: set[tuple[str, int, str]] = set()
-        #: Jobs whose datasets are being staged: job -> (attempt, future, location keys).
-        self._data_staging: dict[str, tuple[int, Any, set]] = {}
-        #: job -> [bytes done, bytes in all, time of the last progress event].
-        self._data_progress: dict[str, list] = {}
         self.nodes = executor.nodes()
         #: Work on the nodes' own files (checkpoints, datasets): on the node, not here.
         self.node_files: NodeFiles = executor.node_files
@@ -240,7 +233,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                 log.info("AI Grid master recovered")
         last_tick = 0.0
         while not self._stopping:
-            busy = self._live_replicas or self._staging or self._watching or self._data_staging
+            busy = self._live_replicas or any(self.memory.count(name) for name in BUSY)
             timeout = EXIT_POLL_S if busy else self.tick_s
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -282,7 +275,9 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
     def _load_queue(self) -> None:
         rows = self.store.jobs((QUEUED,))
         self._queue = {r["id"]: self._request(r) for r in rows}
-        self._not_before = {r["id"]: r["retry_at"] for r in rows if r.get("retry_at")}
+        for r in rows:
+            if r.get("retry_at"):
+                self.memory(r["id"]).not_before = r["retry_at"]
         self._positions = None
 
     def _flush(self) -> None:
@@ -523,13 +518,17 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         exits = self.executor.poll()
         if exits:
             self._handle_exits(exits)
-        staged = len(self._staging) + len(self._data_staging)
-        if self._data_staging:
+
+        def staging() -> int:
+            return self.memory.count("checkpoint_staging") + self.memory.count("data_staging")
+
+        staged = staging()
+        if self.memory.count("data_staging"):
             self._collect_data()
             self._staging_progress()
-        if self._staging or self._watching:
+        if self.memory.count("checkpoint_staging") or self.memory.count("watching"):
             self._watch()
-        if exits or staged != len(self._staging) + len(self._data_staging):
+        if exits or staged != staging():
             self._schedule()
 
     def _sync_inventory(self) -> None:
@@ -563,7 +562,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
 
     def _schedule(self) -> None:
         now = time.time()
-        queue = [r for r in self._queue.values() if self._not_before.get(r.job_id, 0.0) <= now]
+        queue = [r for r in self._queue.values() if self._not_before(r.job_id) <= now]
         if not queue:
             return
         snapshot = self._snapshot()
@@ -932,8 +931,8 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         pending = row.get("pending_state")
         now = time.time()
         ran_s = max(0.0, now - (row.get("started_at") or now))
-        self._listeners.discard((row["id"], row["attempt"]))  # the attempt is over
-        self._copied.pop(row["id"], None)
+        memory = self.memory(row["id"])  # the attempt is over: what it was known for goes
+        memory.listening = memory.copied = None
         if row.get("inference"):
             self._learn(row, pending is None and all(c == 0 for c in codes.values()), ran_s)
         earlier = row.get("attained_gpu_s") or 0.0
@@ -972,7 +971,7 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                 reason=f"{'restarting after' if failed else 'requeued'}: {row['reason']}",
             )
             if failed:
-                self._not_before[row["id"]] = retry_at
+                self.memory(row["id"]).not_before = retry_at
         elif pending == PREEMPTED:
             self._set_state(row, PREEMPTED, exit_codes=codes, attained_gpu_s=attained)
             self._set_state(
@@ -1020,7 +1019,13 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
             self._queue[row["id"]] = self._request(new)
         else:
             self._queue.pop(row["id"], None)
+        if state in FINAL_STATES:
+            self.memory.end(row["id"])
         self._positions = None
+
+    def _not_before(self, job_id: str) -> float:
+        memory = self.memory.get(job_id)
+        return memory.not_before if memory else 0.0
 
     def _event_state(self, row: dict[str, Any], previous: str | None) -> None:
         data = {
@@ -1066,15 +1071,15 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                 len(adopted),
                 len(self._lost_on_restart),
             )
-        self._staging.clear()
-        self._data_staging.clear()
+        self.memory.clear("checkpoint_staging")
+        self.memory.clear("data_staging")
         self._sweep()
         for row in self.store.jobs(ACTIVE_STATES):
             request = (row.get("checkpoint") or {}).get("request")
             if (request and request["state"] == "pending") or (
                 active(row.get("migration")) and row["migration"]["state"] == "restoring"
             ):
-                self._watching.add(row["id"])
+                self.memory(row["id"]).watching = True
             unstarted = not self.store.replicas(row["id"], row["attempt"])
             migration = row.get("migration") or {}
             prestart = migration.get("prestart") or {}

@@ -107,13 +107,14 @@ class Mover:
         ``runtime.should_checkpoint()``)?"""
         if row["state"] != RUNNING:
             return False
-        if (row["id"], row["attempt"]) in self._listeners:
+        memory = self.memory.get(row["id"])
+        if memory is not None and memory.listening == row["attempt"]:
             return True
         roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
         calls = [(n, ck.is_listening, (roots[n], row["attempt"], r)) for r, n in ranks.items()]
         listening = bool(ranks) and all(self.node_files.call_each(calls, False))
         if listening:  # for the rest of the attempt: not asked of every node again
-            self._listeners.add((row["id"], row["attempt"]))
+            self.memory(row["id"]).listening = row["attempt"]
         return listening
 
     # -- checkpoints on request ---------------------------------------------------------------
@@ -159,7 +160,7 @@ class Mover:
                 listener = self._read_control(rep["node"], root, ck.listen_file, row, rep["rank"])
                 if listener and isinstance(listener.get("pid"), int):
                     self.executor.signal_checkpoint(self._handle(rep), listener["pid"])
-        self._watching.add(row["id"])
+        self.memory(row["id"]).watching = True
 
     def _checkpoint_event(self, job_id: str, state: str, **data: Any) -> None:
         self._record(
@@ -198,14 +199,14 @@ class Mover:
         """Answers to checkpoint requests, restores, staging that finished, deadlines."""
         self._collect_staging()
         now = time.time()
-        for job_id in list(self._watching):
+        for job_id, memory in self.memory.having("watching"):
             row = self.store.job(job_id)
             request = (row.get("checkpoint") or {}).get("request") if row else None
             migration = row.get("migration") if row else None
             pending = bool(request) and request["state"] == "pending"
             restoring = bool(migration) and migration["state"] == "restoring"
             if row is None or row["state"] not in (RUNNING, STARTING) or not (pending or restoring):
-                self._watching.discard(job_id)
+                memory.watching = False
                 continue
             with self.store.write():
                 if pending and row["state"] == RUNNING:
@@ -478,13 +479,15 @@ class Mover:
             row["replicas"],
             self.node_files,
         )
-        self._staging[row["id"]] = (row["attempt"], future)
+        self.memory(row["id"]).checkpoint_staging = (row["attempt"], future)
 
     def _collect_staging(self) -> None:
-        for job_id, (attempt, future) in list(self._staging.items()):
+        for job_id, memory in self.memory.having("checkpoint_staging"):
+            attempt, future = memory.checkpoint_staging
             if not future.done():
                 continue
-            del self._staging[job_id]
+            memory.checkpoint_staging = None
+            self.memory.settle(job_id)
             row = self.store.job(job_id)
             if row is None or row["state"] != STARTING or row["attempt"] != attempt:
                 continue  # cancelled or requeued meanwhile
@@ -514,7 +517,7 @@ class Mover:
                 bytes=staged.bytes,
                 deadline=now + self.checkpoint_timeout_s,
             )
-            self._watching.add(row["id"])
+            self.memory(row["id"]).watching = True
         else:
             error = "no verified checkpoint to restore"
             if staged.problems:

@@ -53,7 +53,8 @@ class JobQueries:
         positions = self._queue_positions() if positions is None else positions
         listening = row["state"] == "running" and self._listening(row)
         view = job_view(row, self._nodes_by_name, positions.get(row["id"]), listening)
-        counter = self._data_progress.get(row["id"])
+        memory = self.memory.get(row["id"])
+        counter = memory.data_progress if memory else None
         if counter is not None and view["staging"] and view["staging"]["state"] == "staging":
             view["staging"]["done"] = min(counter[0], counter[1])
         return view

@@ -76,10 +76,11 @@ class CheckpointCopies:
     def _copy_checkpoints(self) -> None:
         if not self.node_files.copies_checkpoints:
             return
-        for job_id, future in list(self._copying.items()):
-            if future.done():
-                del self._copying[job_id]
+        for job_id, memory in self.memory.having("copying"):
+            if memory.copying.done():
+                future, memory.copying = memory.copying, None
                 self._copy_done(job_id, future)
+                self.memory.settle(job_id)
         now = time.monotonic()
         order = [n.name for n in self.nodes]
         if now < self._next_copy or len(order) < 2:
@@ -88,21 +89,22 @@ class CheckpointCopies:
         partners = {n: order[(i + 1) % len(order)] for i, n in enumerate(order)}
         for row in self.store.jobs((RUNNING,)):
             ranks = self._rank_nodes(row)
-            if row["id"] in self._copying or not ranks:
+            memory = self.memory(row["id"])
+            if memory.copying is not None or not ranks:
                 continue
             if any(node not in partners for node in ranks.values()):
                 continue  # a node of the gang left: its exit comes next
             # Copied already, unless the partners changed (one may have left with it).
             pairs = tuple(sorted((n, partners[n]) for n in set(ranks.values())))
-            last, before = self._copied.get(row["id"], (None, ()))
-            self._copied[row["id"]] = (last if before == pairs else None, pairs)
-            self._copying[row["id"]] = self._copier.submit(
+            last, before = memory.copied or (None, ())
+            memory.copied = (last if before == pairs else None, pairs)
+            memory.copying = self._copier.submit(
                 copy_newest,
                 self.node_files,
                 self._roots(row["id"]),
                 ranks,
                 partners,
-                self._copied[row["id"]][0],
+                memory.copied[0],
             )
 
     def _copy_done(self, job_id: str, future: Future) -> None:
@@ -111,10 +113,11 @@ class CheckpointCopies:
         except (OSError, ck.CheckpointError) as e:  # pruned under it, a node went: next time
             log.info("AI Grid: job %s: copying its checkpoint failed: %s", job_id, e)
             return
-        last, partners = self._copied.get(job_id, (None, ()))
+        memory = self.memory(job_id)
+        last, partners = memory.copied or (None, ())
         if name is None or name == last:
             return
-        self._copied[job_id] = (name, partners)
+        memory.copied = (name, partners)
         with self.store.write():
             row = self.store.job(job_id)
             if row is None:

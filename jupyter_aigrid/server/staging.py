@@ -169,14 +169,15 @@ class DataStaging:
         with self.store.write():
             self.store.update_job(row["id"], staging=staging)
             self._staging_event(row["id"], staging)
-        counter = self._data_progress[row["id"]] = [0, total, 0.0]
+        memory = self.memory(row["id"])
+        counter = memory.data_progress = [0, total, 0.0]
 
         def progress(n: int) -> None:
             counter[0] += n
 
         future = self._stager.submit(stage_items, self.node_files, items, progress)
         keys = {(i["name"], i["version"], i["node"]) for i in items}
-        self._data_staging[row["id"]] = (row["attempt"], future, keys)
+        memory.data_staging = (row["attempt"], future, keys)
 
     def _staging_event(self, job_id: str, staging: dict[str, Any]) -> None:
         self._record(
@@ -196,12 +197,13 @@ class DataStaging:
         """A progress event per staging job, at most every PROGRESS_EVERY_S, stored like
         every event so that widgets following ``GET /events`` see it too."""
         now = time.time()
-        for job_id, counter in list(self._data_progress.items()):
-            if job_id in self._data_staging and now - counter[2] >= PROGRESS_EVERY_S:
+        for job_id, memory in self.memory.having("data_staging"):
+            counter = memory.data_progress
+            if counter is not None and now - counter[2] >= PROGRESS_EVERY_S:
                 counter[2] = now
                 progress = {
                     "state": "progress",
-                    "attempt": self._data_staging[job_id][0],
+                    "attempt": memory.data_staging[0],
                     "bytes": counter[1],
                     "done": min(counter[0], counter[1]),
                 }
@@ -209,11 +211,13 @@ class DataStaging:
                     self._staging_event(job_id, progress)
 
     def _collect_data(self) -> None:
-        for job_id, (attempt, future, _) in list(self._data_staging.items()):
+        for job_id, memory in self.memory.having("data_staging"):
+            attempt, future, _ = memory.data_staging
             if not future.done():
                 continue
-            del self._data_staging[job_id]
-            done = self._data_progress.pop(job_id, [0, 0])[0]
+            done = (memory.data_progress or [0, 0])[0]
+            memory.data_staging = memory.data_progress = None
+            self.memory.settle(job_id)
             failure = None
             try:
                 results = future.result()
