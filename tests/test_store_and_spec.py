@@ -10,6 +10,7 @@ import pytest
 from jupyter_aigrid.server.schema import NAMES, SCHEMA_VERSION
 from jupyter_aigrid.server.spec import SpecError, validate
 from jupyter_aigrid.server.store import Store
+from jupyter_aigrid.server.validation import validate_body
 
 
 def test_store_is_durable_and_versioned(tmp_path):
@@ -158,3 +159,21 @@ def test_a_database_from_a_newer_version_is_refused(tmp_path):
     raw.close()
     with pytest.raises(RuntimeError, match=r"999_from_the_future.*upgrade jupyter-aigrid"):
         Store(path)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"files": [{"path": "a", "size": 1}]}, "name", "is required"),
+        ({"name": "d", "files": []}, "files", "should be non-empty"),
+        ({"name": "d", "files": [{"path": "a", "size": -1}]}, "files.0.size", "minimum"),
+        ({"name": "d", "files": [{"path": "a", "size": True}]}, "files.0.size", "integer"),
+        ({"name": "d", "files": [{"path": "a", "size": 1, "x": 1}]}, "files.0.x", "unknown"),
+        ({"name": "d", "files": [{"path": "a", "size": 1, "hash": "AB"}]}, "files.0.hash", "match"),
+    ],
+)
+def test_request_bodies_are_checked_against_the_openapi_schema(body, field, words):
+    with pytest.raises(SpecError) as info:
+        validate_body("UploadRequest", body, "the upload")
+    assert info.value.field == field
+    assert words in info.value.message, info.value.message

@@ -33,6 +33,7 @@ from .model import FINAL_STATES
 from .queries import Conflict, NotFound
 from .spec import SpecError
 from .uploads import UploadConflict, declared_files
+from .validation import validate_body
 from .views import iso
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,7 @@ class Datasets:
         return node
 
     def _create_upload(self, body: dict[str, Any], user: str, admin: bool) -> dict[str, Any]:
+        validate_body("UploadRequest", body, "the upload")
         try:
             name = contents.check_name(body.get("name"))
         except contents.ContentError as e:
@@ -434,6 +436,7 @@ class Datasets:
         "path"}``, ``path`` relative to that root), hashed in place."""
         if not admin:
             raise SpecError("only admins may register data already on a node", "path", 403)
+        validate_body("DatasetRegistration", body, "the registration")
         try:
             name = contents.check_name(body.get("name"))
             path = contents.check_relpath(body.get("path"), "path")

@@ -12,18 +12,12 @@ import re
 from typing import Any
 
 from .spec import SpecError
+from .validation import validate_body
 
+#: What an entry has besides its id. Their rules (lengths, no control characters, versions,
+#: frameworks) are ``ImageInput`` in ``schemas/openapi.yaml``. A reference may carry a
+#: registry, a path, a tag and a digest: up to 512 characters.
 FIELDS = ("ref", "framework", "framework_version", "cuda", "python", "description")
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]{0,31}$")
-FRAMEWORKS = ("pytorch", "tensorflow", "horovod", "python")
-#: Longest value of each field. A reference may carry a registry, a path, a tag and a digest
-#: (Docker allows a 255-character name, a 128-character tag and a sha256 digest).
-MAX_LENGTH = {"ref": 512, "description": 4096}
-MAX_OTHER = 256
-#: Control characters (C0, DEL and C1); a description may still have lines and tabs.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_DESCRIPTION_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 DEFAULT_IMAGES = [
     {
@@ -66,40 +60,12 @@ DEFAULT_IMAGES = [
 
 
 def check_image(image_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A catalog entry from a request body, or SpecError naming the field."""
-    if not _ID.fullmatch(image_id):
-        msg = f"image id {_short(image_id)} must be 1-64 of a-z, 0-9, '.', '_', '-'"
-        raise SpecError(msg, field="id")
-    extra = sorted(set(body) - set(FIELDS) - {"id"})
-    if extra:
-        msg = f"unknown field {_short(extra[0])}; an image has: {', '.join(FIELDS)}"
-        raise SpecError(msg, field=extra[0])
+    """A catalog entry from a request body, or SpecError naming the field: the body is
+    checked against ``ImageInput`` in ``openapi.yaml`` (the one statement of the rules)."""
+    validate_body("ImageInput", {**body, "id": image_id}, "the image")
     entry: dict[str, Any] = {"id": image_id}
     for name in FIELDS:
-        value = body.get(name, "" if name == "description" else None)
-        if not isinstance(value, str) or (name != "description" and not value.strip()):
-            msg = f"{name!r} must be a non-empty string"
-            raise SpecError(msg, field=name)
-        limit = MAX_LENGTH.get(name, MAX_OTHER)
-        if len(value) > limit:
-            msg = f"{name!r} is {len(value)} characters long; at most {limit} are allowed"
-            raise SpecError(msg, field=name)
-        control = _DESCRIPTION_CONTROL if name == "description" else _CONTROL
-        if control.search(value):
-            allowed = " (a description may have newlines and tabs)" if name == "description" else ""
-            msg = f"{name!r} must not contain control characters{allowed}, got {_short(value)}"
-            raise SpecError(msg, field=name)
-        entry[name] = value.strip()
-    if entry["framework"] not in FRAMEWORKS:
-        msg = f"framework must be one of {', '.join(FRAMEWORKS)}, got {entry['framework']!r}"
-        raise SpecError(msg, field="framework")
-    for name in ("framework_version", "python"):
-        if not _VERSION.fullmatch(entry[name]):
-            msg = f"{name} must be a version such as 2.13.0, got {_short(entry[name])}"
-            raise SpecError(msg, field=name)
-    if any(c.isspace() for c in entry["ref"]):
-        msg = f"ref must be an image reference such as repo/name:tag, got {_short(entry['ref'])}"
-        raise SpecError(msg, field="ref")
+        entry[name] = body.get(name, "").strip()
     return entry
 
 

@@ -22,6 +22,8 @@ import jsonschema
 from .model import InferenceAsk, Request
 from .profiles import Slo
 from .templating import TemplateError, check, choose
+from .validation import NO_CONTROL as _NO_CONTROL  # noqa: F401 - spec rules share it
+from .validation import SpecError, exact_validator, first_error, short
 
 #: Variables the runtime sets for every replica; a job may not override them.
 RESERVED_ENV = frozenset(
@@ -43,20 +45,6 @@ MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_ENV_BYTES = 128 * 1024
 #: Control characters (C0 and DEL): no path, name or identifier of a job has a use for them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: The schema's pattern for text without control characters.
-_NO_CONTROL = "^[^\\u0000-\\u001f\\u007f]*$"
-#: Longest value echoed back in an error message.
-_ECHO = 64
-
-
-class SpecError(ValueError):
-    """A job description is wrong. ``field`` is the dotted path of the offending field."""
-
-    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.status = status
 
 
 @cache
@@ -67,86 +55,8 @@ def job_schema() -> dict[str, Any]:
 
 
 @cache
-def _exact(pattern: str) -> re.Pattern[str]:
-    """``pattern`` as JSON Schema (ECMA 262) means it: a final ``$`` is the end of the text.
-
-    Python's ``$`` also matches before a trailing newline, so ``"FOO\\n"`` would pass
-    ``^[A-Za-z_][A-Za-z0-9_]*$``; ``\\Z`` does not.
-    """
-    if pattern.endswith("$") and not pattern.endswith("\\$"):
-        pattern = pattern[:-1] + r"\Z"
-    return re.compile(pattern)
-
-
-def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Any:
-    if validator.is_type(instance, "string") and not _exact(pattern).search(instance):
-        yield jsonschema.ValidationError(f"{_short(instance)} does not match {pattern!r}")
-
-
-@cache
 def _validator() -> jsonschema.protocols.Validator:
-    schema = job_schema()
-    cls = jsonschema.validators.validator_for(schema)
-    exact = jsonschema.validators.extend(cls, {"pattern": _pattern})
-    return exact(schema)
-
-
-def _short(value: Any) -> str:
-    """``repr(value)``, cut short: an error message never echoes a megabyte back."""
-    text = repr(value)
-    return text if len(text) <= _ECHO else f"{text[: _ECHO - 5]}...{text[-1]}"
-
-
-def _is_property_name(error: jsonschema.ValidationError) -> bool:
-    return len(error.relative_schema_path) >= 2 and (
-        error.relative_schema_path[-2] == "propertyNames"
-    )
-
-
-def _field_of(error: jsonschema.ValidationError) -> str | None:
-    path = [str(p) for p in error.absolute_path]
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        if extra:
-            path.append(extra[0])
-    elif _is_property_name(error) and len(str(error.instance)) <= _ECHO:
-        path.append(str(error.instance))
-    return ".".join(path) or None
-
-
-def _message_of(error: jsonschema.ValidationError, field: str | None) -> str:
-    kind, limit, value = error.validator, error.validator_value, error.instance
-    if kind == "additionalProperties" and field:
-        allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"unknown field {_short(field)}; allowed fields are: {allowed}"
-    if _is_property_name(error):
-        parent = ".".join(str(p) for p in error.absolute_path)
-        names = {"env": "environment variable name", "inputs": "input name"}
-        what = names.get(parent, f"name in {parent!r}")
-        if kind == "maxLength":
-            return (
-                f"{what} {_short(value)} is {len(value)} characters long; "
-                f"at most {limit} are allowed"
-            )
-        return f"{what} {_short(value)} must match [A-Za-z_][A-Za-z0-9_]*"
-    where = f"{field!r}" if field else "the job description"
-    if kind == "maxLength":
-        return f"{where} is {len(value)} characters long; at most {limit} are allowed"
-    if kind == "maxItems":
-        return f"{where} has {len(value)} items; at most {limit} are allowed"
-    if kind == "maxProperties":
-        return f"{where} has {len(value)} entries; at most {limit} are allowed"
-    if kind == "pattern" and limit == _NO_CONTROL:
-        return (
-            f"{where} must not contain control characters (newline, tab, ...), got {_short(value)}"
-        )
-    if kind == "pattern":
-        return f"{where} must match {limit}, got {_short(value)}"
-    if kind == "type":
-        return f"{where}: {_short(value)} is not of type {limit!r}"
-    if len(error.message) > 4 * _ECHO:
-        return f"{where} fails {kind} {_short(limit)}, got {_short(value)}"
-    return f"{where}: {error.message}"
+    return exact_validator(job_schema())
 
 
 def _no_constant(name: str) -> None:
@@ -216,11 +126,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if "code" in raw and "command" in raw:
         msg = "give exactly one of 'code' (Python source) or 'command' (an argv list), not both"
         raise SpecError(msg, field="code")
-    errors = sorted(_validator().iter_errors(raw), key=lambda e: (len(e.absolute_path), e.path))
-    if errors:
-        error = jsonschema.exceptions.best_match(errors)
-        field = _field_of(error)
-        raise SpecError(_message_of(error, field), field=field)
+    error = first_error(_validator(), raw, "the job description")
+    if error is not None:
+        raise error
     if "code" not in raw and "command" not in raw:
         msg = "give exactly one of 'code' (Python source) or 'command' (an argv list)"
         raise SpecError(msg, field="code")
@@ -250,11 +158,11 @@ def _check_workdir(workdir: str) -> None:
     if _CONTROL.search(workdir):
         msg = (
             "workdir must be an absolute path without control characters (NUL, newline, tab, "
-            f"...), got {_short(workdir)}"
+            f"...), got {short(workdir)}"
         )
         raise SpecError(msg, field="workdir")
     if not workdir.startswith("/"):
-        msg = f"workdir must be an absolute path on the node, got {_short(workdir)}"
+        msg = f"workdir must be an absolute path on the node, got {short(workdir)}"
         raise SpecError(msg, field="workdir")
 
 
