@@ -21,13 +21,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import contents
 from .wire import CHUNK_BYTES, AIGridError
 
-if TYPE_CHECKING:
-    from .client import Client
+
+class Client(Protocol):
+    """What an upload needs of :class:`jupyter_aigrid.client.Client` (which it is, in use)."""
+
+    def dataset(self, name: str) -> dict[str, Any]: ...
+    def create_upload(
+        self, name: str, files: list[dict[str, Any]], node: str | None = None
+    ) -> dict[str, Any]: ...
+    def uploads(self) -> list[dict[str, Any]]: ...
+    def upload(self, upload_id: str) -> dict[str, Any]: ...
+    def delete_upload(self, upload_id: str) -> dict[str, Any]: ...
+    def put_chunk(self, upload_id: str, path: str, offset: int, body: Any) -> int: ...
+    def commit_upload(self, upload_id: str) -> dict[str, Any]: ...
+
 
 #: Failures in a row (dropped connections, offset conflicts) after which a send gives up.
 MAX_RETRIES = 5
