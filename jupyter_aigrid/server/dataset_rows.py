@@ -163,13 +163,6 @@ class DatasetRows:
                 pk=("name", "version", "node"),
             )
 
-    def delete_location(self, name: str, version: int, node: str) -> None:
-        with self.write():  # type: ignore[attr-defined]
-            self.db.execute(
-                "DELETE FROM dataset_locations WHERE name = ? AND version = ? AND node = ?",
-                [name, version, node],
-            )
-
     def delete_dataset_versions(self, name: str, versions: list[int]) -> None:
         """Forget these versions (and their locations); the dataset too once none is left."""
         with self.write():  # type: ignore[attr-defined]

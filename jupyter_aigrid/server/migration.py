@@ -34,8 +34,6 @@ from .views import move_blocker
 log = logging.getLogger(__name__)
 #: ``pending_state`` of a gang stopping so that it can move.
 MIGRATE = "migrate"
-#: Migration states in which the gang still runs at its source and holds its target too.
-HOLDING_TARGET = ("checkpointing", "stopping")
 ENDED = ("done", "failed")
 
 

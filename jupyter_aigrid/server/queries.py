@@ -13,7 +13,11 @@ from .inventory import nvml_utilisation
 from .model import ACTIVE_STATES, FINAL_STATES, Placement, Request
 from .snapshot import History, Snapshot
 from .spec import SpecError, to_request
+from .states import MigrationState
 from .views import cluster_view, event_view, job_view
+
+#: Migration phases in which the gang still runs at its source and holds its target too.
+HOLDING_TARGET = (MigrationState.CHECKPOINTING, MigrationState.STOPPING)
 
 
 def run_time_s(row: dict[str, Any]) -> float:
@@ -210,7 +214,7 @@ class JobQueries:
                     started_at=row.get("started_at") or snap.now,
                 )
             migration = row.get("migration")
-            if migration and migration["state"] in ("checkpointing", "stopping"):
+            if migration and migration["state"] in HOLDING_TARGET:
                 # A gang on the move holds where it goes as well as where it runs.
                 held = replace(self._request(row), job_id=f"{row['id']}>", preemptible=False)
                 snap = snap.allocate(

@@ -311,12 +311,6 @@ class Snapshot:
     def node(self, name: str) -> NodeView:
         return self.nodes[self._position[name]]
 
-    def nodes_with_free(self, count: int) -> tuple[NodeView, ...]:
-        """Nodes with exactly ``count`` free GPUs, in the cluster's node order."""
-        if count >= len(self._by_free):
-            return ()
-        return tuple(self.nodes[i] for i in self._by_free[count])
-
     def positions_with_free(self, count: int) -> tuple[int, ...]:
         return self._by_free[count] if count < len(self._by_free) else ()
 
