@@ -565,8 +565,9 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
         queue = [r for r in self._queue.values() if self._not_before(r.job_id) <= now]
         if not queue:
             return
-        snapshot = self._snapshot()
-        context = self._round_context()
+        active = self.store.jobs(ACTIVE_STATES)  # one read for the snapshot and the context
+        snapshot = self._snapshot(active)
+        context = self._round_context(active)
         if self.rounds is not None:  # the book changes as jobs end: keep it as it was
             context = replace(context, book=self.book.copy())
         decided = decide(snapshot, queue, self.policy, context)
@@ -583,9 +584,9 @@ class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inferen
                 self._migrate_for(move)
             self._prestart(move.job_id)
 
-    def _round_context(self) -> Context:
-        """What the round needs to know about running gangs beyond the snapshot."""
-        rows = self.store.jobs(ACTIVE_STATES)
+    def _round_context(self, rows: list[dict[str, Any]]) -> Context:
+        """What the round needs to know about running gangs (``rows``: the active jobs)
+        beyond the snapshot."""
         settled = frozenset(
             r["id"] for r in rows if r["state"] == RUNNING and not r.get("pending_state")
         )

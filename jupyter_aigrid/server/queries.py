@@ -201,12 +201,13 @@ class JobQueries:
             return placement
         return Placement(tuple(s for s in placement.slots if s.node in self._nodes_by_name))
 
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self, active: list[dict[str, Any]] | None = None) -> Snapshot:
+        """The cluster now, from the store's active jobs (``active``: read already)."""
         snap = Snapshot.empty(self.nodes, now=time.time(), history=self._history)
         data_on = self._data_on()
         if data_on:
             snap = replace(snap, data_on=data_on)
-        for row in self.store.jobs(ACTIVE_STATES):
+        for row in self.store.jobs(ACTIVE_STATES) if active is None else active:
             if row.get("placement"):
                 snap = snap.allocate(
                     self._request(row),

@@ -189,6 +189,31 @@ class Simulator:
         timeline: list[tuple[float, int]] = [(0.0, 0)]
         used = decisions = preemptions = migrations = rounds = 0
         next_tick = None
+        now = 0.0
+
+        def begin(rec: JobRecord, placement: Placement, overhead_s: float) -> None:
+            """Start a run of ``rec`` on ``placement`` now (the snapshot holds it already):
+            it holds its GPUs without progress for ``overhead_s`` and any staging first."""
+            nonlocal snapshot, seq
+            rec.run_start = now
+            rec.run_overhead_s = overhead_s
+            rec.placements.append(placement)
+            if caches is not None:
+                rec.run_overhead_s += caches.stage(rec.request, placement.nodes, now)
+                if shown:
+                    snapshot = snapshot.with_data(caches.data_on)
+            end = now + rec.run_overhead_s + rec.remaining_s
+            heapq.heappush(events, (end, _FINISH, seq, rec.job.job_id, rec.run_id))
+            seq += 1
+
+        def end_run(rec: JobRecord) -> None:
+            """Stop ``rec``'s run now (preempted or moved) and give back what it held."""
+            nonlocal snapshot
+            self._stop(rec, now)
+            snapshot = snapshot.release(rec.job.job_id)
+            if caches is not None:
+                caches.release(rec.request, rec.placements[-1].nodes)
+
         while events:
             now = events[0][0]
             while events and events[0][0] == now:
@@ -219,48 +244,23 @@ class Simulator:
                     rec = self.records[launch.job_id]
                     del queue[launch.job_id]
                     rec.run_id += 1
-                    rec.run_start = now
-                    rec.run_overhead_s = self.overhead if rec.preemptions else 0.0
                     if rec.first_start is None:
                         rec.first_start = now
                         rec.prediction = snapshot.history.predict(rec.request)
-                    rec.placements.append(launch.placement)
-                    if caches is not None:
-                        nodes = launch.placement.nodes
-                        rec.run_overhead_s += caches.stage(rec.request, nodes, now)
-                        if shown:
-                            snapshot = snapshot.with_data(caches.data_on)
+                    begin(rec, launch.placement, self.overhead if rec.preemptions else 0.0)
                     used += rec.request.gpus
-                    end = now + rec.run_overhead_s + rec.remaining_s
-                    heapq.heappush(events, (end, _FINISH, seq, launch.job_id, rec.run_id))
-                    seq += 1
                 for pre in result.preemptions:
                     rec = self.records[pre.job_id]
-                    self._stop(rec, now)
+                    end_run(rec)
                     rec.preemptions += 1
-                    snapshot = snapshot.release(pre.job_id)
-                    if caches is not None:
-                        caches.release(rec.request, rec.placements[-1].nodes)
                     used -= rec.request.gpus
                     queue[pre.job_id] = rec.request
                 for move in result.migrations:
                     rec = self.records[move.job_id]
-                    self._stop(rec, now)
+                    end_run(rec)
                     rec.moves += 1
-                    snapshot = snapshot.release(move.job_id)
-                    if caches is not None:
-                        caches.release(rec.request, rec.placements[-1].nodes)
                     snapshot = snapshot.allocate(rec.request, move.placement, started_at=now)
-                    rec.run_start = now
-                    rec.run_overhead_s = self.overhead
-                    rec.placements.append(move.placement)
-                    if caches is not None:
-                        rec.run_overhead_s += caches.stage(rec.request, move.placement.nodes, now)
-                        if shown:
-                            snapshot = snapshot.with_data(caches.data_on)
-                    end = now + rec.run_overhead_s + rec.remaining_s
-                    heapq.heappush(events, (end, _FINISH, seq, move.job_id, rec.run_id))
-                    seq += 1
+                    begin(rec, move.placement, self.overhead)
                 decisions += len(result.launches) + len(result.preemptions)
                 decisions += len(result.migrations)
                 preemptions += len(result.preemptions)
