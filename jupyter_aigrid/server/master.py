@@ -56,6 +56,7 @@ from .replication import CheckpointCopies
 from .snapshot import History
 from .spec import SpecError
 from .staging import DataStaging
+from .states import LIVE_REPLICA
 from .templating import choose, describe, hostfile_text, templates
 from .uploads import Uploads
 from .views import cancel_blocker, image_view
@@ -73,8 +74,6 @@ EXIT_POLL_S = 0.05
 REQUEUE = "requeue"
 #: Seconds between tries when picking up after a previous master fails (an engine down).
 RECOVER_RETRY_S = (1.0, 30.0)
-#: Replica states in which a process may exist.
-LIVE_REPLICA = ("launching", "running", "stopping")
 
 
 class Master(JobQueries, Mover, CheckpointCopies, Datasets, DataStaging, Inference):

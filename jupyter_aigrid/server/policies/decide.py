@@ -76,9 +76,6 @@ class Decisions:
     choices: Mapping[str, Choice] = field(default_factory=lambda: _NONE)
     snapshot: Snapshot | None = None
 
-    def __bool__(self) -> bool:
-        return bool(self.launches or self.preemptions or self.migrations)
-
 
 def decide(
     snapshot: Snapshot, queue: list[Request], policy: Policy, context: Context = Context()
