@@ -185,8 +185,8 @@ def make_master(state: Path, address: str):
         tick_s=0.05,
         stop_grace_s=2.0,
     )
-    m._recover()
-    m.recovery_error = None
+    m.recovery.recover()
+    m.recovery.error = None
     return m
 
 
@@ -239,7 +239,7 @@ def aigrid_once(m, state: Path, phases: Phases) -> dict:
 
     phases.take()
     t0 = time.time()
-    job_id = m._submit(validate({"code": CODE, "gpus": REPLICAS}), "u", {})["id"]
+    job_id = m.lifecycle.submit(validate({"code": CODE, "gpus": REPLICAS}), "u", {})["id"]
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         m._tick()

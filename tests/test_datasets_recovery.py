@@ -23,16 +23,16 @@ def two_nodes(tmp_path: Path) -> LocalExecutor:
     return LocalExecutor(tmp_path, nodes=2, simulated_gpus=1, cpus_per_node=4)
 
 
-@pytest.mark.parametrize("where", ["_stage_data", "_staged_data"])
+@pytest.mark.parametrize("where", ["data_staging.stage", "data_staging._staged_data"])
 async def test_a_master_dying_while_staging_stages_again(tmp_path, where):
     a = master(tmp_path, two_nodes(tmp_path))
     source = tmp_path / "nodes" / "node-0" / "datasets" / "src"
     source.mkdir(parents=True)
     (source / "data.bin").write_bytes(bytes(range(256)) * 4096)
     manifest = contents.build_manifest(source)
-    a._recover()
-    a.recovery_error = None
-    a._record_registered("toy", "node-0", "src", manifest.to_json(), "u")
+    a.recovery.recover()
+    a.recovery.error = None
+    a.data._record_registered("toy", "node-0", "src", manifest.to_json(), "u")
     # node-0 is busy, so the reader goes to node-1, where the data must be copied first.
     blocker = submit(a, {"command": ["sleep", "600"], "gpus": 1})
     deadline = time.monotonic() + 30

@@ -96,7 +96,7 @@ async def test_the_simulator_decides_what_the_master_decided(api, aigrid_master)
     )
     assert any(urgent["id"] in d.choices for d in decided)
 
-    sim = Simulator([], list(aigrid_master.nodes), aigrid_master.policy)
+    sim = Simulator([], list(aigrid_master.nodes.all), aigrid_master.policy)
     own = 0
     for snapshot, queue, context, master_decided in rounds:
         replayed = sim.round(snapshot, list(queue), context)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jupyter_aigrid.server import events
-from jupyter_aigrid.server.queries import NotFound
+from jupyter_aigrid.server.errors import NotFound
 
 
 async def test_state_and_placement_events(api, jp_serverapp):
@@ -116,11 +116,11 @@ async def test_rolled_back_events_are_never_emitted(api, aigrid_master, jp_serve
     def fails_after_recording() -> None:
         with aigrid_master.store.write():
             data = {"job_id": job["id"], "state": "preempted"}
-            aigrid_master._record(events.JOB_STATE, job["id"], data)
+            aigrid_master.journal.record(events.JOB_STATE, job["id"], data)
             raise RuntimeError("the transaction fails")
 
     with pytest.raises(RuntimeError):
-        await aigrid_master._call(fails_after_recording)
+        await aigrid_master.call(fails_after_recording)
     await api.wait(job["id"])
     assert len(aigrid_master.store.events(job["id"])) == stored
     assert "preempted" not in [d["state"] for d in seen]
@@ -133,11 +133,11 @@ async def test_a_long_backlog_is_sent_whole(api, aigrid_master):
     def many() -> None:
         with aigrid_master.store.write():
             for i in range(2500):
-                aigrid_master._record(
+                aigrid_master.journal.record(
                     events.JOB_STATE, job["id"], {"job_id": job["id"], "state": "queued", "n": i}
                 )
 
-    await aigrid_master._call(many)
+    await aigrid_master.call(many)
     followed = _ndjson(
         await api.call(
             "GET", "events", params={"job": job["id"], "since": 0, "follow": 1}, raw=True

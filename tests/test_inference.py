@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_aigrid.server.inference import latency_summary, results
+from jupyter_aigrid.server.master.inference import latency_summary, results
 from jupyter_aigrid.server.profiles import ProfileBook
 from jupyter_aigrid.server.store import Store
 
@@ -128,7 +128,7 @@ async def test_the_profiles_are_stored_and_survive_the_master(api, aigrid_master
         book = ProfileBook.from_rows(store.profiles())
         again = book.get("resnet-test", SLOW)
         assert again.count == RESULTS_PER_JOB
-        assert again.p95_ms == aigrid_master.book.get("resnet-test", SLOW).p95_ms
+        assert again.p95_ms == aigrid_master.inference.book.get("resnet-test", SLOW).p95_ms
     finally:
         store.close()
 

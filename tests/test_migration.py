@@ -80,7 +80,7 @@ async def listening(api, job_id: str) -> dict:
 async def test_a_migrated_job_resumes_bit_exact(api, aigrid_master, tmp_path, gpus, prestart):
     """The gang's replicas start at the destination while its checkpoint is written and
     wait in restore() (prestart), or start once it is there (cold): the same run either way."""
-    aigrid_master.migration_prestart = prestart
+    aigrid_master.moves.migration_prestart = prestart
     reference = await api.submit(train(tmp_path / "reference", gpus))
     moved = await api.submit(train(tmp_path / "moved", gpus))
     job = await listening(api, moved["id"])
@@ -116,7 +116,7 @@ async def test_a_migrated_job_resumes_bit_exact(api, aigrid_master, tmp_path, gp
         assert migration["prestart"] is None
     assert_same_run(tmp_path / "reference", tmp_path / "moved", ranks=gpus)
     # It succeeded: it never resumes, so its checkpoints go (on every node).
-    roots = aigrid_master._roots(moved["id"]).values()
+    roots = aigrid_master.core.roots(moved["id"]).values()
     for _ in range(200):
         if not any(root.exists() for root in roots):
             break
@@ -155,7 +155,7 @@ async def test_a_checkpoint_on_request_and_a_killed_replica(api, aigrid_master, 
 
     # kill -9 the replica's python process (not the wrapper): the gang restarts from it.
     replica = aigrid_master.store.replicas(job["id"], 0)[0]
-    root = Path(aigrid_master._roots(job["id"])[replica["node"]])
+    root = Path(aigrid_master.core.roots(job["id"])[replica["node"]])
     pid = json.loads((root / ".control" / "listen-0-0").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
 
@@ -198,7 +198,7 @@ async def test_a_damaged_checkpoint_falls_back_to_the_one_before(
     await listening(api, job["id"])
     await reached(tmp_path / "damaged", 25)
     replica = aigrid_master.store.replicas(job["id"], 0)[0]
-    root = Path(aigrid_master._roots(job["id"])[replica["node"]])
+    root = Path(aigrid_master.core.roots(job["id"])[replica["node"]])
     pid = json.loads((root / ".control" / "listen-0-0").read_text())["pid"]
     os.kill(pid, signal.SIGSTOP)  # no newer checkpoint from here on
     names = sorted(p.parent.name for p in root.glob("ckpt-*/rank-0.json"))

@@ -25,13 +25,16 @@ def always(*args, **kwargs) -> bool:
 
 #: Where the master dies: the step under way, the method it dies in, and when.
 DEATHS = {
-    "checkpointing": ("_after_checkpoint", always),  # the checkpoint is written
-    "stopping": ("_stage", always),  # the gang has stopped; it is about to move
-    "transferring": ("_staged", always),  # the copy is verified; before the restore
-    "restoring": ("launch", lambda request, *rest: request.attempt > 0),  # starting it there
+    "checkpointing": ("moves._after_checkpoint", always),  # the checkpoint is written
+    "stopping": ("moves.stage", always),  # the gang has stopped; it is about to move
+    "transferring": ("moves._staged", always),  # the copy is verified; before the restore
+    "restoring": (
+        "executor.launch",
+        lambda request, *rest: request.attempt > 0,
+    ),  # starting it there
     # Started there ahead of time, waiting: it dies as it tells them to go on.
-    "going": ("_resume", lambda row, restore: row["migration"].get("prestart")),
-    "restored": ("_check_restored", always),  # the gang has restored; before "done"
+    "going": ("moves.resume", lambda row, restore: row["migration"].get("prestart")),
+    "restored": ("moves._check_restored", always),  # the gang has restored; before "done"
 }
 
 
@@ -39,15 +42,15 @@ DEATHS = {
 @pytest.mark.parametrize("step", list(DEATHS))
 async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_path, step):
     a = master(tmp_path, two_nodes(tmp_path))
-    a.migration_prestart = step != "restoring"  # a cold start at the destination, or not
+    a.moves.migration_prestart = step != "restoring"  # a cold start at the destination, or not
     job_id = submit(a, counter(STEPS, 0.02))
     deadline = time.monotonic() + 60
-    while not a._listening(a.store.job(job_id)):
+    while not a.moves.listening(a.store.job(job_id)):
         assert time.monotonic() < deadline, a.store.job(job_id)
         a._tick()
         time.sleep(0.02)
     source = a.store.job(job_id)["placement"][0]["node"]
-    a._migrate_now(job_id, "u", False, None)
+    a.moves.migrate_now(job_id, "u", False, None)
     where, when = DEATHS[step]
     crash_in(a, where, when, ticks=3000)
 
@@ -100,13 +103,13 @@ def tick_until(m, done, seconds: float = 30.0) -> None:
 
 def test_a_checkpoint_that_never_comes_times_out(tmp_path):
     m = master(tmp_path, two_nodes(tmp_path))
-    m.checkpoint_timeout_s = 0.5
+    m.moves.checkpoint_timeout_s = 0.5
     job_id = submit(m, {"code": DEAF, "gpus": 1, "preemptible": True})
-    tick_until(m, lambda: m._listening(m.store.job(job_id)))
+    tick_until(m, lambda: m.moves.listening(m.store.job(job_id)))
     source = m.store.job(job_id)["placement"]
 
     # A migration fails, and the gang runs on where it was.
-    m._migrate_now(job_id, "u", False, None)
+    m.moves.migrate_now(job_id, "u", False, None)
     tick_until(m, lambda: m.store.job(job_id)["migration"]["state"] != "checkpointing")
     row = m.store.job(job_id)
     assert row["migration"]["state"] == "failed"
@@ -122,12 +125,12 @@ def test_a_checkpoint_that_never_comes_times_out(tmp_path):
 
     # A preemption goes ahead without the checkpoint.
     with m.store.write():
-        m._preempt(job_id, "preempted for a test")
+        m.lifecycle.preempt(job_id, "preempted for a test")
     assert m.store.job(job_id)["pending_state"] is None  # asked for a checkpoint first
     tick_until(m, lambda: m.store.job(job_id)["attempt"] == 2)  # attempt 1 is spent
     states = [e["data"].get("state") for e in m.store.events(job_id)]
     assert states.count("timeout") == 2 and "preempted" in states
-    m._cancel(job_id, "u", False)
+    m.lifecycle.cancel(job_id, "u", False)
     tick_until(m, lambda: m.store.job(job_id)["state"] == "cancelled")
     m.store.close()
 
@@ -137,13 +140,13 @@ def test_checkpoints_stay_after_a_failure_and_go_after_a_cancel(tmp_path):
     wrote = "from jupyter_aigrid import runtime\nruntime.checkpoint({'step': 1})\n"
     failed = submit(m, {"code": wrote + "raise SystemExit(3)", "gpus": 1})
     tick_until(m, lambda: m.store.job(failed)["state"] == "failed")
-    assert any(ck.piece_names(root) for root in m._roots(failed).values())  # to look into
+    assert any(ck.piece_names(root) for root in m.core.roots(failed).values())  # to look into
 
     waits = submit(m, {"code": wrote + "print('written', flush=True)\nimport time; time.sleep(60)"})
-    roots = m._roots(waits).values()
+    roots = m.core.roots(waits).values()
     tick_until(m, lambda: any(ck.piece_names(root) for root in roots))
-    m._cancel(waits, "u", False)
+    m.lifecycle.cancel(waits, "u", False)
     tick_until(m, lambda: not any(root.exists() for root in roots))
     assert m.store.job(waits)["state"] == "cancelled"
-    assert any(ck.piece_names(root) for root in m._roots(failed).values())
+    assert any(ck.piece_names(root) for root in m.core.roots(failed).values())
     m.store.close()

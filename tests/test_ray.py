@@ -120,13 +120,13 @@ def tick_until(m, done, seconds: float = 120.0) -> None:
 
 def test_inventory_is_the_ray_nodes(ray_master, cluster):
     _, nodes = cluster
-    names = {n.name for n in ray_master.nodes}
+    names = {n.name for n in ray_master.nodes.all}
     assert names == {f"ray-{n.node_id[:12]}" for n in nodes}  # the head runs nothing
-    for node in ray_master.nodes:
+    for node in ray_master.nodes.all:
         assert len(node.gpus) == 2 and all(g.simulated for g in node.gpus)  # no NVML here
         assert node.cpus == 2
         assert ("ray.io/node-id", ray_master.executor._ids[node.name]) in node.labels
-    scratch = sorted(n.scratch for n in ray_master.nodes)  # each node's own, as it said
+    scratch = sorted(n.scratch for n in ray_master.nodes.all)  # each node's own, as it said
     assert [os.path.basename(s) for s in scratch] == ["node-0", "node-1", "node-2"]
 
 
@@ -157,7 +157,7 @@ def test_a_replica_that_fails_fails_the_gang_and_its_logs_come_back(ray_master, 
 def test_cancel_stops_the_replicas(ray_master):
     job_id = submit(ray_master, {"code": "import time; time.sleep(600)", "gpus": 2})
     tick_until(ray_master, lambda: ray_master.store.job(job_id)["state"] == "running")
-    ray_master._cancel(job_id, "u", False)
+    ray_master.lifecycle.cancel(job_id, "u", False)
     tick_until(ray_master, lambda: ray_master.store.job(job_id)["state"] == "cancelled", 60)
     assert not ray_master.executor._gangs  # the placement group went with the gang
 
@@ -174,8 +174,8 @@ def test_a_restarted_master_adopts_the_running_replicas(cluster, tmp_path):
     a.store.close()  # the master dies; its replicas (detached actors) run on
 
     b = master(tmp_path, RayExecutor(tmp_path, address=c.address))
-    b._recover()
-    b.recovery_error = None
+    b.recovery.recover()
+    b.recovery.error = None
     tick_until(b, lambda: b.store.job(job_id)["state"] == "succeeded")
     assert b.store.job(job_id)["restarts"] == 0
     assert ran(tmp_path, job_id, 0) == ["up\ndone\n", "up\ndone\n"]  # the logs went on
@@ -197,10 +197,12 @@ def test_a_job_migrated_to_another_node_resumes_bit_exact(ray_master, tmp_path):
     m = ray_master
     reference = submit(m, train())
     moved = submit(m, train())
-    tick_until(m, lambda: m._listening(m.store.job(moved)) and len(ran(tmp_path, moved, 0)) == 1)
+    tick_until(
+        m, lambda: m.moves.listening(m.store.job(moved)) and len(ran(tmp_path, moved, 0)) == 1
+    )
     tick_until(m, lambda: sum(line.startswith("step") for line in output(tmp_path, moved, 0)) >= 10)
     source = m.store.job(moved)["placement"][0]["node"]
-    started = m._migrate_now(moved, "u", False, None)
+    started = m.moves.migrate_now(moved, "u", False, None)
     assert started["migration"]["state"] == "checkpointing"
     done = lambda j: m.store.job(j)["state"] in ("succeeded", "failed")  # noqa: E731
     tick_until(m, lambda: done(moved) and done(reference))
@@ -242,8 +244,8 @@ def test_a_node_that_dies_mid_job_its_job_recovers_from_the_checkpoint_elsewhere
     row = m.store.job(job)
     assert row["state"] == "succeeded", row["reason"]
     assert row["restarts"] == 1 and row["placement"][0]["node"] != dead
-    assert dead not in {n.name for n in m.nodes}  # its GPUs are gone with it
-    assert sum(len(n.gpus) for n in m.nodes) == 4
+    assert dead not in {n.name for n in m.nodes.all}  # its GPUs are gone with it
+    assert sum(len(n.gpus) for n in m.nodes.all) == 4
     reasons = [
         e["data"].get("reason") or ""
         for e in m.store.events(job)
@@ -285,7 +287,7 @@ async def test_a_dataset_on_one_node_is_staged_through_ray_to_the_job_s_node(ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     m = ray_master
-    a = m.nodes[0]
+    a = m.nodes.all[0]
     files = {"a.bin": os.urandom(3 * 2**20), "b.bin": b"digits\n" * 1000}
     strategy = NodeAffinitySchedulingStrategy(node_id=m.executor._ids[a.name], soft=False)
 
@@ -301,7 +303,7 @@ async def test_a_dataset_on_one_node_is_staged_through_ray_to_the_job_s_node(ray
     m.node_files.call(a.name, os.makedirs, folder)
     ray.get(write.remote(folder, files))
     body = {"name": "digits", "node": a.name, "path": "raw"}
-    view = await m.register_dataset(body, "admin", True)
+    view = await m.data.register_dataset(body, "admin", True)
     assert view["versions"][-1]["locations"][0]["state"] == "verified", view
 
     busy = submit(m, {"code": "import time; time.sleep(600)", "gpus": 2})  # fills node A
@@ -321,7 +323,7 @@ async def test_a_dataset_on_one_node_is_staged_through_ray_to_the_job_s_node(ray
         if e["schema_id"].endswith("dataset/v1") and e["data"]["state"] == "staged"
     ]
     assert staged and staged[-1]["node"] == b and staged[-1]["source"] == a.name
-    m._cancel(busy, "u", False)
+    m.lifecycle.cancel(busy, "u", False)
     tick_until(m, lambda: m.store.job(busy)["state"] == "cancelled")
 
 
@@ -332,7 +334,7 @@ def test_an_upload_on_the_master_is_put_on_a_node_through_ray(ray_master, tmp_pa
     local = tmp_path / "upload"
     write_files(str(local), {"x/one.txt": b"one\n", "two.bin": os.urandom(20 * 2**20)})
     manifest = contents.build_manifest(local)
-    node = m.nodes[1]
+    node = m.nodes.all[1]
     dest = Path(node.scratch) / "datasets" / ".aigrid" / "up" / "r"
     assert m.node_files.put_tree(local, node.name, dest, manifest)
     assert not local.exists()  # moved: the master keeps no copy

@@ -37,8 +37,12 @@ def master(state: Path, executor: LocalExecutor | None = None) -> Master:
 
 
 def crash_in(m: Master, where: str, when=lambda *a, **kw: True, ticks: int = 100) -> None:
-    """Make ``m.<where>`` die (when ``when`` says so), then tick until it does."""
-    target = m if hasattr(m, where) else m.executor
+    """Make ``m.<where>`` (a component's method: ``lifecycle.set_state``) die (when ``when``
+    says so), then tick until it does."""
+    path, _, where = where.rpartition(".")
+    target = m
+    for name in filter(None, path.split(".")):
+        target = getattr(target, name)
     real = getattr(target, where)
 
     def dying(*args, **kwargs):
@@ -69,9 +73,9 @@ async def finished(m: Master, job_id: str, timeout_s: float = 60.0) -> dict:
 
 def submit(m: Master, spec: dict) -> str:
     if m.recovery_error is not None:
-        m._recover()
-        m.recovery_error = None
-    return m._submit(validate(spec), "u", {})["id"]
+        m.recovery.recover()
+        m.recovery.error = None
+    return m.lifecycle.submit(validate(spec), "u", {})["id"]
 
 
 def ran(state: Path, job_id: str, attempt: int) -> list[str]:
@@ -90,7 +94,7 @@ async def test_died_while_starting_a_gang_starts_it_again_without_a_restart(tmp_
     )
     a = master(tmp_path)
     job_id = submit(a, {"code": code, "replicas": 2})
-    crash_in(a, "launch", when=lambda request, *rest: request.rank == dies_at_rank)
+    crash_in(a, "executor.launch", when=lambda request, *rest: request.rank == dies_at_rank)
     b = master(tmp_path)
     await b.start()
     try:
@@ -111,7 +115,7 @@ async def test_died_after_starting_every_replica_the_job_is_running(tmp_path):
     code = f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.05)\n"
     a = master(tmp_path)
     job_id = submit(a, {"code": code, "replicas": 2})
-    crash_in(a, "_set_state", when=lambda row, state, **kw: state == "running")
+    crash_in(a, "lifecycle.set_state", when=lambda row, state, **kw: state == "running")
     b = master(tmp_path)
     await b.start()
     try:

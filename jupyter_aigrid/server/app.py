@@ -295,12 +295,12 @@ class AIGridApp(ExtensionApp):
             },
         )
         self.settings.update(aigrid_master=self.master, aigrid_admin_users=set(self.admin_users))
-        simulated = sum(g.simulated for n in self.master.nodes for g in n.gpus)
-        gpus = sum(len(n.gpus) for n in self.master.nodes)
+        simulated = sum(g.simulated for n in self.master.nodes.all for g in n.gpus)
+        gpus = sum(len(n.gpus) for n in self.master.nodes.all)
         self.log.info(
             "AI Grid master: %s executor, %d node(s), %d GPU(s)%s, policy %s, state in %s",
             self.executor,
-            len(self.master.nodes),
+            len(self.master.nodes.all),
             gpus,
             f" ({simulated} SIMULATED: CPU slots, no real GPU)" if simulated else "",
             self.policy,

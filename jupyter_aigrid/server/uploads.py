@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import contents
 from ..durable import write_atomic
-from .queries import NotFound
+from .errors import NotFound
 from .spec import SpecError
 from .views import iso
 

@@ -12,8 +12,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from ..master import Conflict, Master
-from ..queries import NotFound
+from ..errors import Conflict, NotFound
+from ..master import Master
 from ..spec import SpecError
 
 AUTH_RESOURCE = "aigrid"

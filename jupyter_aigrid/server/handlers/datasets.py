@@ -31,14 +31,14 @@ class DatasetsHandler(AIGridHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json({"datasets": await self.master.datasets()})
+        self.write_json({"datasets": await self.master.data.datasets()})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
         """Register data already on a node (admins): ``{"name", "node", "path"}``."""
         body = parse_body(self.request.body)
-        dataset = await self.master.register_dataset(body, self.owner, self.is_admin)
+        dataset = await self.master.data.register_dataset(body, self.owner, self.is_admin)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/datasets/{dataset['name']}")
         self.write_json(dataset, status=201)
 
@@ -47,7 +47,7 @@ class DatasetHandler(AIGridHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        self.write_json(await self.master.dataset(_name(name)))
+        self.write_json(await self.master.data.dataset(_name(name)))
 
     @web.authenticated
     @authorized
@@ -55,7 +55,7 @@ class DatasetHandler(AIGridHandler):
         """Delete the dataset, or one ``?version=N``; 409 while an unfinished job uses it."""
         version = query_int(self, "version", minimum=1)
         self.write_json(
-            await self.master.delete_dataset(_name(name), version, self.owner, self.is_admin)
+            await self.master.data.delete_dataset(_name(name), version, self.owner, self.is_admin)
         )
 
 
@@ -64,7 +64,9 @@ class VerifyHandler(AIGridHandler):
     @authorized
     async def post(self, name: str) -> None:
         """Hash every copy now; each one's state and verified_at are in the answer."""
-        self.write_json(await self.master.verify_dataset(_name(name), self.owner, self.is_admin))
+        self.write_json(
+            await self.master.data.verify_dataset(_name(name), self.owner, self.is_admin)
+        )
 
 
 class UploadsHandler(AIGridHandler):
@@ -72,14 +74,14 @@ class UploadsHandler(AIGridHandler):
     @authorized
     async def get(self) -> None:
         """The caller's unfinished uploads (to resume one)."""
-        self.write_json({"uploads": await self.master.uploads_of(self.owner)})
+        self.write_json({"uploads": await self.master.data.uploads_of(self.owner)})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
         """Begin an upload: ``{"name", "files": [{"path", "size", "hash"?}], "node"?}``."""
         body = parse_body(self.request.body)
-        upload = await self.master.create_upload(body, self.owner, self.is_admin)
+        upload = await self.master.data.create_upload(body, self.owner, self.is_admin)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/uploads/{upload['id']}")
         self.write_json(upload, status=201)
 
@@ -88,12 +90,12 @@ class UploadHandler(AIGridHandler):
     @web.authenticated
     @authorized
     async def get(self, upload_id: str) -> None:
-        self.write_json(await self.master.upload(upload_id, self.owner, self.is_admin))
+        self.write_json(await self.master.data.upload(upload_id, self.owner, self.is_admin))
 
     @web.authenticated
     @authorized
     async def delete(self, upload_id: str) -> None:
-        await self.master.delete_upload(upload_id, self.owner, self.is_admin)
+        await self.master.data.delete_upload(upload_id, self.owner, self.is_admin)
         self.write_json({"deleted": upload_id})
 
 
@@ -102,7 +104,7 @@ class CommitHandler(AIGridHandler):
     @authorized
     async def post(self, upload_id: str) -> None:
         """Hash what arrived and make it a version of the dataset (201, the dataset)."""
-        dataset = await self.master.commit_upload(upload_id, self.owner, self.is_admin)
+        dataset = await self.master.data.commit_upload(upload_id, self.owner, self.is_admin)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/datasets/{dataset['name']}")
         self.write_json(dataset, status=201)
 
@@ -144,7 +146,7 @@ class UploadDataHandler(AIGridHandler):
         except contents.ContentError as e:
             raise SpecError(e.message, field="path") from None
         try:
-            self._writer = self.master.uploads.writer(
+            self._writer = self.master.data.uploads.writer(
                 self.path_kwargs["upload_id"], self.owner, path, offset
             )
         except UploadConflict as e:

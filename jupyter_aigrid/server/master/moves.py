@@ -12,8 +12,8 @@ imports, the model) while the checkpoint is written and copied, and wait in
 ``runtime.restore()`` until the master names the checkpoint (a go file). If the migration
 fails, they are stopped and their attempt number is never used again.
 
-Mixed into :class:`~jupyter_aigrid.server.master.Master` (the master thread runs all of it);
-only the copying and hashing of checkpoints runs on a pool of its own.
+:class:`Moves` is the master's component for all of it (the master thread runs it); only the
+copying and hashing of checkpoints runs on the core's pool.
 """
 
 from __future__ import annotations
@@ -21,24 +21,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoints as ck
-from . import events
-from .model import RUNNING, STARTING, Placement
-from .snapshot import Snapshot
-from .views import move_blocker
+from ... import checkpoints as ck
+from .. import events
+from ..errors import Conflict
+from ..model import RUNNING, STARTING, Placement
+from ..snapshot import Snapshot
+from ..spec import SpecError
+from ..states import Stop, migration_active
+from ..views import move_blocker
+from .core import Core, Journal, Part, handle_of
+from .ports import Ending, Launching, Staging
+from .queue import request_of
+from .reads import Reads
 
 log = logging.getLogger(__name__)
 #: ``pending_state`` of a gang stopping so that it can move.
-MIGRATE = "migrate"
+MIGRATE = Stop.MIGRATE
 ENDED = ("done", "failed")
-
-
-def active(migration: dict[str, Any] | None) -> bool:
-    return bool(migration) and migration["state"] not in ENDED
 
 
 def next_phase(
@@ -69,38 +71,41 @@ def next_phase(
     return out
 
 
-class Mover:
+def checkpoint_event(journal: Journal, job_id: str, state: str, **data: Any) -> None:
+    journal.record(
+        events.JOB_CHECKPOINT,
+        job_id,
+        {"job_id": job_id, "state": state}
+        | {k: data.get(k) for k in ("checkpoint", "bytes", "seconds", "reason")},
+    )
+
+
+class Moves(Part):
     """Asking for checkpoints, moving gangs, staging checkpoints where gangs resume."""
 
-    checkpoint_timeout_s: float
-    migration_prestart: bool
-    _staging: dict[str, tuple[int, Future]]
-    _watching: set[str]
-    #: (job, attempt) whose every rank said it answers checkpoint requests.
-    _listeners: set[tuple[str, int]]
+    #: Wired by the master (they call back here).
+    lifecycle: Ending
+    launcher: Launching
+    data_staging: Staging
 
-    # -- where checkpoints are --------------------------------------------------------------
+    def __init__(
+        self,
+        core: Core,
+        reads: Reads,
+        policy: Any,
+        checkpoint_timeout_s: float = 120.0,
+        prestart: bool = True,
+    ) -> None:
+        super().__init__(core)
+        self.reads = reads
+        self.policy = policy
+        #: How long a gang has to answer a checkpoint request (and to restore one).
+        self.checkpoint_timeout_s = checkpoint_timeout_s
+        #: Start a migrating gang at its destination while its checkpoint is written (where
+        #: the executor can: ``prestart``)?
+        self.migration_prestart = prestart and core.executor.capabilities.prestart
 
-    def _roots(self, job_id: str) -> dict[str, Path]:
-        """Node -> the job's checkpoint folder there (its ``AIGRID_CHECKPOINT_DIR``); nodes
-        that left the cluster too (work there fails: ``NodeGone``)."""
-        key = self.files.key(job_id)
-        return {
-            name: Path(scratch) / "checkpoints" / key for name, scratch in self._scratch.items()
-        }
-
-    def _holders(self, job_id: str) -> dict[str, Path]:
-        """Every folder that may hold the job's checkpoint pieces: each node's, and the
-        copies each node keeps of other nodes' pieces (:mod:`.replication`)."""
-        roots = self._roots(job_id)
-        copies = {ck.copies_holder(n): root / ck.COPIES for n, root in roots.items()}
-        return {**roots, **copies}
-
-    @staticmethod
-    def _rank_nodes(row: dict[str, Any]) -> dict[int, str]:
-        return {s["rank"]: s["node"] for s in row.get("placement") or []}
-
-    def _listening(self, row: dict[str, Any]) -> bool:
+    def listening(self, row: dict[str, Any]) -> bool:
         """Does every rank of the running attempt answer checkpoint requests (it called
         ``runtime.should_checkpoint()``)?"""
         if row["state"] != RUNNING:
@@ -108,7 +113,7 @@ class Mover:
         memory = self.memory.get(row["id"])
         if memory is not None and memory.listening == row["attempt"]:
             return True
-        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
+        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
         calls = [(n, ck.is_listening, (roots[n], row["attempt"], r)) for r, n in ranks.items()]
         listening = bool(ranks) and all(self.node_files.call_each(calls, False))
         if listening:  # for the rest of the attempt: not asked of every node again
@@ -118,21 +123,20 @@ class Mover:
     # -- checkpoints on request ---------------------------------------------------------------
 
     def _check_can_move(self, row: dict[str, Any], what: str) -> None:
-        from .queries import Conflict
 
-        listening = row["state"] == RUNNING and self._listening(row)
+        listening = row["state"] == RUNNING and self.listening(row)
         why = move_blocker(row, what, listening)
         if why is not None:
             raise Conflict(why)
 
-    def _checkpoint_now(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
-        row = self._visible(job_id, user, admin)
+    def checkpoint_now(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
+        row = self.reads.visible(job_id, user, admin)
         self._check_can_move(row, "checkpoint")
         with self.store.write():
-            self._request_checkpoint(row, f"requested by {user}")
-        return self._view(self.store.job(job_id))
+            self.request_checkpoint(row, f"requested by {user}")
+        return self.reads.view(self.store.job(job_id))
 
-    def _request_checkpoint(self, row: dict[str, Any], reason: str, then: str | None = None):
+    def request_checkpoint(self, row: dict[str, Any], reason: str, then: str | None = None):
         """Ask every rank for a checkpoint at its next step boundary: a control file on each
         node the gang runs on, and SIGUSR1 where the executor can deliver it."""
         now = time.time()
@@ -148,8 +152,8 @@ class Mover:
         }
         info.update(requests=count, request=request)
         self.store.update_job(row["id"], checkpoint=info)
-        self._checkpoint_event(row["id"], "requested", reason=reason)
-        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
+        checkpoint_event(self.journal, row["id"], "requested", reason=reason)
+        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
         nodes = sorted(set(ranks.values()))
         self.node_files.call_each([(n, ck.ask, ([roots[n]], request["id"], reason)) for n in nodes])
         if self.executor.capabilities.checkpoint_signal:
@@ -157,22 +161,14 @@ class Mover:
                 root = roots[rep["node"]]
                 listener = self._read_control(rep["node"], root, ck.listen_file, row, rep["rank"])
                 if listener and isinstance(listener.get("pid"), int):
-                    self.executor.signal_checkpoint(self._handle(rep), listener["pid"])
+                    self.executor.signal_checkpoint(handle_of(rep), listener["pid"])
         self.memory(row["id"]).watching = True
-
-    def _checkpoint_event(self, job_id: str, state: str, **data: Any) -> None:
-        self._record(
-            events.JOB_CHECKPOINT,
-            job_id,
-            {"job_id": job_id, "state": state}
-            | {k: data.get(k) for k in ("checkpoint", "bytes", "seconds", "reason")},
-        )
 
     def _migration_event(self, job_id: str, migration: dict[str, Any]) -> None:
         phase = migration["phases"][-1] if migration["phases"] else None
         closed = [p for p in migration["phases"] if p["finished_at"] is not None]
         last = closed[-1] if closed else None
-        self._record(
+        self.journal.record(
             events.JOB_MIGRATION,
             job_id,
             {
@@ -193,7 +189,7 @@ class Mover:
         if migration is not None:
             self._migration_event(job_id, migration)
 
-    def _watch(self) -> None:
+    def watch(self) -> None:
         """Answers to checkpoint requests, restores, staging that finished, deadlines."""
         self._collect_staging()
         now = time.time()
@@ -220,7 +216,7 @@ class Mover:
     def _answers(self, row: dict[str, Any], which) -> list[dict[str, Any] | None]:
         """Every rank's control file ``which`` of the running attempt, read on its node (all
         nodes at once), in rank order; None for those not (yet) there."""
-        roots, ranks = self._roots(row["id"]), self._rank_nodes(row)
+        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
         calls = [
             (node, ck.read_json, (which(roots[node], row["attempt"], rank), roots[node]))
             for rank, node in sorted(ranks.items())
@@ -240,7 +236,8 @@ class Mover:
             request = {**request, "state": "written", "checkpoint": latest["name"]}
             info = {**(row.get("checkpoint") or {}), "request": request, "latest": latest}
             self.store.update_job(row["id"], checkpoint=info)
-            self._checkpoint_event(
+            checkpoint_event(
+                self.journal,
                 row["id"],
                 "written",
                 checkpoint=latest["name"],
@@ -254,7 +251,7 @@ class Mover:
             request = {**request, "state": "timeout"}
             info = {**(row.get("checkpoint") or {}), "request": request}
             self.store.update_job(row["id"], checkpoint=info)
-            self._checkpoint_event(row["id"], "timeout", reason=reason)
+            checkpoint_event(self.journal, row["id"], "timeout", reason=reason)
             log.warning("AI Grid: job %s: %s", row["id"], reason)
             self._after_checkpoint(self.store.job(row["id"]), request, None, reason)
 
@@ -270,29 +267,27 @@ class Mover:
         last one, as it would without us)."""
         then, now = request.get("then"), time.time()
         migration = row.get("migration")
-        if then == "migrate" and active(migration):
+        if then == "migrate" and migration_active(migration):
             if latest is None:
                 error = f"{error}; it runs on"
-                migration = self._without_prestart(row, migration, error)
+                migration = self.without_prestart(row, migration, error)
                 self._set_migration(row["id"], next_phase(migration, "failed", now, error=error))
                 return
             moved = next_phase(migration, "stopping", now, latest["bytes"])
             self._set_migration(row["id"], {**moved, "checkpoint": latest["name"]})
             self.store.update_job(row["id"], pending_state=MIGRATE)
-            self._stop_replicas(row["id"], row["attempt"])
-            self._settle_if_done(self.store.job(row["id"]))
+            self.lifecycle.stop_replicas(row["id"], row["attempt"])
+            self.lifecycle.settle_if_done(self.store.job(row["id"]))
         elif then == "preempt":
-            self._stop_to_requeue(row["id"], request["reason"])
+            self.lifecycle.stop_to_requeue(row["id"], request["reason"])
 
     # -- migrations -----------------------------------------------------------------------------
 
-    def _migrate_now(self, job_id: str, user: str, admin: bool, node: str | None) -> dict[str, Any]:
-        from .queries import Conflict
-        from .spec import SpecError
+    def migrate_now(self, job_id: str, user: str, admin: bool, node: str | None) -> dict[str, Any]:
 
-        row = self._visible(job_id, user, admin)
-        if node is not None and node not in self._nodes_by_name:
-            known = ", ".join(sorted(self._nodes_by_name))
+        row = self.reads.visible(job_id, user, admin)
+        if node is not None and node not in self.nodes.by_name:
+            known = ", ".join(sorted(self.nodes.by_name))
             msg = f"no node named {node!r}; the nodes are: {known}"
             raise SpecError(msg, field="node")
         self._check_can_move(row, "migrate")
@@ -302,16 +297,16 @@ class Mover:
             msg = f"there is no room for job {job_id}'s gang {where} now"
             raise Conflict(msg)
         with self.store.write():
-            self._begin_migration(row, target, f"requested by {user}")
-        self._prestart(job_id)
-        return self._view(self.store.job(job_id))
+            self.begin_migration(row, target, f"requested by {user}")
+        self.prestart(job_id)
+        return self.reads.view(self.store.job(job_id))
 
     def _target(self, row: dict[str, Any], node: str | None) -> Placement | None:
         """Where the gang could go now: on ``node``, or else on other nodes than its own
         if it can, else on other GPUs of its own nodes."""
-        snapshot, request = self._snapshot(), self._request(row)
-        own = set(self._rank_nodes(row).values())
-        choices = [{node}] if node else [set(self._nodes_by_name) - own, set(self._nodes_by_name)]
+        snapshot, request = self.reads.snapshot(), request_of(row)
+        own = set(self.core.rank_nodes(row).values())
+        choices = [{node}] if node else [set(self.nodes.by_name) - own, set(self.nodes.by_name)]
         for allowed in choices:
             views = tuple(v for v in snapshot.nodes if v.name in allowed)
             if views:
@@ -320,7 +315,7 @@ class Mover:
                     return placed
         return None
 
-    def _begin_migration(self, row: dict[str, Any], target: Placement, reason: str) -> None:
+    def begin_migration(self, row: dict[str, Any], target: Placement, reason: str) -> None:
         now = time.time()
         previous = row.get("migration") or {}
         migration = {
@@ -328,7 +323,7 @@ class Mover:
             "kind": "migrate",
             "reason": reason,
             "state": "checkpointing",
-            "from": sorted(set(self._rank_nodes(row).values())),
+            "from": sorted(set(self.core.rank_nodes(row).values())),
             "to": list(target.nodes),
             "target": target.to_json(),
             "checkpoint": None,
@@ -339,14 +334,14 @@ class Mover:
         }
         log.info("AI Grid: job %s migrates to %s (%s)", row["id"], ", ".join(target.nodes), reason)
         self._set_migration(row["id"], next_phase(migration, "checkpointing", now))
-        self._request_checkpoint(self.store.job(row["id"]), reason, then="migrate")
+        self.request_checkpoint(self.store.job(row["id"]), reason, then="migrate")
 
-    def _end_migration(self, row: dict[str, Any], succeeded: bool) -> None:
+    def end_migration(self, row: dict[str, Any], succeeded: bool) -> None:
         """A gang that ended (or went back to the queue) ends its migration too."""
         migration = row.get("migration")
-        if not active(migration):
+        if not migration_active(migration):
             return
-        migration = self._without_prestart(row, migration, "the migration ended")
+        migration = self.without_prestart(row, migration, "the migration ended")
         if succeeded:
             self._set_migration(row["id"], next_phase(migration, "done", time.time()))
         else:
@@ -357,12 +352,12 @@ class Mover:
 
     # -- replicas started ahead of time at the destination ----------------------------------------
 
-    def _next_attempt(self, row: dict[str, Any]) -> int:
+    def next_attempt(self, row: dict[str, Any]) -> int:
         """The job's next attempt number: after every attempt that ever had replicas (those
         of a dropped prestart included, so their replica ids and files are never reused)."""
         return max(row["attempt"], self.store.last_attempt(row["id"]) or 0) + 1
 
-    def _prestart(self, job_id: str) -> None:
+    def prestart(self, job_id: str) -> None:
         """Start a migrating gang's replicas at its destination now, while its checkpoint is
         being written: they run the job's start-up and wait in ``runtime.restore()`` for the
         master's go (:meth:`_resume`). Not for gangs whose datasets are staged first."""
@@ -371,20 +366,20 @@ class Mover:
         if not (
             self.migration_prestart
             and row is not None
-            and active(migration)
+            and migration_active(migration)
             and migration["state"] == "checkpointing"
             and not migration.get("prestart")
-            and not self._needs_data(row)
+            and not self.data_staging.needs_data(row)
         ):
             return
-        attempt = self._next_attempt(row)
+        attempt = self.next_attempt(row)
         prestart = {"attempt": attempt, "state": "waiting", "reason": None}
         with self.store.write():
             self.store.update_job(job_id, migration={**migration, "prestart": prestart})
         placed = {**row, "attempt": attempt, "placement": migration["target"]}
-        self._launch_replicas(placed, None, prestart=True)
+        self.launcher.launch(placed, None, prestart=True)
 
-    def _without_prestart(
+    def without_prestart(
         self, row: dict[str, Any], migration: dict[str, Any], why: str
     ) -> dict[str, Any]:
         """``migration`` with the replicas it started ahead of time (if they still wait)
@@ -393,10 +388,10 @@ class Mover:
         if not prestart or prestart["state"] != "waiting":
             return migration
         if prestart["attempt"] != row["attempt"]:
-            self._stop_replicas(row["id"], prestart["attempt"])
+            self.lifecycle.stop_replicas(row["id"], prestart["attempt"])
         return {**migration, "prestart": {**prestart, "state": "dropped", "reason": why}}
 
-    def _resume(self, row: dict[str, Any], restore: str | None) -> None:
+    def resume(self, row: dict[str, Any], restore: str | None) -> None:
         """Start the placed gang, restoring checkpoint ``restore`` if set; or, if its replicas
         were started ahead of time and wait, give them the go (the checkpoint's name and
         the digest staging verified) and the gang runs."""
@@ -405,12 +400,12 @@ class Mover:
         reps = self.store.replicas(row["id"], row["attempt"])
         waiting = prestart and prestart["state"] == "waiting"
         if not (waiting and prestart["attempt"] == row["attempt"] and reps):
-            self._launch_replicas(row, restore)
+            self.launcher.launch(row, restore)
             return
-        self._clear_requests(row)
-        roots, calls = self._roots(row["id"]), []
+        self.clear_requests(row)
+        roots, calls = self.core.roots(row["id"]), []
         for slot in Placement.from_json(row["placement"]).slots:
-            env = self._restore_env(row, slot, restore) if restore else {}
+            env = self.restore_env(row, slot, restore) if restore else {}
             go = {"checkpoint": restore, "sha256": env.get("AIGRID_RESTORE_SHA256")}
             path = ck.go_file(roots[slot.node], row["attempt"], slot.rank)
             calls.append((slot.node, ck.write_json, (path, go)))
@@ -423,36 +418,37 @@ class Mover:
             ended = [r for r in reps if r["state"] == "exited"]
             failed = [r for r in ended if r["exit_code"] != 0]
             if failed:  # it died before the go, as it would have at a cold start
-                reason = self._failure_reason(failed[0], failed[0]["exit_code"])
-                self._fail_gang(row["id"], reason, retry=True)
+                reason = self.lifecycle.failure_reason(failed[0], failed[0]["exit_code"])
+                self.lifecycle.fail_gang(row["id"], reason, retry=True)
                 return
-            if not self._async_starts or all(r["state"] in ("running", "exited") for r in reps):
-                self._set_state(self.store.job(row["id"]), RUNNING)
-            self._settle_if_done(self.store.job(row["id"]))
+            started = all(r["state"] in ("running", "exited") for r in reps)
+            if not self.executor.capabilities.slow_starts or started:
+                self.lifecycle.set_state(self.store.job(row["id"]), RUNNING)
+            self.lifecycle.settle_if_done(self.store.job(row["id"]))
 
     # -- resuming from a checkpoint ------------------------------------------------------------
 
-    def _drop_checkpoints(self, job_id: str) -> None:
+    def drop_checkpoints(self, job_id: str) -> None:
         """Delete a job's checkpoints on every node, in the background (a job that succeeded
         or was cancelled never resumes; a failed job's stay, to be looked into)."""
-        calls = [(node, ck.remove_root, (root,)) for node, root in self._roots(job_id).items()]
-        self._stager.submit(self.node_files.call_each, calls)
+        calls = [(node, ck.remove_root, (root,)) for node, root in self.core.roots(job_id).items()]
+        self.core.stager.submit(self.node_files.call_each, calls)
 
-    def _has_checkpoints(self, job_id: str) -> bool:
+    def has_checkpoints(self, job_id: str) -> bool:
         calls = [
             (ck.holder_node(h), ck.piece_names, (root,))
-            for h, root in self._holders(job_id).items()
+            for h, root in self.core.holders(job_id).items()
         ]
         return any(self.node_files.call_each(calls, []))
 
-    def _stage(self, row: dict[str, Any]) -> None:
+    def stage(self, row: dict[str, Any]) -> None:
         """Put the newest verified checkpoint on the gang's nodes, in the background; the
         replicas start once it is there (:meth:`_collect_staging`)."""
         now = time.time()
         migration = row.get("migration")
-        if active(migration) and migration["state"] == "stopping":
+        if migration_active(migration) and migration["state"] == "stopping":
             migration = next_phase(migration, "transferring", now)
-        elif not (active(migration) and migration["state"] == "transferring"):
+        elif not (migration_active(migration) and migration["state"] == "transferring"):
             migration = next_phase(
                 {
                     "id": int((migration or {}).get("id") or 0) + 1,
@@ -470,10 +466,10 @@ class Mover:
                 now,
             )
         self._set_migration(row["id"], migration)
-        future = self._stager.submit(
+        future = self.core.stager.submit(
             ck.stage,
-            self._holders(row["id"]),
-            self._rank_nodes(row),
+            self.core.holders(row["id"]),
+            self.core.rank_nodes(row),
             row["replicas"],
             self.node_files,
         )
@@ -497,13 +493,15 @@ class Mover:
             with self.store.write():
                 self._staged(row, staged)
             # Its own transactions: each replica is on record before its process starts.
-            self._resume(self.store.job(job_id), staged.name)
+            self.resume(self.store.job(job_id), staged.name)
 
     def _staged(self, row: dict[str, Any], staged: ck.Staged) -> None:
         now = time.time()
         for name, problem in staged.problems:
             log.warning("AI Grid: job %s: checkpoint %s passed over: %s", row["id"], name, problem)
-            self._checkpoint_event(row["id"], "corrupt", checkpoint=name or None, reason=problem)
+            checkpoint_event(
+                self.journal, row["id"], "corrupt", checkpoint=name or None, reason=problem
+            )
         migration = row["migration"]
         if staged.name is not None:
             migration = next_phase(
@@ -527,8 +525,12 @@ class Mover:
         answers = self._answers(row, ck.restored_file)
         if answers and all(a and a.get("checkpoint") == migration["checkpoint"] for a in answers):
             self._set_migration(row["id"], next_phase(migration, "done", now, migration["bytes"]))
-            self._checkpoint_event(
-                row["id"], "restored", checkpoint=migration["checkpoint"], bytes=migration["bytes"]
+            checkpoint_event(
+                self.journal,
+                row["id"],
+                "restored",
+                checkpoint=migration["checkpoint"],
+                bytes=migration["bytes"],
             )
         elif now > migration.get("deadline", now):
             error = (
@@ -537,17 +539,17 @@ class Mover:
             )
             self._set_migration(row["id"], next_phase(migration, "failed", now, error=error))
 
-    def _clear_requests(self, row: dict[str, Any]) -> None:
+    def clear_requests(self, row: dict[str, Any]) -> None:
         """A new attempt must not take an earlier attempt's request for its own."""
-        roots = self._roots(row["id"])
-        nodes = sorted(set(self._rank_nodes(row).values()))
+        roots = self.core.roots(row["id"])
+        nodes = sorted(set(self.core.rank_nodes(row).values()))
         self.node_files.call_each([(n, ck.clear_request, (roots[n],)) for n in nodes])
 
-    def _restore_env(self, row: dict[str, Any], slot: Any, name: str) -> dict[str, str]:
+    def restore_env(self, row: dict[str, Any], slot: Any, name: str) -> dict[str, str]:
         """``AIGRID_RESTORE`` (the checkpoint staged on the slot's node) and the sha256 that
         staging has just verified its piece of this rank against: ``runtime.restore()``
         need not hash the same bytes again while its manifest still says that digest."""
-        root = self._roots(row["id"])[slot.node]
+        root = self.core.roots(row["id"])[slot.node]
         env = {"AIGRID_RESTORE": str(root / name)}
         with contextlib.suppress(ck.CheckpointError, OSError):
             manifest = self.node_files.call(

@@ -7,7 +7,7 @@ latencies it reported (``runtime.report(latency_ms=..., items=...)``) and its ru
 into the profile of (model, resource type), which is stored, and into the job's record:
 predicted against observed p95, and whether the SLO was met.
 
-Mixed into :class:`~jupyter_aigrid.server.master.Master` (the master thread runs all of it).
+:class:`Inference` is the master's component for it (the master thread runs all of it).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .accuracy import prediction_errors
-from .model import SUCCEEDED, Placement
-from .policies.qos import CPU, cost_of, resource_of, resource_of_placement, resource_types
-from .profiles import Choice, ProfileBook
-from .snapshot import Prediction
+from ..accuracy import prediction_errors
+from ..model import SUCCEEDED, Placement
+from ..policies.qos import CPU, cost_of, resource_of, resource_of_placement, resource_types
+from ..profiles import Choice, ProfileBook
+from ..snapshot import Prediction, Snapshot
+from .core import Core, Part
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +68,32 @@ def latency_summary(measured: list[tuple[float, float]]) -> dict[str, Any] | Non
     }
 
 
-class Inference:
-    """Choosing where inference jobs run, and learning from what they report."""
+class Inference(Part):
+    """The profiles inference jobs are placed by, and learning them from what jobs report."""
 
-    book: ProfileBook
-    gpu_cost_per_hour: dict[str, float]
-    _choices: dict[str, Choice]
+    def __init__(
+        self,
+        core: Core,
+        snapshot: Callable[[], Snapshot],
+        gpu_cost_per_hour: dict[str, float] | None = None,
+        profile_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(core)
+        self.snapshot = snapshot
+        #: Cost per GPU-hour of each resource type; performance profiles, learnt and stored.
+        self.gpu_cost_per_hour = dict(gpu_cost_per_hour or {})
+        self.book = ProfileBook.from_rows(self.store.profiles(), **(profile_options or {}))
+        #: Queued job -> the resource type the last round chose for it, and why.
+        self.choices: dict[str, Choice] = {}
 
     def cost_of(self, resource: str) -> float:
         return cost_of(resource, self.gpu_cost_per_hour)
 
-    def _inference_record(self, row: dict[str, Any], placement: Placement) -> dict[str, Any]:
+    def record_for(self, row: dict[str, Any], placement: Placement) -> dict[str, Any]:
         """What the job's record says about its choice when a placement starts it."""
         spec = row["spec"]
-        resource = resource_of_placement(placement, self._nodes_by_name)
-        choice = self._choices.get(row["id"])
+        resource = resource_of_placement(placement, self.nodes.by_name)
+        choice = self.choices.get(row["id"])
         profile = self.book.get(spec["model"], resource)
         return {
             "model": spec["model"],
@@ -96,7 +109,7 @@ class Inference:
 
     # -- learning -------------------------------------------------------------------------
 
-    def _learn(self, row: dict[str, Any], succeeded: bool, ran_s: float) -> None:
+    def learn(self, row: dict[str, Any], succeeded: bool, ran_s: float) -> None:
         """Feed what an attempt of an inference job reported into its profile, store the
         profile, and record observed against predicted on the job."""
         record = row.get("inference")
@@ -129,7 +142,7 @@ class Inference:
 
     # -- the REST view ----------------------------------------------------------------------
 
-    def _prediction_accuracy(self) -> dict[str, Any]:
+    def prediction_accuracy(self) -> dict[str, Any]:
         """How close the run time predictions of succeeded training jobs came (the estimates
         backfill and the other policies plan with): overall and per basis."""
         pairs = []
@@ -153,8 +166,8 @@ class Inference:
             else {}
         )
 
-    def _profiles_view(self, model: str | None) -> dict[str, Any]:
-        snapshot = self._snapshot()
+    def view(self, model: str | None) -> dict[str, Any]:
+        snapshot = self.snapshot()
         free: dict[str, int] = {}
         for node in snapshot.nodes:
             for g in node.gpus:
@@ -181,7 +194,7 @@ class Inference:
             )
         return {
             "profiles": rows,
-            "runtime_predictions": self._prediction_accuracy(),
+            "runtime_predictions": self.prediction_accuracy(),
             "resources": [
                 {
                     "resource": r,

@@ -10,7 +10,7 @@ live node (``checkpoints.copies_holder``), and staging takes it from there as fr
 holder: the gang recovers from it elsewhere. A ``checkpoint`` event ``copied`` (and the job's
 ``checkpoint.copied``) says from when a checkpoint survives the loss of any one node.
 
-Mixed into :class:`~jupyter_aigrid.server.master.Master`; the copying runs on a thread of
+:class:`CheckpointCopies` is the master's component for it; the copying runs on a thread of
 its own.
 """
 
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoints as ck
-from .model import RUNNING
+from ... import checkpoints as ck
+from ..model import RUNNING
+from .core import Core, Part
+from .moves import checkpoint_event
 
 log = logging.getLogger(__name__)
 #: Seconds between two looks for newer checkpoints to copy.
@@ -64,16 +66,22 @@ def copy_newest(
     return newest
 
 
-class CheckpointCopies:
-    """Copying running gangs' checkpoints to a second node (see the module docstring)."""
+class CheckpointCopies(Part):
+    """Copying running gangs' checkpoints to a second node (see the module docstring).
 
-    _copier: Any
-    #: job -> the future of its copy under way; job -> the checkpoint last copied.
-    _copying: dict[str, Future]
-    _copied: dict[str, tuple[str | None, tuple]]
-    _next_copy: float
+    What is under way and what was copied last is kept in each job's memory
+    (``copying``, ``copied``)."""
 
-    def _copy_checkpoints(self) -> None:
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
+        self._copier = ThreadPoolExecutor(1, thread_name_prefix="aigrid-copies")
+        self._next_copy = 0.0
+
+    def close(self) -> None:
+        self._copier.shutdown(wait=True, cancel_futures=True)
+
+    def tick(self) -> None:
+        """Collect the copies that finished; start copying newer checkpoints."""
         if not self.node_files.copies_checkpoints:
             return
         for job_id, memory in self.memory.having("copying"):
@@ -82,13 +90,13 @@ class CheckpointCopies:
                 self._copy_done(job_id, future)
                 self.memory.settle(job_id)
         now = time.monotonic()
-        order = [n.name for n in self.nodes]
+        order = [n.name for n in self.nodes.all]
         if now < self._next_copy or len(order) < 2:
             return
         self._next_copy = now + COPY_EVERY_S
         partners = {n: order[(i + 1) % len(order)] for i, n in enumerate(order)}
         for row in self.store.jobs((RUNNING,)):
-            ranks = self._rank_nodes(row)
+            ranks = self.core.rank_nodes(row)
             memory = self.memory(row["id"])
             if memory.copying is not None or not ranks:
                 continue
@@ -101,7 +109,7 @@ class CheckpointCopies:
             memory.copying = self._copier.submit(
                 copy_newest,
                 self.node_files,
-                self._roots(row["id"]),
+                self.core.roots(row["id"]),
                 ranks,
                 partners,
                 memory.copied[0],
@@ -124,4 +132,4 @@ class CheckpointCopies:
                 return
             info = {**(row.get("checkpoint") or {}), "copied": {"name": name, "at": time.time()}}
             self.store.update_job(job_id, checkpoint=info)
-            self._checkpoint_event(job_id, "copied", checkpoint=name)
+            checkpoint_event(self.journal, job_id, "copied", checkpoint=name)

@@ -11,7 +11,7 @@ For every dataset of the job and every node of its placement, in the background:
 
 The job shows ``phase: staging`` with the bytes done, and then starts (resuming from its
 checkpoint if it has one). If no verified copy is left anywhere, it fails with the reason.
-Mixed into :class:`~jupyter_aigrid.server.master.Master`.
+:class:`DataStaging` is the master's component for it; the copying runs on the core's pool.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import contents
-from . import events
-from .dataset_rows import CORRUPT, VERIFIED
-from .datasets import VIEWS, make_view, remove, seal
-from .model import FAILED, STARTING, Placement
+from ... import contents
+from .. import events
+from ..dataset_rows import CORRUPT, VERIFIED
+from ..model import FAILED, STARTING, Placement
+from .core import Core, Part
+from .datasets import VIEWS, Datasets, make_view, remove, seal
+from .ports import Ending, Launching, Moving
 
 log = logging.getLogger(__name__)
 #: Seconds between two staging progress events of one job.
@@ -100,10 +102,19 @@ def stage_items(files, items: list[dict[str, Any]], progress) -> list[dict[str, 
     return out
 
 
-class DataStaging:
+class DataStaging(Part):
     """Staging datasets before a gang starts (see the module docstring)."""
 
-    def _needs_data(self, row: dict[str, Any]) -> bool:
+    #: Wired by the master (they call back here): what fails a job, and what starts it.
+    lifecycle: Ending
+    moves: Moving
+    launcher: Launching
+
+    def __init__(self, core: Core, datasets: Datasets) -> None:
+        super().__init__(core)
+        self.datasets = datasets
+
+    def needs_data(self, row: dict[str, Any]) -> bool:
         return bool(row["spec"].get("datasets"))
 
     def _data_items(self, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,11 +135,11 @@ class DataStaging:
                 here = None
                 if mine is not None and mine["state"] != CORRUPT:
                     here = {
-                        "abs": str(self._location_path(mine)),
+                        "abs": str(self.datasets.location_path(mine)),
                         "path": mine["path"],
                         "managed": mine["managed"],
                     }
-                dest_path = self._managed_path(name, version["root"])
+                dest_path = self.datasets.managed_path(name, version["root"])
                 items.append(
                     {
                         "key": key,
@@ -139,9 +150,9 @@ class DataStaging:
                         "manifest": version["manifest"],
                         "here": here,
                         "dest_path": dest_path,
-                        "dest": str(contents.contained(self._node_root(node), dest_path)),
+                        "dest": str(contents.contained(self.datasets.node_root(node), dest_path)),
                         "sources": [
-                            (loc["node"], str(self._location_path(loc)))
+                            (loc["node"], str(self.datasets.location_path(loc)))
                             for loc in sources
                             if loc["node"] != node
                         ],
@@ -149,7 +160,7 @@ class DataStaging:
                 )
         return items
 
-    def _stage_data(self, row: dict[str, Any]) -> None:
+    def stage(self, row: dict[str, Any]) -> None:
         """Start verifying/copying the gang's datasets where it is placed (in a transaction
         of the caller's or its own); the gang starts once :meth:`_collect_data` sees it done."""
         items = self._data_items(row)
@@ -175,12 +186,12 @@ class DataStaging:
         def progress(n: int) -> None:
             counter[0] += n
 
-        future = self._stager.submit(stage_items, self.node_files, items, progress)
+        future = self.core.stager.submit(stage_items, self.node_files, items, progress)
         keys = {(i["name"], i["version"], i["node"]) for i in items}
         memory.data_staging = (row["attempt"], future, keys)
 
     def _staging_event(self, job_id: str, staging: dict[str, Any]) -> None:
-        self._record(
+        self.journal.record(
             events.JOB_STAGING,
             job_id,
             {
@@ -193,7 +204,7 @@ class DataStaging:
             },
         )
 
-    def _staging_progress(self) -> None:
+    def progress(self) -> None:
         """A progress event per staging job, at most every PROGRESS_EVERY_S, stored like
         every event so that widgets following ``GET /events`` see it too."""
         now = time.time()
@@ -210,7 +221,7 @@ class DataStaging:
                 with self.store.write():
                     self._staging_event(job_id, progress)
 
-    def _collect_data(self) -> None:
+    def collect(self) -> None:
         for job_id, memory in self.memory.having("data_staging"):
             attempt, future, _ = memory.data_staging
             if not future.done():
@@ -235,7 +246,7 @@ class DataStaging:
             for res in results:
                 name, _, number = res["key"].partition("@")
                 for node, problems in res["corrupt"]:
-                    self._record_verified(name, int(number), node, problems)
+                    self.datasets.record_verified(name, int(number), node, problems)
                 if res.get("error"):
                     errors.append(res["error"])
                 elif res["path"] is not None and self.store.dataset_version(name, int(number)):
@@ -251,7 +262,7 @@ class DataStaging:
                         error=None,
                     )
                     if res["copied_from"]:
-                        self._dataset_event(
+                        self.datasets.dataset_event(
                             name, int(number), node, "staged", source=res["copied_from"]
                         )
             row = self.store.job(job_id)
@@ -268,18 +279,18 @@ class DataStaging:
             self._staging_event(job_id, staging)
             if errors:
                 reason = "staging its data failed: " + "; ".join(errors)
-                self._set_state(row, FAILED, reason=reason, finished_at=now)
-                self._end_migration(self.store.job(job_id), succeeded=False)
+                self.lifecycle.set_state(row, FAILED, reason=reason, finished_at=now)
+                self.moves.end_migration(self.store.job(job_id), succeeded=False)
                 return
-            if self._has_checkpoints(job_id):
-                self._stage(self.store.job(job_id))
+            if self.moves.has_checkpoints(job_id):
+                self.moves.stage(self.store.job(job_id))
                 return
-        self._launch_replicas(self.store.job(job_id), None)
+        self.launcher.launch(self.store.job(job_id), None)
 
-    def _data_view_dir(self, row: dict[str, Any], node: str) -> str:
+    def view_dir(self, row: dict[str, Any], node: str) -> str:
         """``$AIGRID_DATA`` of the job on ``node``: a folder of links, ``<name>`` -> the
         verified copy there (made afresh for every attempt)."""
-        folder = self._node_root(node) / VIEWS / self.files.key(row["id"])
+        folder = self.datasets.node_root(node) / VIEWS / self.files.key(row["id"])
         links = {}
         for key in row["spec"].get("datasets") or []:
             name, _, number = key.partition("@")
@@ -292,15 +303,15 @@ class DataStaging:
                 None,
             )
             if loc is not None:
-                links[name] = str(self._location_path(loc))
+                links[name] = str(self.datasets.location_path(loc))
         return self.node_files.call(node, make_view, folder, links)
 
-    def _data_mounts(self, row: dict[str, Any], node: str) -> tuple[str, ...]:
+    def mounts(self, row: dict[str, Any], node: str) -> tuple[str, ...]:
         """What a container on ``node`` mounts read-only: the links and the copies."""
-        paths = [str(self._node_root(node) / VIEWS / self.files.key(row["id"]))]
+        paths = [str(self.datasets.node_root(node) / VIEWS / self.files.key(row["id"]))]
         for key in row["spec"].get("datasets") or []:
             name, _, number = key.partition("@")
             for loc in self.store.dataset_locations(name, int(number)):
                 if loc["node"] == node and loc["state"] == VERIFIED:
-                    paths.append(str(self._location_path(loc)))
+                    paths.append(str(self.datasets.location_path(loc)))
         return tuple(paths)

@@ -1,6 +1,6 @@
 """Datasets: versions by content hash, verified copies on nodes, uploads and registration.
 
-Mixed into :class:`~jupyter_aigrid.server.master.Master`. The store says which versions exist
+:class:`Datasets` is the master's component for them. The store says which versions exist
 and where each copy lives; hashing, copying and moving trees run on worker threads, and the
 master thread only records what they found. Every node keeps its copies under its dataset
 root (``c.AIGridApp.dataset_root``/<node>, default ``<scratch>/datasets``):
@@ -23,18 +23,21 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .. import contents
-from . import events
-from .dataset_rows import CORRUPT, UNVERIFIED, VERIFIED
-from .model import FINAL_STATES
-from .queries import Conflict, NotFound
-from .spec import SpecError
-from .uploads import UploadConflict, declared_files
-from .validation import validate_body
-from .views import iso
+from ... import contents
+from .. import events
+from ..dataset_rows import CORRUPT, UNVERIFIED, VERIFIED
+from ..errors import Conflict, NotFound
+from ..model import FINAL_STATES
+from ..spec import SpecError
+from ..uploads import UploadConflict, Uploads, declared_files
+from ..validation import validate_body
+from ..views import iso
+from .core import Core, Part
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +114,52 @@ def location_view(loc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Datasets:
-    """The dataset half of the master (see the module docstring)."""
+class Datasets(Part):
+    """The dataset registry, uploads and verification (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: Core,
+        uploads: Uploads,
+        call: Callable[..., Awaitable[Any]],
+        wake: Callable[[], None],
+        root: str = "",
+        quota_bytes: int = 0,
+        verify_interval_s: float = 6 * 3600.0,
+    ) -> None:
+        super().__init__(core)
+        self.uploads = uploads
+        #: Runs a function on the master thread (the store's only user), from the event loop.
+        self.call = call
+        self.wake = wake
+        #: Where nodes keep datasets ('' = <scratch>/datasets); per-user bytes (0 = no limit).
+        self.dataset_root = root
+        self.dataset_quota_bytes = quota_bytes
+        #: Every copy of a dataset is hashed again this often (and before each use).
+        self.dataset_verify_interval_s = verify_interval_s
+        #: Hashing (uploads, verification) off the master thread.
+        self._hasher = ThreadPoolExecutor(2, thread_name_prefix="aigrid-hash")
+        #: Copies being verified: (name, version, node) -> future of the problems found.
+        self._verifying: dict[tuple[str, int, str], Any] = {}
+        self._next_verify_check = 0.0
+        #: Uploads being moved into place (not to be verified before they are there).
+        self._placing: set[tuple[str, int, str]] = set()
+
+    def close(self) -> None:
+        self._hasher.shutdown(wait=True, cancel_futures=True)
 
     # -- where things are ---------------------------------------------------------------------
 
-    def _node_root(self, node: str) -> Path:
+    def node_root(self, node: str) -> Path:
         if self.dataset_root:
             return Path(self.dataset_root) / node
-        return Path(self._nodes_by_name[node].scratch) / "datasets"
+        return Path(self.nodes.by_name[node].scratch) / "datasets"
 
-    def _location_path(self, loc: dict[str, Any]) -> Path:
-        return contents.contained(self._node_root(loc["node"]), loc["path"])
+    def location_path(self, loc: dict[str, Any]) -> Path:
+        return contents.contained(self.node_root(loc["node"]), loc["path"])
 
     @staticmethod
-    def _managed_path(name: str, root: str) -> str:
+    def managed_path(name: str, root: str) -> str:
         return f"{MANAGED}/{name}/{root}"
 
     # -- reading ------------------------------------------------------------------------------
@@ -190,7 +224,7 @@ class Datasets:
         )
         raise SpecError(msg, field)
 
-    def _resolve_datasets(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def resolve_datasets(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Pin a submitted spec's datasets to versions (``name@N``): later uploads never
         change what a queued job reads."""
         refs = spec.get("datasets") or []
@@ -216,7 +250,7 @@ class Datasets:
             pinned.append(f"{version['name']}@{version['version']}")
         return {**spec, "datasets": pinned} if refs else spec
 
-    def _data_on(self) -> dict[str, dict[str, int]]:
+    def data_on(self) -> dict[str, dict[str, int]]:
         """node -> {name@version -> bytes verified there}: the policies' locality input."""
         data: dict[str, dict[str, int]] = {}
         for node, name, number, size in self.store.verified_bytes():
@@ -258,9 +292,9 @@ class Datasets:
 
     def _check_node(self, node: Any) -> str:
         if node is None:
-            return self.nodes[0].name
-        if node not in self._nodes_by_name:
-            known = ", ".join(self._nodes_by_name)
+            return self.nodes.all[0].name
+        if node not in self.nodes.by_name:
+            known = ", ".join(self.nodes.by_name)
             raise SpecError(f"'node' must be one of {known}, got {node!r}", "node")
         return node
 
@@ -295,12 +329,12 @@ class Datasets:
                 (x for x in self.store.dataset_locations(name, number) if x["node"] == node), None
             )
             if loc is not None and loc["state"] == VERIFIED:
-                return number, self._location_path(loc), False
-            path = self._managed_path(name, manifest["root"])
+                return number, self.location_path(loc), False
+            path = self.managed_path(name, manifest["root"])
             self.store.put_location(name, number, node, path=path, managed=1, state=UNVERIFIED)
-            return number, contents.contained(self._node_root(node), path), True
+            return number, contents.contained(self.node_root(node), path), True
 
-    def _record_verified(
+    def record_verified(
         self, name: str, number: int, node: str, problems: list[str], **fields: Any
     ) -> None:
         """What hashing a copy found: verified now, or corrupt (and an event)."""
@@ -314,15 +348,15 @@ class Datasets:
                 log.warning(
                     "AI Grid: dataset %s@%s on %s is corrupt: %s", name, number, node, error
                 )
-                self._dataset_event(name, number, node, "corrupt", reason=error)
+                self.dataset_event(name, number, node, "corrupt", reason=error)
             else:
                 self.store.put_location(
                     name, number, node, state=VERIFIED, verified_at=now, error=None, **fields
                 )
-                self._dataset_event(name, number, node, "verified")
+                self.dataset_event(name, number, node, "verified")
 
-    def _dataset_event(self, name: str, number: int, node: str, state: str, **data: Any) -> None:
-        self._record(
+    def dataset_event(self, name: str, number: int, node: str, state: str, **data: Any) -> None:
+        self.journal.record(
             events.DATASET,
             None,
             {"dataset": name, "version": number, "node": node, "state": state, **data},
@@ -350,8 +384,8 @@ class Datasets:
             for number in numbers:
                 for loc in self.store.dataset_locations(name, number):
                     if loc["managed"]:
-                        trees.append((loc["node"], self._location_path(loc)))
-                    self._dataset_event(name, number, loc["node"], "removed")
+                        trees.append((loc["node"], self.location_path(loc)))
+                    self.dataset_event(name, number, loc["node"], "removed")
             self.store.delete_dataset_versions(name, numbers)
         return numbers, trees
 
@@ -363,7 +397,7 @@ class Datasets:
         targets = []
         for loc in filter(wanted, self.store.dataset_locations(name)):
             version = self.store.dataset_version(loc["name"], loc["version"])
-            targets.append((loc, version["manifest"], self._location_path(loc)))
+            targets.append((loc, version["manifest"], self.location_path(loc)))
         return targets
 
     # -- public API (coroutines) --------------------------------------------------------------
@@ -372,13 +406,13 @@ class Datasets:
         return await asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
 
     async def datasets(self) -> list[dict[str, Any]]:
-        return await self._call(self._datasets_view)
+        return await self.call(self._datasets_view)
 
     async def dataset(self, name: str) -> dict[str, Any]:
-        return await self._call(self._dataset_view, name)
+        return await self.call(self._dataset_view, name)
 
     async def create_upload(self, body: dict[str, Any], user: str, admin: bool) -> dict:
-        return await self._call(self._create_upload, body, user, admin)
+        return await self.call(self._create_upload, body, user, admin)
 
     async def upload(self, upload_id: str, user: str, admin: bool) -> dict[str, Any]:
         return self.uploads.view(self.uploads.meta(upload_id, None if admin else user))
@@ -397,7 +431,7 @@ class Datasets:
             manifest = await self._in_thread(self.uploads.manifest, meta)
         except UploadConflict as e:
             raise SpecError(str(e), e.field, status=409) from None
-        number, dest, move = await self._call(self._record_upload, meta, manifest.to_json())
+        number, dest, move = await self.call(self._record_upload, meta, manifest.to_json())
         problems: list[str] = []
         if move:  # else a verified copy of these bytes is there already
             key = (meta["name"], number, meta["node"])
@@ -406,14 +440,14 @@ class Datasets:
                 problems = await self._in_thread(
                     self._place_upload, upload_id, meta["node"], dest, manifest
                 )
-                await self._call(self._record_verified, *key, problems)
+                await self.call(self.record_verified, *key, problems)
             finally:
                 self._placing.discard(key)
         if problems:
             raise Conflict(f"the uploaded copy did not verify: {'; '.join(problems[:3])}")
         await self._in_thread(self.uploads.remove, upload_id)
         self.wake()
-        return await self._call(self._dataset_view, meta["name"])
+        return await self.call(self._dataset_view, meta["name"])
 
     def _place_upload(
         self, upload_id: str, node: str, dest: Path, manifest: contents.Manifest
@@ -446,7 +480,7 @@ class Datasets:
             raise SpecError(f"'path' must not be inside {MANAGED} or {VIEWS}", "path")
         node = self._check_node(body.get("node"))
         try:
-            tree = contents.contained(self._node_root(node), path)
+            tree = contents.contained(self.node_root(node), path)
         except contents.ContentError as e:
             raise SpecError(e.message, "path") from None
         try:
@@ -460,8 +494,8 @@ class Datasets:
             raise SpecError(e.message, "path") from None
         except OSError as e:
             raise SpecError(f"'node' {node} cannot be reached: {e}", "node", 503) from None
-        await self._call(self._record_registered, name, node, path, manifest.to_json(), user)
-        return await self._call(self._dataset_view, name)
+        await self.call(self._record_registered, name, node, path, manifest.to_json(), user)
+        return await self.call(self._dataset_view, name)
 
     def _record_registered(self, name, node, path, manifest, user) -> None:
         with self.store.write():
@@ -470,12 +504,12 @@ class Datasets:
             self.store.put_location(
                 name, version["version"], node, path=path, managed=0, state=UNVERIFIED
             )
-            self._record_verified(name, version["version"], node, [])
+            self.record_verified(name, version["version"], node, [])
 
     async def delete_dataset(
         self, name: str, version: int | None, user: str, admin: bool
     ) -> dict[str, Any]:
-        numbers, trees = await self._call(self._delete_dataset, name, version, user, admin)
+        numbers, trees = await self.call(self._delete_dataset, name, version, user, admin)
         for node, tree in trees:
             with contextlib.suppress(OSError):  # a node that left: its copies went with it
                 await self._in_thread(self.node_files.call, node, remove, tree)
@@ -484,16 +518,16 @@ class Datasets:
     async def verify_dataset(self, name: str, user: str, admin: bool) -> dict[str, Any]:
         """Hash every copy of ``name`` now (its owner and admins: it costs the cluster a read
         of every copy); record what each one is."""
-        await self._call(self._dataset_view, name)  # 404 first
-        await self._call(self._may_write, name, user, admin)
-        for loc, manifest, path in await self._call(self._verify_targets, name):
+        await self.call(self._dataset_view, name)  # 404 first
+        await self.call(self._may_write, name, user, admin)
+        for loc, manifest, path in await self.call(self._verify_targets, name):
             problems = await self._in_thread(
                 self._verify_on, loc["node"], path, contents.Manifest.from_json(manifest)
             )
-            await self._call(
-                self._record_verified, loc["name"], loc["version"], loc["node"], problems
+            await self.call(
+                self.record_verified, loc["name"], loc["version"], loc["node"], problems
             )
-        return await self._call(self._dataset_view, name)
+        return await self.call(self._dataset_view, name)
 
     # -- the loop: periodic verification ------------------------------------------------------
 
@@ -504,7 +538,7 @@ class Datasets:
         except OSError as e:
             return [f"{node} cannot be reached: {e}"]
 
-    def _verify_due(self, now: float) -> None:
+    def verify_due(self, now: float) -> None:
         """Start hashing copies not verified for ``dataset_verify_interval_s`` (and those
         never verified); record what the finished ones found."""
         for key, future in list(self._verifying.items()):
@@ -514,7 +548,7 @@ class Datasets:
                     problems = future.result()
                 except Exception as e:
                     problems = [f"verification failed: {e}"]
-                self._record_verified(*key, problems)
+                self.record_verified(*key, problems)
         if now < self._next_verify_check:
             return
         self._next_verify_check = now + min(60.0, self.dataset_verify_interval_s / 4)
@@ -533,7 +567,7 @@ class Datasets:
                 self._verify_on, loc["node"], path, contents.Manifest.from_json(manifest)
             )
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         """After a crash: delete copies of ours that no location names (a delete or a
         staging cut short), and views of jobs that have ended."""
         known = {
@@ -542,11 +576,11 @@ class Datasets:
         unfinished = {
             self.files.key(r["id"]) for r in self.store.jobs() if r["state"] not in FINAL_STATES
         }
-        for node in self._nodes_by_name:
+        for node in self.nodes.by_name:
             mine = {path for where, path in known if where == node}
             try:
                 removed = self.node_files.call(
-                    node, sweep_node, self._node_root(node), mine, unfinished
+                    node, sweep_node, self.node_root(node), mine, unfinished
                 )
             except OSError as e:
                 log.warning("AI Grid: could not tidy the datasets on %s: %s", node, e)
