@@ -14,7 +14,6 @@ import keyword
 import math
 import re
 from functools import cache
-from importlib.resources import files
 from typing import Any
 
 import jsonschema
@@ -23,7 +22,7 @@ from .model import InferenceAsk, Request
 from .profiles import Slo
 from .templating import TemplateError, check, choose
 from .validation import NO_CONTROL as _NO_CONTROL  # noqa: F401 - spec rules share it
-from .validation import SpecError, exact_validator, first_error, short
+from .validation import SpecError, exact_validator, first_error, openapi, short
 
 #: Variables the runtime sets for every replica; a job may not override them.
 RESERVED_ENV = frozenset(
@@ -49,9 +48,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @cache
 def job_schema() -> dict[str, Any]:
-    return json.loads(
-        files("jupyter_aigrid.server").joinpath("schemas/job.schema.json").read_text()
-    )
+    """The JobSpec schema: ``components.schemas.JobSpec`` of ``openapi.yaml``, the one copy
+    (it refers to nothing outside itself, so it also stands alone as a JSON Schema)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **openapi()["components"]["schemas"]["JobSpec"],
+    }
 
 
 @cache

@@ -162,7 +162,7 @@ class DataStaging(Part):
 
     def stage(self, row: dict[str, Any]) -> None:
         """Start verifying/copying the gang's datasets where it is placed (in a transaction
-        of the caller's or its own); the gang starts once :meth:`_collect_data` sees it done."""
+        of the caller's or its own); the gang starts once :meth:`collect` sees it done."""
         items = self._data_items(row)
         total = sum(item["bytes"] for item in items)
         staging = {

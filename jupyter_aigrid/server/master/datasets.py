@@ -10,7 +10,7 @@ root (``c.AIGridApp.dataset_root``/<node>, default ``<scratch>/datasets``):
 - anything else: data an admin put there and registered in place (never deleted by us).
 
 Job staging (copying a version where a gang is placed, verifying copies before use) lives in
-:mod:`.staging`.
+:mod:`.data_staging`.
 """
 
 from __future__ import annotations

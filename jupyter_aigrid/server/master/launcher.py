@@ -109,7 +109,7 @@ class Launcher(Part):
     def launch(self, row: dict[str, Any], restore: str | None, prestart: bool = False) -> None:
         """Start every replica of the placed gang, restoring checkpoint ``restore`` if set;
         or (``prestart``) replicas that wait for the master's go in ``runtime.restore()``,
-        for an attempt that is not yet the job's (:meth:`_prestart`)."""
+        for an attempt that is not yet the job's (:meth:`.moves.Moves.prestart`)."""
         # Each replica must be on record (committed) before its process starts.
         assert not self.store.conn.in_transaction, "replicas start outside a transaction"
         spec, attempt, job_id = row["spec"], row["attempt"], row["id"]

@@ -360,7 +360,7 @@ class Moves(Part):
     def prestart(self, job_id: str) -> None:
         """Start a migrating gang's replicas at its destination now, while its checkpoint is
         being written: they run the job's start-up and wait in ``runtime.restore()`` for the
-        master's go (:meth:`_resume`). Not for gangs whose datasets are staged first."""
+        master's go (:meth:`resume`). Not for gangs whose datasets are staged first."""
         row = self.store.job(job_id)
         migration = row.get("migration") if row else None
         if not (
