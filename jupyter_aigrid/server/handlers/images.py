@@ -19,7 +19,7 @@ class ImagesHandler(_AdminWrites):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.write_json({"images": await self.master.images()})
+        self.write_json({"images": await self.master.catalog.images()})
 
     @web.authenticated
     @authorized
@@ -31,7 +31,7 @@ class ImagesHandler(_AdminWrites):
         image_id = body.get("id")
         if not isinstance(image_id, str):
             raise SpecError("'id' must be a string, e.g. pytorch-2.13-cuda12.8", field="id")
-        image = await self.master.put_image(image_id, body, create=True)
+        image = await self.master.catalog.put_image(image_id, body, create=True)
         self.set_header("Location", f"{self.base_url.rstrip('/')}/aigrid/api/images/{image_id}")
         self.write_json(image, status=201)
 
@@ -40,7 +40,7 @@ class ImageHandler(_AdminWrites):
     @web.authenticated
     @authorized
     async def get(self, image_id: str) -> None:
-        self.write_json(await self.master.image(image_id))
+        self.write_json(await self.master.catalog.image(image_id))
 
     @web.authenticated
     @authorized
@@ -51,11 +51,11 @@ class ImageHandler(_AdminWrites):
         if body.get("id", image_id) != image_id:
             msg = f"the body's id {body.get('id')!r} differs from the path's {image_id!r}"
             raise SpecError(msg, field="id")
-        self.write_json(await self.master.put_image(image_id, body))
+        self.write_json(await self.master.catalog.put_image(image_id, body))
 
     @web.authenticated
     @authorized
     async def delete(self, image_id: str) -> None:
         self.require_admin()
-        await self.master.delete_image(image_id)
+        await self.master.catalog.delete_image(image_id)
         self.write_json({"deleted": image_id})

@@ -36,4 +36,4 @@ class SimulateHandler(AIGridHandler):
         ):
             msg = f"'preempt_overhead_s' must be a number >= 0, got {overhead!r}"
             raise SpecError(msg, field="preempt_overhead_s")
-        self.write_json(await self.master.simulate(policy, options, float(overhead)))
+        self.write_json(await self.master.replay.simulate(policy, options, float(overhead)))

@@ -35,15 +35,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import events
 from ..errors import Conflict, NotFound
-from ..images import check_image
-from ..model import ACTIVE_STATES, PREEMPTED, RUNNING, Migrate, ReplicaExit
-from ..policies import Context, decide, load_policy
+from ..model import ACTIVE_STATES, RUNNING, Migrate, ReplicaExit
+from ..policies import Context, decide
 from ..spec import SpecError
 from ..states import migration_active
 from ..uploads import Uploads
-from ..views import image_view
+from .catalog import Catalog
 from .copies import CheckpointCopies
 from .core import Core
 from .data_staging import DataStaging
@@ -55,6 +53,7 @@ from .moves import Moves
 from .queue import JobQueue
 from .reads import Reads
 from .recovery import Recovery
+from .replay import Replay
 
 T = TypeVar("T")
 #: Work in memory that the loop follows at the exit-poll pace rather than once a tick.
@@ -130,6 +129,8 @@ class Master:
         self.launcher = Launcher(
             core, self.queue, self.lifecycle, self.moves, self.data_staging, self.inference
         )
+        self.catalog = Catalog(core, self.call)
+        self.replay = Replay(core, self.call, policy)
         self.recovery = Recovery(
             core, self.queue, self.lifecycle, self.launcher, self.moves, self.data
         )
@@ -315,71 +316,6 @@ class Master:
     ) -> tuple[list[dict[str, Any]], int]:
         """Stored events after ``since`` that ``user`` may see, and the seq to continue from."""
         return await self.call(self.reads.events, user, admin, since, job_id)
-
-    async def simulate(
-        self, policy: str, options: dict[str, Any], overhead_s: float
-    ) -> dict[str, Any]:
-        """Replay the jobs that ran here under ``policy``; the live figures come alongside."""
-        from ...sim.engine import Simulator, summarize
-
-        jobs, rows = await self.call(self.reads.replay_jobs)
-        if not jobs:
-            msg = "no job has run to the end here yet: there is no history to replay"
-            raise Conflict(msg)
-        try:
-            chosen = load_policy(policy, **options)
-        except (ValueError, TypeError) as e:
-            raise SpecError(str(e), field="options" if options else "policy") from e
-        sim = Simulator(jobs, self.nodes.all, chosen, overhead_s, source="the job history")
-        result = await asyncio.to_thread(sim.run)
-        ran = {j.job_id: j.duration_s for j in jobs}
-        preempted = await self.call(self.store.count_events, events.JOB_STATE, PREEMPTED)
-        live = summarize(
-            [(r["submitted_at"], r["finished_at"], ran[r["id"]]) for r in rows],
-            sum(ran[r["id"]] * r["gpus"] for r in rows),
-            sum(len(n.gpus) for n in self.nodes.all),
-            preempted,
-        )
-        return {
-            "policy": result.policy,
-            "live_policy": self.policy.name,
-            "preempt_overhead_s": overhead_s,
-            "simulated": result.metrics,
-            "live": live,
-            "placements": {
-                r.job.job_id: r.placements[0].to_json() for r in result.records if r.placements
-            },
-        }
-
-    # -- the image catalog ----------------------------------------------------------------------
-
-    async def images(self) -> list[dict[str, Any]]:
-        return [image_view(r) for r in await self.call(self.store.images)]
-
-    async def image(self, image_id: str) -> dict[str, Any]:
-        row = await self.call(self.store.image, image_id)
-        if row is None:
-            msg = f"no image {image_id!r} in the catalog"
-            raise NotFound(msg)
-        return image_view(row)
-
-    async def put_image(
-        self, image_id: str, body: dict[str, Any], create: bool = False
-    ) -> dict[str, Any]:
-        """Add (``create``: refuse an existing id) or replace a catalog entry."""
-        entry = check_image(image_id, body)
-        if create and await self.call(self.store.image, image_id) is not None:
-            msg = (
-                f"image {image_id!r} is already in the catalog; PUT /images/{image_id} replaces it"
-            )
-            raise Conflict(msg)
-        await self.call(self.store.put_image, entry)
-        return await self.image(image_id)
-
-    async def delete_image(self, image_id: str) -> None:
-        if not await self.call(self.store.delete_image, image_id):
-            msg = f"no image {image_id!r} in the catalog"
-            raise NotFound(msg)
 
     def new_events(self) -> asyncio.Event:
         """Set at the next event; take it *before* reading, so nothing falls in between."""

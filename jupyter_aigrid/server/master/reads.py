@@ -13,13 +13,13 @@ from typing import Any
 
 from ..errors import NotFound
 from ..inventory import nvml_utilisation
-from ..model import ACTIVE_STATES, FINAL_STATES, Placement
+from ..model import ACTIVE_STATES, Placement
 from ..snapshot import Snapshot
 from ..spec import SpecError
 from ..states import MigrationState
 from ..views import cluster_view, event_view, job_view
 from .core import Core, Part
-from .queue import JobQueue, request_of, run_time_s
+from .queue import JobQueue, request_of
 
 #: Migration phases in which the gang still runs at its source and holds its target too.
 HOLDING_TARGET = (MigrationState.CHECKPOINTING, MigrationState.STOPPING)
@@ -145,32 +145,6 @@ class Reads(Part):
             for stream in ("stdout", "stderr")
         ]
         return self.view(row), files
-
-    def replay_jobs(self) -> tuple[list[Any], list[dict[str, Any]]]:
-        """The jobs that ran here, as a trace for the simulator (each with its full request,
-        its submit time and how long it ran), and their rows."""
-        from ...sim.trace import TraceJob
-
-        jobs, rows = [], []
-        for row in self.store.jobs(FINAL_STATES):
-            if not row.get("started_at") or not row.get("finished_at"):
-                continue  # ended before it ever ran
-            ran = run_time_s(row)
-            request = request_of(row)
-            jobs.append(
-                TraceJob(
-                    job_id=row["id"],
-                    submit_s=row["submitted_at"],
-                    duration_s=ran,
-                    gpus=row["gpus"],
-                    job_type=request.job_type,
-                    user=row["owner"],
-                    row=row["seq"],
-                    request=request,
-                )
-            )
-            rows.append(row)
-        return jobs, rows
 
     def snapshot(self, active: list[dict[str, Any]] | None = None) -> Snapshot:
         """The cluster now, from the store's active jobs (``active``: read already)."""
