@@ -74,14 +74,14 @@ class UploadsHandler(AIGridHandler):
     @authorized
     async def get(self) -> None:
         """The caller's unfinished uploads (to resume one)."""
-        self.write_json({"uploads": await self.master.data.uploads_of(self.owner)})
+        self.write_json({"uploads": await self.master.uploads.uploads_of(self.owner)})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
         """Begin an upload: ``{"name", "files": [{"path", "size", "hash"?}], "node"?}``."""
         body = parse_body(self.request.body)
-        upload = await self.master.data.create_upload(body, self.owner, self.is_admin)
+        upload = await self.master.uploads.create_upload(body, self.owner, self.is_admin)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/uploads/{upload['id']}")
         self.write_json(upload, status=201)
 
@@ -90,12 +90,12 @@ class UploadHandler(AIGridHandler):
     @web.authenticated
     @authorized
     async def get(self, upload_id: str) -> None:
-        self.write_json(await self.master.data.upload(upload_id, self.owner, self.is_admin))
+        self.write_json(await self.master.uploads.upload(upload_id, self.owner, self.is_admin))
 
     @web.authenticated
     @authorized
     async def delete(self, upload_id: str) -> None:
-        await self.master.data.delete_upload(upload_id, self.owner, self.is_admin)
+        await self.master.uploads.delete_upload(upload_id, self.owner, self.is_admin)
         self.write_json({"deleted": upload_id})
 
 
@@ -104,7 +104,7 @@ class CommitHandler(AIGridHandler):
     @authorized
     async def post(self, upload_id: str) -> None:
         """Hash what arrived and make it a version of the dataset (201, the dataset)."""
-        dataset = await self.master.data.commit_upload(upload_id, self.owner, self.is_admin)
+        dataset = await self.master.uploads.commit_upload(upload_id, self.owner, self.is_admin)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/datasets/{dataset['name']}")
         self.write_json(dataset, status=201)
 
@@ -146,7 +146,7 @@ class UploadDataHandler(AIGridHandler):
         except contents.ContentError as e:
             raise SpecError(e.message, field="path") from None
         try:
-            self._writer = self.master.data.uploads.writer(
+            self._writer = self.master.uploads.sessions.writer(
                 self.path_kwargs["upload_id"], self.owner, path, offset
             )
         except UploadConflict as e:

@@ -24,10 +24,11 @@ from typing import Any
 
 from ... import contents
 from .. import events
+from ..dataset_files import VIEWS, make_view, remove, seal
 from ..dataset_rows import CORRUPT, VERIFIED
 from ..model import FAILED, STARTING, Placement
 from .core import Core, Part
-from .datasets import VIEWS, Datasets, make_view, remove, seal
+from .datasets import Datasets
 from .ports import Ending, Launching, Moving
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,11 @@
-"""Datasets: versions by content hash, verified copies on nodes, uploads and registration.
+"""Datasets: versions by content hash, verified copies on nodes, registration, verification.
 
 :class:`Datasets` is the master's component for them. The store says which versions exist
 and where each copy lives; hashing, copying and moving trees run on worker threads, and the
 master thread only records what they found. Every node keeps its copies under its dataset
-root (``c.AIGridApp.dataset_root``/<node>, default ``<scratch>/datasets``):
-
-- ``.aigrid/<name>/<root hash>/``: copies the master made (uploads, staging), read-only;
-- ``.aigrid-jobs/<job>/<name>``: links a job sees as ``$AIGRID_DATA/<name>``;
-- anything else: data an admin put there and registered in place (never deleted by us).
-
-Job staging (copying a version where a gang is placed, verifying copies before use) lives in
-:mod:`.data_staging`.
+root (``c.AIGridApp.dataset_root``/<node>, default ``<scratch>/datasets``;
+:mod:`..dataset_files`). Uploads live in :mod:`.dataset_uploads`; job staging (copying a
+version where a gang is placed, verifying copies before use) in :mod:`.data_staging`.
 """
 
 from __future__ import annotations
@@ -20,8 +15,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,77 +23,18 @@ from typing import Any
 
 from ... import contents
 from .. import events
+from ..dataset_files import MANAGED, VIEWS, remove, sweep_node
 from ..dataset_rows import CORRUPT, UNVERIFIED, VERIFIED
 from ..errors import Conflict, NotFound
 from ..model import FINAL_STATES
 from ..spec import SpecError
-from ..uploads import UploadConflict, Uploads, declared_files
 from ..validation import validate_body
 from ..views import iso
 from .core import Core, Part
 
 log = logging.getLogger(__name__)
 
-MANAGED = ".aigrid"
-VIEWS = ".aigrid-jobs"
-_READ_ONLY_FILE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
-_READ_ONLY_DIR = _READ_ONLY_FILE | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 _REF = re.compile(r"^(?P<name>[^@]+)(@(?P<version>[^@]+))?$")
-
-
-def seal(tree: Path) -> None:
-    """Make a dataset copy read-only: files 0444, folders 0555 (never following links).
-    Readable by all: containers run as ``docker_user``, which is not the server's own user
-    when the server runs as root, and every user of the cluster may read every dataset."""
-    for folder, dirs, files in os.walk(tree, topdown=False):
-        for name in files:
-            os.chmod(os.path.join(folder, name), _READ_ONLY_FILE, follow_symlinks=False)
-        for name in dirs:
-            os.chmod(os.path.join(folder, name), _READ_ONLY_DIR, follow_symlinks=False)
-    os.chmod(tree, _READ_ONLY_DIR)
-
-
-def remove(tree: Path) -> None:
-    """Delete a sealed copy (its folders made writable first)."""
-    if not tree.exists() and not tree.is_symlink():
-        return
-    if tree.is_dir() and not tree.is_symlink():
-        os.chmod(tree, stat.S_IRWXU)
-        for folder, dirs, _ in os.walk(tree):
-            for name in dirs:
-                path = os.path.join(folder, name)
-                if not os.path.islink(path):
-                    os.chmod(path, stat.S_IRWXU)
-    contents.remove_tree(tree)
-
-
-def make_view(folder: Path, links: dict[str, str]) -> str:
-    """On a node: the folder of links a job sees as ``$AIGRID_DATA`` (``<name>`` -> the
-    verified copy), made afresh."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in os.listdir(folder):
-        os.unlink(folder / entry)
-    for name, target in links.items():
-        os.symlink(target, folder / name)
-    return str(folder)
-
-
-def sweep_node(root: Path, known: set[str], unfinished: set[str]) -> list[str]:
-    """On a node: delete the copies of ours under ``root`` that no location names (``known``:
-    their paths below ``root``) and the views of jobs that ended; the paths deleted."""
-    views, removed = root / VIEWS, []
-    for view in views.iterdir() if views.is_dir() else ():
-        if view.name not in unfinished and not view.is_symlink():
-            shutil.rmtree(view, ignore_errors=True)  # links only: never followed
-    managed = root / MANAGED
-    for name_dir in managed.iterdir() if managed.is_dir() else ():
-        for tree in name_dir.iterdir() if name_dir.is_dir() else ():
-            rel = f"{MANAGED}/{name_dir.name}/{tree.name}"
-            if rel not in known and not stat.S_ISLNK(tree.lstat().st_mode):
-                with contextlib.suppress(OSError):
-                    remove(tree)
-                    removed.append(rel)
-    return removed
 
 
 def location_view(loc: dict[str, Any]) -> dict[str, Any]:
@@ -120,21 +54,15 @@ class Datasets(Part):
     def __init__(
         self,
         core: Core,
-        uploads: Uploads,
         call: Callable[..., Awaitable[Any]],
-        wake: Callable[[], None],
         root: str = "",
-        quota_bytes: int = 0,
         verify_interval_s: float = 6 * 3600.0,
     ) -> None:
         super().__init__(core)
-        self.uploads = uploads
         #: Runs a function on the master thread (the store's only user), from the event loop.
         self.call = call
-        self.wake = wake
-        #: Where nodes keep datasets ('' = <scratch>/datasets); per-user bytes (0 = no limit).
+        #: Where nodes keep datasets ('' = <scratch>/datasets).
         self.dataset_root = root
-        self.dataset_quota_bytes = quota_bytes
         #: Every copy of a dataset is hashed again this often (and before each use).
         self.dataset_verify_interval_s = verify_interval_s
         #: Hashing (uploads, verification) off the master thread.
@@ -143,7 +71,7 @@ class Datasets(Part):
         self._verifying: dict[tuple[str, int, str], Any] = {}
         self._next_verify_check = 0.0
         #: Uploads being moved into place (not to be verified before they are there).
-        self._placing: set[tuple[str, int, str]] = set()
+        self.placing: set[tuple[str, int, str]] = set()
 
     def close(self) -> None:
         self._hasher.shutdown(wait=True, cancel_futures=True)
@@ -164,7 +92,7 @@ class Datasets(Part):
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _dataset_view(self, name: str) -> dict[str, Any]:
+    def dataset_view(self, name: str) -> dict[str, Any]:
         row = self.store.dataset(name)
         if row is None:
             raise NotFound(f"no dataset {name!r}")
@@ -196,7 +124,7 @@ class Datasets(Part):
         }
 
     def _datasets_view(self) -> list[dict[str, Any]]:
-        return [self._dataset_view(d["name"]) for d in self.store.datasets()]
+        return [self.dataset_view(d["name"]) for d in self.store.datasets()]
 
     def _resolve(self, ref: Any, field: str) -> dict[str, Any]:
         """``name``, ``name@N`` or ``name@<root hash prefix>`` -> that version's row."""
@@ -272,67 +200,19 @@ class Datasets(Part):
 
     # -- changing -----------------------------------------------------------------------------
 
-    def _may_write(self, name: str, user: str, admin: bool) -> None:
+    def may_write(self, name: str, user: str, admin: bool) -> None:
         row = self.store.dataset(name)
         if row is not None and row["owner"] != user and not admin:
             msg = f"dataset {name!r} belongs to {row['owner']}; only they and admins change it"
             raise SpecError(msg, "name", status=403)
 
-    def _check_quota(self, owner: str, adding: int, besides: str | None = None) -> None:
-        """``adding`` bytes more for ``owner``, counting their versions and their unfinished
-        uploads (but upload ``besides``, the one being committed)."""
-        used = self.store.bytes_owned(owner) + self.uploads.pending_bytes(owner, besides)
-        if self.dataset_quota_bytes and used + adding > self.dataset_quota_bytes:
-            msg = (
-                f"this would put {owner}'s datasets at {used + adding} bytes, over the quota "
-                f"of {self.dataset_quota_bytes} (c.AIGridApp.dataset_quota_bytes); delete "
-                "some versions first"
-            )
-            raise SpecError(msg, "files", status=413)
-
-    def _check_node(self, node: Any) -> str:
+    def check_node(self, node: Any) -> str:
         if node is None:
             return self.nodes.all[0].name
         if node not in self.nodes.by_name:
             known = ", ".join(self.nodes.by_name)
             raise SpecError(f"'node' must be one of {known}, got {node!r}", "node")
         return node
-
-    def _create_upload(self, body: dict[str, Any], user: str, admin: bool) -> dict[str, Any]:
-        validate_body("UploadRequest", body, "the upload")
-        try:
-            name = contents.check_name(body.get("name"))
-        except contents.ContentError as e:
-            raise SpecError(e.message, e.field) from None
-        self._may_write(name, user, admin)
-        files = declared_files(body.get("files"))
-        node = self._check_node(body.get("node"))
-        self._check_quota(user, sum(f["size"] for f in files))
-        return self.uploads.view(self.uploads.create(user, name, node, files))
-
-    def _record_upload(
-        self, meta: dict[str, Any], manifest: dict[str, Any]
-    ) -> tuple[int, Path, bool]:
-        """Store the version an upload makes and its location on the upload's node (to be
-        verified once the tree is there). Returns (version, where it goes, must it move)."""
-        name, node, owner = meta["name"], meta["node"], meta["owner"]
-        with self.store.write():
-            self._may_write(name, owner, admin=False)
-            existing = self.store.dataset(name) is not None and any(
-                v["root"] == manifest["root"] for v in self.store.dataset_versions(name)
-            )
-            if not existing:
-                self._check_quota(owner, manifest["bytes"], besides=meta["id"])
-            version, _ = self.store.add_dataset_version(name, owner, manifest)
-            number = version["version"]
-            loc = next(
-                (x for x in self.store.dataset_locations(name, number) if x["node"] == node), None
-            )
-            if loc is not None and loc["state"] == VERIFIED:
-                return number, self.location_path(loc), False
-            path = self.managed_path(name, manifest["root"])
-            self.store.put_location(name, number, node, path=path, managed=1, state=UNVERIFIED)
-            return number, contents.contained(self.node_root(node), path), True
 
     def record_verified(
         self, name: str, number: int, node: str, problems: list[str], **fields: Any
@@ -369,7 +249,7 @@ class Datasets(Part):
         and the copies (ours: node, path) to delete from disk."""
         if self.store.dataset(name) is None:
             raise NotFound(f"no dataset {name!r}")
-        self._may_write(name, user, admin)
+        self.may_write(name, user, admin)
         numbers = [v["version"] for v in self.store.dataset_versions(name)]
         if version is not None:
             if version not in numbers:
@@ -402,68 +282,14 @@ class Datasets(Part):
 
     # -- public API (coroutines) --------------------------------------------------------------
 
-    async def _in_thread(self, fn, *args):
+    async def in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._hasher, fn, *args)
 
     async def datasets(self) -> list[dict[str, Any]]:
         return await self.call(self._datasets_view)
 
     async def dataset(self, name: str) -> dict[str, Any]:
-        return await self.call(self._dataset_view, name)
-
-    async def create_upload(self, body: dict[str, Any], user: str, admin: bool) -> dict:
-        return await self.call(self._create_upload, body, user, admin)
-
-    async def upload(self, upload_id: str, user: str, admin: bool) -> dict[str, Any]:
-        return self.uploads.view(self.uploads.meta(upload_id, None if admin else user))
-
-    async def uploads_of(self, user: str) -> list[dict[str, Any]]:
-        return [self.uploads.view(m) for m in await self._in_thread(self.uploads.all, user)]
-
-    async def delete_upload(self, upload_id: str, user: str, admin: bool) -> None:
-        self.uploads.meta(upload_id, None if admin else user)
-        await self._in_thread(self.uploads.remove, upload_id)
-
-    async def commit_upload(self, upload_id: str, user: str, admin: bool) -> dict[str, Any]:
-        """Hash the upload, store its version, move its tree where it belongs, verify it."""
-        meta = self.uploads.meta(upload_id, None if admin else user)
-        try:
-            manifest = await self._in_thread(self.uploads.manifest, meta)
-        except UploadConflict as e:
-            raise SpecError(str(e), e.field, status=409) from None
-        number, dest, move = await self.call(self._record_upload, meta, manifest.to_json())
-        problems: list[str] = []
-        if move:  # else a verified copy of these bytes is there already
-            key = (meta["name"], number, meta["node"])
-            self._placing.add(key)
-            try:
-                problems = await self._in_thread(
-                    self._place_upload, upload_id, meta["node"], dest, manifest
-                )
-                await self.call(self.record_verified, *key, problems)
-            finally:
-                self._placing.discard(key)
-        if problems:
-            raise Conflict(f"the uploaded copy did not verify: {'; '.join(problems[:3])}")
-        await self._in_thread(self.uploads.remove, upload_id)
-        self.wake()
-        return await self.call(self._dataset_view, meta["name"])
-
-    def _place_upload(
-        self, upload_id: str, node: str, dest: Path, manifest: contents.Manifest
-    ) -> list:
-        """Move the upload's tree to ``dest`` on ``node`` (through the executor's node
-        files: a rename here, a verified copy to a remote node), sealed and verified."""
-        files, data = self.node_files, self.uploads.data_dir(upload_id)
-        if not files.put_tree(data, node, dest, manifest):
-            # Already there: a commit retried after a crash, or the same bytes again.
-            problems = files.verify_tree(node, dest, manifest)
-            if not problems:
-                return []
-            files.call(node, remove, dest)
-            files.put_tree(data, node, dest, manifest)
-        files.call(node, seal, dest)
-        return files.verify_tree(node, dest, manifest)
+        return await self.call(self.dataset_view, name)
 
     async def register_dataset(self, body: dict[str, Any], user: str, admin: bool) -> dict:
         """Record data an admin put under a node's dataset root (``{"name", "node",
@@ -478,16 +304,16 @@ class Datasets(Part):
             raise SpecError(e.message, e.field) from None
         if path.split("/")[0] in (MANAGED, VIEWS):
             raise SpecError(f"'path' must not be inside {MANAGED} or {VIEWS}", "path")
-        node = self._check_node(body.get("node"))
+        node = self.check_node(body.get("node"))
         try:
             tree = contents.contained(self.node_root(node), path)
         except contents.ContentError as e:
             raise SpecError(e.message, "path") from None
         try:
-            is_dir = await self._in_thread(self.node_files.call, node, os.path.isdir, tree)
+            is_dir = await self.in_thread(self.node_files.call, node, os.path.isdir, tree)
             if not is_dir:
                 raise SpecError(f"'path' {path!r} is not a folder on {node}", "path")
-            manifest = await self._in_thread(
+            manifest = await self.in_thread(
                 self.node_files.call, node, contents.build_manifest, tree
             )
         except contents.ContentError as e:
@@ -495,11 +321,11 @@ class Datasets(Part):
         except OSError as e:
             raise SpecError(f"'node' {node} cannot be reached: {e}", "node", 503) from None
         await self.call(self._record_registered, name, node, path, manifest.to_json(), user)
-        return await self.call(self._dataset_view, name)
+        return await self.call(self.dataset_view, name)
 
     def _record_registered(self, name, node, path, manifest, user) -> None:
         with self.store.write():
-            self._may_write(name, user, admin=True)
+            self.may_write(name, user, admin=True)
             version, _ = self.store.add_dataset_version(name, user, manifest)
             self.store.put_location(
                 name, version["version"], node, path=path, managed=0, state=UNVERIFIED
@@ -512,22 +338,22 @@ class Datasets(Part):
         numbers, trees = await self.call(self._delete_dataset, name, version, user, admin)
         for node, tree in trees:
             with contextlib.suppress(OSError):  # a node that left: its copies went with it
-                await self._in_thread(self.node_files.call, node, remove, tree)
+                await self.in_thread(self.node_files.call, node, remove, tree)
         return {"deleted": name, "versions": numbers}
 
     async def verify_dataset(self, name: str, user: str, admin: bool) -> dict[str, Any]:
         """Hash every copy of ``name`` now (its owner and admins: it costs the cluster a read
         of every copy); record what each one is."""
-        await self.call(self._dataset_view, name)  # 404 first
-        await self.call(self._may_write, name, user, admin)
+        await self.call(self.dataset_view, name)  # 404 first
+        await self.call(self.may_write, name, user, admin)
         for loc, manifest, path in await self.call(self._verify_targets, name):
-            problems = await self._in_thread(
+            problems = await self.in_thread(
                 self._verify_on, loc["node"], path, contents.Manifest.from_json(manifest)
             )
             await self.call(
                 self.record_verified, loc["name"], loc["version"], loc["node"], problems
             )
-        return await self.call(self._dataset_view, name)
+        return await self.call(self.dataset_view, name)
 
     # -- the loop: periodic verification ------------------------------------------------------
 
@@ -557,7 +383,7 @@ class Datasets(Part):
 
         def due(loc: dict[str, Any]) -> bool:
             key = (loc["name"], loc["version"], loc["node"])
-            busy = key in self._verifying or key in staging or key in self._placing
+            busy = key in self._verifying or key in staging or key in self.placing
             stale = (loc.get("verified_at") or 0.0) + self.dataset_verify_interval_s <= now
             return loc["state"] != CORRUPT and stale and not busy
 

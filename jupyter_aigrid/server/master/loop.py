@@ -45,6 +45,7 @@ from .catalog import Catalog
 from .copies import CheckpointCopies
 from .core import Core
 from .data_staging import DataStaging
+from .dataset_uploads import DatasetUploads
 from .datasets import Datasets
 from .inference import Inference
 from .launcher import Launcher
@@ -99,13 +100,15 @@ class Master:
         self.reads = Reads(core, self.queue)
         self.inference = Inference(core, self.reads.snapshot, gpu_cost_per_hour, profile_options)
         self.data = Datasets(
+            core, self.call, root=dataset_root, verify_interval_s=dataset_verify_interval_s
+        )
+        self.uploads = DatasetUploads(
             core,
+            self.data,
             Uploads(Path(state_dir) / "uploads"),
             self.call,
             self.wake,
-            root=dataset_root,
             quota_bytes=dataset_quota_bytes,
-            verify_interval_s=dataset_verify_interval_s,
         )
         self.data_staging = DataStaging(core, self.data)
         self.moves = Moves(
