@@ -29,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from jupyter_aigrid.server.history import History, Prediction
 from jupyter_aigrid.server.model import Request
 from jupyter_aigrid.server.policies import load_policy
-from jupyter_aigrid.server.snapshot import History, Prediction
 from jupyter_aigrid.sim import Simulator, TraceJob, load_trace, make_nodes
 from jupyter_aigrid.sim.engine import PredictionError, prediction_errors
 

@@ -7,12 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from jupyter_aigrid.server.history import History
 from jupyter_aigrid.server.inventory import simulated_gpus
 from jupyter_aigrid.server.master.queue import run_time_s
 from jupyter_aigrid.server.model import Launch, Node, Placement, Request, Slot
 from jupyter_aigrid.server.policies import load_policy, place_gang, schedule_round
 from jupyter_aigrid.server.policies.backfill import remaining_s, reservation
-from jupyter_aigrid.server.snapshot import History, Snapshot
+from jupyter_aigrid.server.snapshot import Snapshot
 from jupyter_aigrid.sim import Simulator, TraceJob, make_nodes
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_aigrid.server.history import BASES, History, Prediction
 from jupyter_aigrid.server.inventory import simulated_gpus
 from jupyter_aigrid.server.model import Node, Placement, Request, Slot
 from jupyter_aigrid.server.policies import load_policy, schedule_round
-from jupyter_aigrid.server.snapshot import BASES, History, Prediction, Snapshot
+from jupyter_aigrid.server.snapshot import Snapshot
 from jupyter_aigrid.server.spec import code_hash, to_request, validate
 from jupyter_aigrid.sim import Simulator, TraceJob, make_nodes
 from jupyter_aigrid.sim.engine import PredictionError, prediction_errors

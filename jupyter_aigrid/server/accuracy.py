@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .snapshot import BASES, Prediction
+from .history import BASES, Prediction
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..server.frozen import FrozenMap
 from ..server.model import Request
-from ..server.snapshot import FrozenMap
 
 #: Bytes in a GB, as sizes and bandwidths are given.
 GB = 10**9

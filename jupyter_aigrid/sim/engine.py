@@ -31,11 +31,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..server.accuracy import PredictionError, prediction_errors
+from ..server.history import History, Prediction
 from ..server.inventory import simulated_gpus
 from ..server.model import Node, Placement, Request
 from ..server.policies import Context, Decisions, Policy, decide
 from ..server.profiles import ProfileBook
-from ..server.snapshot import History, Prediction, Snapshot
+from ..server.snapshot import Snapshot
 from ..vocabulary import RUN_METRICS
 from .data import NodeCaches, Staging, dataset_of
 from .trace import TraceJob, check_fits

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..accuracy import prediction_errors
+from ..history import Prediction
 from ..model import SUCCEEDED, Placement
 from ..policies.qos import CPU, cost_of, resource_of, resource_of_placement, resource_types
 from ..profiles import Choice, ProfileBook
-from ..snapshot import Prediction, Snapshot
+from ..snapshot import Snapshot
 from .core import Core, Part
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..history import History
 from ..model import QUEUED, SUCCEEDED, Request
-from ..snapshot import History, Snapshot
+from ..snapshot import Snapshot
 from ..spec import to_request
 from .core import Core, Part
 

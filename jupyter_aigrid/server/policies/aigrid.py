@@ -2,7 +2,7 @@
 
 Measured on the reference trace (``slice-a.csv``, 16 x 8 GPUs, 40 s per preemption; see
 ``benchmarks/scheduler.py``) against FIFO, EASY backfill, fair share, Tiresias' 2D-LAS and
-SRTF, this ordering, fed by :class:`~jupyter_aigrid.server.snapshot.History`'s estimates
+SRTF, this ordering, fed by :class:`~jupyter_aigrid.server.history.History`'s estimates
 (recent finished siblings of a job first: a sweep's jobs run alike), gave the lowest average
 completion time of any policy that does not know durations:
 
