@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 from jupyter_aigrid.magics import JobFailed, JobHandle, RemoteError
-from jupyter_aigrid.magics.magics import PARSERS
+from jupyter_aigrid.magics.commands import PARSERS
 
 DDP_CELL = """
 import torch

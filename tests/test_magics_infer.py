@@ -19,7 +19,7 @@ from test_magics import _job_count, _until
 
 from jupyter_aigrid.client import AIGridError
 from jupyter_aigrid.magics import JobHandle, JobWidget
-from jupyter_aigrid.magics.magics import PARSERS
+from jupyter_aigrid.magics.commands import PARSERS
 from jupyter_aigrid.magics.parsing import inference_fields, latency_ms
 from jupyter_aigrid.magics.profiles import (
     PAD_TOP,

@@ -12,8 +12,9 @@ from IPython.core.error import UsageError
 
 from jupyter_aigrid.client import AIGridError, Client
 from jupyter_aigrid.magics import AIGridMagics, JobHandle, JobWidget
+from jupyter_aigrid.magics.commands import PARSERS
 from jupyter_aigrid.magics.job_html import actions_html, checkpoint_html, migration_html
-from jupyter_aigrid.magics.magics import PARSERS, checkpoint_requested, migration_started
+from jupyter_aigrid.magics.magics import checkpoint_requested, migration_started
 from jupyter_aigrid.server.views import job_actions, migration_view
 
 HOSTILE = "<script>alert(1)</script>"
