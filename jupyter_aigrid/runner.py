@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from .durable import write_atomic
+    from .safefs import write_atomic
 except ImportError:  # run as a lone file inside an image
-    from durable import write_atomic  # type: ignore[no-redef]
+    from safefs import write_atomic  # type: ignore[no-redef]
 
 
 class OutputError(Exception):

@@ -25,9 +25,11 @@ import numpy as np
 import pytest
 
 from jupyter_aigrid import checkpoints as ck
-from jupyter_aigrid import runtime
+from jupyter_aigrid import runtime, safefs
 from jupyter_aigrid.checkpoints import CheckpointError
 from jupyter_aigrid.runtime import ResumableSampler
+from jupyter_aigrid.server import checkpoint_transfer as transfer
+from jupyter_aigrid.server.executors.nodefiles import NodeFiles, copy_verified
 
 ENV = (
     "AIGRID_CHECKPOINT_DIR",
@@ -160,7 +162,7 @@ def test_names_order_by_attempt_then_seq(tmp_path: Path):
         ck.name_of(10000, 1),
     ]
     assert ck.piece_names(tmp_path / "missing") == []
-    assert [f.name for f in ck.scan({"n": root})] == ck.piece_names(root)[::-1]
+    assert [f.name for f in transfer.scan({"n": root})] == ck.piece_names(root)[::-1]
 
 
 # -- pieces and manifests ------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def test_write_piece_hashes_big_and_small_writes_as_written(tmp_path: Path, monk
     monkeypatch.setattr(ck, "PARALLEL_HASH", 4096)
     monkeypatch.setattr(ck, "SLICE", 10_000)
     if not writeback:
-        monkeypatch.setattr(ck, "_writeback", lambda: None)
+        monkeypatch.setattr(safefs, "writeback", lambda: None)
     big = os.urandom(95_001)
     floats = np.arange(3000, dtype=np.float64)  # a 2-byte-item view of 24,000 bytes
     parts = [b"head", big, memoryview(floats).cast("B").cast("H"), b"tail" * 10]
@@ -240,7 +242,7 @@ def test_write_piece_that_fails_leaves_no_piece(tmp_path: Path):
         ck.write_piece(folder, 0, 1, write, {})
     assert files_in(folder) == []
     assert ck.ranks_in(tmp_path, folder.name) == set()
-    assert ck.complete({"n": tmp_path}, 1) == []
+    assert transfer.complete({"n": tmp_path}, 1) == []
 
 
 def test_write_piece_replaces_a_link_planted_at_its_temp_name(tmp_path: Path):
@@ -305,7 +307,7 @@ def test_read_manifest_refuses_what_is_malformed(tmp_path: Path, text: str, mess
     (folder / "rank-0.json").write_bytes(text.encode("latin-1"))
     with pytest.raises(CheckpointError, match=message):
         ck.read_manifest(folder, 0, tmp_path)
-    assert ck.stage({"n": tmp_path}, {0: "n"}, 1).name is None
+    assert transfer.stage({"n": tmp_path}, {0: "n"}, 1).name is None
 
 
 def test_read_manifest_entry_that_is_not_an_object(tmp_path: Path):
@@ -316,7 +318,7 @@ def test_read_manifest_entry_that_is_not_an_object(tmp_path: Path):
     (folder / "rank-0.json").write_text(
         json.dumps({**good_manifest(), "files": {"rank-0.pt": "abc"}})
     )
-    staged = ck.stage({"n": tmp_path}, {0: "n"}, 1)
+    staged = transfer.stage({"n": tmp_path}, {0: "n"}, 1)
     assert staged.name == ck.name_of(0, 1)
     assert staged.problems == [(ck.name_of(0, 2), "rank 0's manifest is malformed")]
 
@@ -395,7 +397,8 @@ def test_restore_trusts_the_digest_the_master_vouched_for_only_while_it_matches(
 
 
 def test_read_verified_in_chunks(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(ck, "CHUNK", 1000)
+    monkeypatch.setattr(safefs, "CHUNK", 1000)
+    monkeypatch.setattr(safefs, "PIPELINE_FROM", 4000)  # two buffers, one hashed on a thread
     data = os.urandom(4500)
     put(tmp_path, 0, 1, data=data)
     seen: list[bytes] = []
@@ -411,16 +414,16 @@ def test_complete_lists_a_checkpoint_once_every_rank_has_a_manifest(tmp_path: Pa
     roots = {"n": tmp_path}
     name = ck.name_of(0, 1)
     put(tmp_path, 0, 1, rank=0, world=2)
-    assert ck.complete(roots, 2) == []
-    assert ck.complete(roots, 1) == [name]  # what a gang of one would see
-    (found,) = ck.scan(roots)
+    assert transfer.complete(roots, 2) == []
+    assert transfer.complete(roots, 1) == [name]  # what a gang of one would see
+    (found,) = transfer.scan(roots)
     assert found.holders == {0: ["n"]}
     assert found.missing(2) == [1]
     # The data of rank 1 alone does not count: the manifest makes the piece.
     (tmp_path / name / "rank-1.pt").write_bytes(b"no manifest yet")
-    assert ck.complete(roots, 2) == []
+    assert transfer.complete(roots, 2) == []
     put(tmp_path, 0, 1, rank=1, world=2)
-    assert ck.complete(roots, 2) == [name]
+    assert transfer.complete(roots, 2) == [name]
 
 
 def test_complete_across_nodes_newest_first(tmp_path: Path):
@@ -432,8 +435,8 @@ def test_complete_across_nodes_newest_first(tmp_path: Path):
     put(a, 1, 1, rank=0, world=2)
     put(b, 1, 1, rank=1, world=2)
     roots = {"A": a, "B": b}
-    assert ck.complete(roots, 2) == [ck.name_of(1, 1), ck.name_of(0, 2), ck.name_of(0, 1)]
-    scanned = ck.scan(roots)
+    assert transfer.complete(roots, 2) == [ck.name_of(1, 1), ck.name_of(0, 2), ck.name_of(0, 1)]
+    scanned = transfer.scan(roots)
     assert [f.name for f in scanned] == [
         ck.name_of(1, 1),
         ck.name_of(0, 3),
@@ -452,7 +455,7 @@ def test_stage_passes_over_a_damaged_latest(tmp_path: Path, how: str):
     for seq in (1, 2):
         put(tmp_path, 0, seq, data=os.urandom(2000 + seq), step=seq * 10)
     damage(tmp_path / ck.name_of(0, 2), how)
-    staged = ck.stage({"n": tmp_path}, {0: "n"}, 1)
+    staged = transfer.stage({"n": tmp_path}, {0: "n"}, 1)
     assert staged.name == ck.name_of(0, 1)
     assert staged.step == 10
     assert staged.bytes == 2001
@@ -468,7 +471,7 @@ def test_stage_with_a_damaged_piece_of_one_rank(tmp_path: Path):
         for r in (0, 1):
             put(tmp_path, 0, seq, rank=r, world=2)
     damage(tmp_path / ck.name_of(0, 2), "flip", rank=1)
-    staged = ck.stage({"n": tmp_path}, {0: "n", 1: "n"}, 2)
+    staged = transfer.stage({"n": tmp_path}, {0: "n", 1: "n"}, 2)
     assert staged.name == ck.name_of(0, 1)
     assert staged.problems == [
         (ck.name_of(0, 2), "rank-1.pt does not match its sha256 in the manifest")
@@ -476,14 +479,14 @@ def test_stage_with_a_damaged_piece_of_one_rank(tmp_path: Path):
 
 
 def test_stage_with_nothing_to_restore(tmp_path: Path):
-    staged = ck.stage({"n": tmp_path / "none"}, {0: "n"}, 1)
+    staged = transfer.stage({"n": tmp_path / "none"}, {0: "n"}, 1)
     assert (staged.name, staged.step, staged.bytes, staged.copied) == (None, None, 0, 0)
     assert staged.problems == []
 
     put(tmp_path, 0, 1)
     damage(tmp_path / ck.name_of(0, 1), "flip")
     (tmp_path / ck.name_of(0, 2)).mkdir()  # a write that never got far
-    staged = ck.stage({"n": tmp_path}, {0: "n"}, 1)
+    staged = transfer.stage({"n": tmp_path}, {0: "n"}, 1)
     assert staged.name is None
     assert [n for n, _ in staged.problems] == [ck.name_of(0, 2), ck.name_of(0, 1)]
 
@@ -491,7 +494,7 @@ def test_stage_with_nothing_to_restore(tmp_path: Path):
 def test_stage_refuses_pieces_of_another_gang_size(tmp_path: Path):
     put(tmp_path, 0, 1, world=1)
     put(tmp_path, 0, 2, world=2)  # rank 0 of a gang of 2, looked for by a gang of 1
-    staged = ck.stage({"n": tmp_path}, {0: "n"}, 1)
+    staged = transfer.stage({"n": tmp_path}, {0: "n"}, 1)
     assert staged.name == ck.name_of(0, 1)
     assert staged.problems == [(ck.name_of(0, 2), "written by a gang of 2, not 1")]
 
@@ -512,7 +515,7 @@ def test_stage_copies_pieces_to_the_ranks_node(tmp_path: Path):
     roots, sizes = two_nodes(tmp_path)
     a, b = roots["A"], roots["B"]
     name = ck.name_of(0, 2)
-    staged = ck.stage(roots, {0: "B", 1: "B"}, 2)
+    staged = transfer.stage(roots, {0: "B", 1: "B"}, 2)
     assert staged.name == name
     assert staged.step == 2
     assert staged.copied == sizes[name]
@@ -526,16 +529,16 @@ def test_stage_copies_pieces_to_the_ranks_node(tmp_path: Path):
             a / name / ck.data_file(r)
         ).read_bytes()
 
-    again = ck.stage(roots, {0: "B", 1: "B"}, 2)
+    again = transfer.stage(roots, {0: "B", 1: "B"}, 2)
     assert (again.name, again.bytes, again.copied) == (name, sizes[name], 0)
     assert again.problems == []
-    assert ck.scan(roots)[0].holders == {0: ["A", "B"], 1: ["A", "B"]}
+    assert transfer.scan(roots)[0].holders == {0: ["A", "B"], 1: ["A", "B"]}
 
 
 def test_stage_copies_only_what_is_elsewhere(tmp_path: Path):
     roots, _ = two_nodes(tmp_path, seqs=(1,))
     name = ck.name_of(0, 1)
-    staged = ck.stage(roots, {0: "A", 1: "B"}, 2)
+    staged = transfer.stage(roots, {0: "A", 1: "B"}, 2)
     assert staged.name == name
     assert staged.copied == 1001  # rank 1's piece only
     assert files_in(roots["B"] / name) == ["rank-1.json", "rank-1.pt"]
@@ -545,15 +548,15 @@ def test_stage_passes_over_a_checkpoint_whose_copy_fails(tmp_path: Path):
     roots, sizes = two_nodes(tmp_path)
     calls = []
 
-    class Failing(ck.Here):
+    class Failing(NodeFiles):
         @staticmethod
         def copy_checkpoint(src_node, src, src_root, dst_node, dst, rank):
             calls.append((src.name, rank))
             if src.name == ck.name_of(0, 2) and rank == 1:
                 raise OSError("no space left on device")
-            return ck.copy_verified(src, src_root, dst, rank)
+            return copy_verified(src, src_root, dst, rank)
 
-    staged = ck.stage(roots, {0: "B", 1: "B"}, 2, Failing())
+    staged = transfer.stage(roots, {0: "B", 1: "B"}, 2, Failing())
     assert staged.name == ck.name_of(0, 1)
     assert staged.problems == [(ck.name_of(0, 2), "no space left on device")]
     assert staged.copied == 2000 + sizes[ck.name_of(0, 1)]  # rank 0 of the newest, then all
@@ -565,7 +568,7 @@ def test_stage_passes_over_a_checkpoint_whose_copy_fails(tmp_path: Path):
 def test_stage_passes_over_a_corrupt_source(tmp_path: Path):
     roots, _ = two_nodes(tmp_path)
     damage(roots["A"] / ck.name_of(0, 2), "flip", rank=1)
-    staged = ck.stage(roots, {0: "B", 1: "B"}, 2)
+    staged = transfer.stage(roots, {0: "B", 1: "B"}, 2)
     assert staged.name == ck.name_of(0, 1)
     assert staged.problems == [
         (ck.name_of(0, 2), "rank-1.pt does not match its sha256 in the manifest")
@@ -573,7 +576,7 @@ def test_stage_passes_over_a_corrupt_source(tmp_path: Path):
     # The bad piece never landed on B (rank 0's good one may have).
     assert not (roots["B"] / ck.name_of(0, 2) / "rank-1.pt").exists()
     assert not (roots["B"] / ck.name_of(0, 2) / "rank-1.json").exists()
-    assert ck.complete({"B": roots["B"]}, 2) == [ck.name_of(0, 1)]
+    assert transfer.complete({"B": roots["B"]}, 2) == [ck.name_of(0, 1)]
 
 
 # -- copy_verified -------------------------------------------------------------------------------
@@ -584,7 +587,7 @@ def test_copy_verified_copies_data_and_manifest(tmp_path: Path):
     data = os.urandom(12345)
     manifest = put(a, 0, 1, rank=3, world=4, data=data)
     name = ck.name_of(0, 1)
-    assert ck.copy_verified(a / name, a, b / name, 3) == len(data)
+    assert copy_verified(a / name, a, b / name, 3) == len(data)
     assert files_in(b / name) == ["rank-3.json", "rank-3.pt"]
     assert (b / name / "rank-3.pt").read_bytes() == data
     assert ck.read_verified(b / name, 3, b) == manifest
@@ -596,8 +599,8 @@ def test_copy_verified_copies_data_and_manifest(tmp_path: Path):
 def test_copy_verified_in_slices_hashed_as_they_land(tmp_path: Path, monkeypatch, kernel, how):
     """Many slices, each hashed back while the next is copied, in the kernel or (where it
     cannot copy across) by reads and writes: the copy is whole, and damage is still found."""
-    monkeypatch.setattr(ck, "SLICE", 7000)
-    monkeypatch.setattr(ck, "CHUNK", 3000)
+    monkeypatch.setattr(safefs, "SLICE", 7000)
+    monkeypatch.setattr(safefs, "CHUNK", 3000)
     if not kernel:
 
         def refuse(*args):
@@ -611,10 +614,10 @@ def test_copy_verified_in_slices_hashed_as_they_land(tmp_path: Path, monkeypatch
     if how != "intact":
         damage(a / name, how)
         with pytest.raises(CheckpointError, match=RESTORE_PROBLEM[how]):
-            ck.copy_verified(a / name, a, b / name, 0)
+            copy_verified(a / name, a, b / name, 0)
         assert files_in(b / name) == []
         return
-    assert ck.copy_verified(a / name, a, b / name, 0) == len(data)
+    assert copy_verified(a / name, a, b / name, 0) == len(data)
     assert (b / name / "rank-0.pt").read_bytes() == data
     ck.read_verified(b / name, 0, b)
 
@@ -628,9 +631,9 @@ def test_copy_verified_refuses_a_link_outside_the_root(tmp_path: Path):
     (a / name / "rank-0.pt").unlink()
     (a / name / "rank-0.pt").symlink_to(secret)
     with pytest.raises((CheckpointError, OSError)):
-        ck.copy_verified(a / name, a, b / name, 0)
+        copy_verified(a / name, a, b / name, 0)
     assert files_in(b / name) == []
-    staged = ck.stage({"A": a, "B": b}, {0: "B"}, 1)
+    staged = transfer.stage({"A": a, "B": b}, {0: "B"}, 1)
     assert staged.name is None
     assert staged.problems[0][0] == name
     assert files_in(b / name) == []
@@ -643,7 +646,7 @@ def test_copy_verified_refuses_a_linked_folder(tmp_path: Path):
     name = ck.name_of(0, 1)
     (a / name).symlink_to(elsewhere / name, target_is_directory=True)
     with pytest.raises((CheckpointError, OSError)):
-        ck.copy_verified(a / name, a, b / name, 0)
+        copy_verified(a / name, a, b / name, 0)
     assert files_in(b / name) == []
     assert ck.piece_names(a) == []  # never listed either
 
@@ -655,7 +658,7 @@ def test_copy_verified_refuses_a_corrupt_source(tmp_path: Path, how: str):
     name = ck.name_of(0, 1)
     damage(a / name, how)
     with pytest.raises(CheckpointError, match=RESTORE_PROBLEM[how]):
-        ck.copy_verified(a / name, a, b / name, 0)
+        copy_verified(a / name, a, b / name, 0)
     assert files_in(b / name) == []  # not even a temp file
 
 
@@ -670,7 +673,7 @@ def test_copy_verified_replaces_links_planted_at_the_destination(tmp_path: Path)
     (b / name / f".rank-0.pt.{os.getpid()}.copy").symlink_to(victim)
     (b / name / "rank-0.json").symlink_to(victim)
     (b / name / f".rank-0.json.{os.getpid()}.tmp").symlink_to(victim)  # the manifest's temp
-    ck.copy_verified(a / name, a, b / name, 0)
+    copy_verified(a / name, a, b / name, 0)
     assert victim.read_text() == "precious"
     ck.read_verified(b / name, 0, b)
 
@@ -683,7 +686,7 @@ def test_copy_verified_refuses_a_linked_destination(tmp_path: Path):
     b.mkdir()
     (b / name).symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(CheckpointError, match="not a directory"):
-        ck.copy_verified(a / name, a, b / name, 0)
+        copy_verified(a / name, a, b / name, 0)
     assert files_in(elsewhere) == []
 
 
@@ -693,7 +696,7 @@ def test_ask_does_not_write_through_a_link_at_its_temp_name(tmp_path: Path):
     victim = tmp_path / "victim"
     victim.write_text("precious")
     (ck.control_dir(root) / f".request.json.{os.getpid()}.tmp").symlink_to(victim)
-    ck.ask([root], "r1", "why")
+    transfer.ask([root], "r1", "why")
     assert victim.read_text() == "precious"
 
 
@@ -749,7 +752,7 @@ def test_checkpoint_keeps_the_newest(root, monkeypatch, no_torch):
     names = [runtime.checkpoint({"step": step}) for step in range(5)]
     assert names == [ck.name_of(0, seq) for seq in range(1, 6)]
     assert files_in(root) == names[-2:]
-    assert ck.complete({"n": root}, 1) == names[:-3:-1]
+    assert transfer.complete({"n": root}, 1) == names[:-3:-1]
 
 
 def test_checkpoint_keep_argument_and_default(root, no_torch):
@@ -773,7 +776,7 @@ def test_checkpoint_retention_with_two_ranks_sharing_the_root(root, monkeypatch,
     assert files_in(root) == names
     for name in names:
         assert files_in(root / name) == ["rank-0.json", "rank-0.pt", "rank-1.json", "rank-1.pt"]
-    assert ck.complete({"n": root}, 2) == names[::-1]
+    assert transfer.complete({"n": root}, 2) == names[::-1]
     for r in (0, 1):
         monkeypatch.setattr(runtime, "_state", fresh_state())
         monkeypatch.setenv("RANK", str(r))
@@ -868,7 +871,7 @@ def test_restore_by_hand_falls_back_past_a_damaged_latest(root, monkeypatch, cap
     runtime.checkpoint({"step": 1})
     runtime.checkpoint({"step": 2})
     damage(root / ck.name_of(0, 2), how)
-    staged = ck.stage({"n": root}, {0: "n"}, 1)
+    staged = transfer.stage({"n": root}, {0: "n"}, 1)
     assert staged.name == ck.name_of(0, 1)
     assert staged.problems[0][0] == ck.name_of(0, 2)
     assert STAGE_PROBLEM[how] in staged.problems[0][1]
@@ -904,8 +907,8 @@ def test_restore_prefers_a_newer_attempt_over_a_higher_seq(root, monkeypatch, no
     monkeypatch.setenv("AIGRID_ATTEMPT", "1")
     runtime._state.seq = 2
     assert runtime.checkpoint({"from": "attempt 1"}) == ck.name_of(1, 3)
-    assert ck.complete({"n": root}, 1) == [ck.name_of(1, 3), ck.name_of(0, 9)]
-    assert ck.stage({"n": root}, {0: "n"}, 1).name == ck.name_of(1, 3)
+    assert transfer.complete({"n": root}, 1) == [ck.name_of(1, 3), ck.name_of(0, 9)]
+    assert transfer.stage({"n": root}, {0: "n"}, 1).name == ck.name_of(1, 3)
     restart(monkeypatch)
     assert runtime.restore() == {"from": "attempt 1"}
 
@@ -1007,10 +1010,10 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path, mo
     assert len(partial) == 1
     assert partial[0].startswith(".rank-0.pt.")  # the temp file, never renamed
     assert partial[0].endswith(".tmp")
-    assert ck.complete({"n": root}, 1) == [first]
+    assert transfer.complete({"n": root}, 1) == [first]
     monkeypatch.setenv("AIGRID_CHECKPOINT_DIR", str(root))
     assert runtime.checkpoints() == [first]  # the partial one is never listed
-    staged = ck.stage({"n": root}, {0: "n"}, 1)
+    staged = transfer.stage({"n": root}, {0: "n"}, 1)
     assert staged.name == first
     assert {name for name, _ in staged.problems} <= {second}
 
@@ -1018,7 +1021,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path, mo
     assert runtime.restore() == {"step": 1, "weights": list(range(100))}
     assert f"checkpoint {second} skipped" in capsys.readouterr().err
     assert runtime.checkpoint({"step": 2}) == second
-    assert ck.complete({"n": root}, 1) == [second, first]
+    assert transfer.complete({"n": root}, 1) == [second, first]
 
 
 # -- torch: capture() and resume() ---------------------------------------------------------------
@@ -1122,7 +1125,7 @@ def test_capture_without_torch_objects(root, monkeypatch, no_torch):
 def test_should_checkpoint_answers_the_masters_request(root, no_torch):
     assert runtime.should_checkpoint() is False
     assert runtime.should_checkpoint() is False
-    ck.ask([root], "r1", "why")
+    transfer.ask([root], "r1", "why")
     assert runtime.should_checkpoint() is True
     assert runtime.should_checkpoint() is True  # until it is answered
     name = runtime.checkpoint({"step": 7})
@@ -1137,7 +1140,7 @@ def test_should_checkpoint_answers_the_masters_request(root, no_torch):
     runtime.checkpoint({"step": 8})  # r1 is answered once
     assert json.loads(ck.ack_file(root, 0, 0).read_text())["checkpoint"] == name
 
-    ck.ask([root], "r2", "again")
+    transfer.ask([root], "r2", "again")
     path = ck.request_file(root)
     stamp = path.stat().st_mtime_ns + 10**9  # coarse timestamps could equal r1's
     os.utime(path, ns=(stamp, stamp))
@@ -1151,7 +1154,7 @@ def test_a_periodic_checkpoint_answers_a_pending_request(root, monkeypatch, no_t
     monkeypatch.setenv("AIGRID_ATTEMPT", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    ck.ask([root], "2.1", "migrate")
+    transfer.ask([root], "2.1", "migrate")
     name = runtime.checkpoint({"step": 1})  # should_checkpoint() never asked
     ack = json.loads(ck.ack_file(root, 2, 1).read_text())
     assert (ack["request"], ack["checkpoint"]) == ("2.1", name)
@@ -1188,7 +1191,7 @@ def test_should_checkpoint_on_sigusr1(root, no_torch):
 
 
 def test_should_checkpoint_on_sigusr1_once_a_request_file_exists(root, no_torch):
-    ck.ask([root], "r1", "why")
+    transfer.ask([root], "r1", "why")
     assert runtime.should_checkpoint() is True
     runtime.checkpoint({"step": 1})
     assert runtime.should_checkpoint() is False
@@ -1228,7 +1231,7 @@ def test_control_files(tmp_path: Path):
     assert ck.request_file(tmp_path) == tmp_path / ".control" / "request.json"
     assert ck.ack_file(tmp_path, 1, 2).name == "ack-1-2.json"
     assert ck.restored_file(tmp_path, 1, 2).name == "restored-1-2.json"
-    ck.ask([tmp_path / "a", tmp_path / "b"], "r9", "preempt")
+    transfer.ask([tmp_path / "a", tmp_path / "b"], "r9", "preempt")
     for node in ("a", "b"):
         request = ck.read_json(ck.request_file(tmp_path / node), tmp_path / node)
         assert request["id"] == "r9"
@@ -1311,3 +1314,21 @@ def test_sampler_shares_with_more_ranks_than_indices():
         for r in range(ranks):
             sampler = ResumableSampler(length, seed=0, num_replicas=ranks, rank_=r)
             assert len(list(sampler)) == len(sampler) == 1, (length, ranks, r)
+
+
+# -- the job side ------------------------------------------------------------------------------
+
+
+def test_the_job_side_loads_nothing_of_the_master():
+    """A job imports the runtime (and is run by the runner): neither may pull in the
+    master's code, nor the Jupyter server's."""
+    code = (
+        "import json, sys\n"
+        "import jupyter_aigrid.runtime, jupyter_aigrid.runner\n"
+        "prefixes = ('jupyter_aigrid.server', 'jupyter_server', 'tornado')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(prefixes))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout) == [], out.stdout

@@ -69,11 +69,11 @@ def test_a_launch_runs_every_rank_with_its_environment_and_log_files(m):
     assert row["placement"] == ACROSS_NODES.to_json()
     assert row["prediction"]["basis"] == "none"  # nothing has run here yet
     reps = m.store.replicas(job_id, 0)
-    assert [(r["id"], r["node"], r["gpu_indices"]) for r in reps] == [
-        (f"{job_id}.0.0", "node-0", [1]),
-        (f"{job_id}.0.1", "node-1", [0]),
+    assert [(r.id, r.node, r.gpu_indices) for r in reps] == [
+        (f"{job_id}.0.0", "node-0", (1,)),
+        (f"{job_id}.0.1", "node-1", (0,)),
     ]
-    assert all(r["state"] == "running" and r["pid"] and r["started_at"] for r in reps)
+    assert all(r.state == "running" and r.pid and r.started_at for r in reps)
     taken = m.journal.take()
     assert [d["state"] for s, d in taken if s == events.JOB_STATE] == ["starting", "running"]
     ((placed),) = [d for s, d in taken if s == events.JOB_PLACEMENT]
@@ -124,7 +124,7 @@ def test_a_rank_that_cannot_start_fails_the_gang(m):
         "rank 0 could not start: workdir '/no/such/dir' is not a directory on node-0"
     )
     reps = m.store.replicas(job_id, 0)
-    assert [(r["state"], r["pid"]) for r in reps] == [("exited", None), ("exited", None)]
+    assert [(r.state, r.pid) for r in reps] == [("exited", None), ("exited", None)]
     assert m.queue.waiting == {}
 
 
@@ -135,8 +135,8 @@ def test_the_ranks_started_before_one_that_cannot_are_stopped(m, tmp_path):
     job_id = submit(m, {"command": ["sleep", "120"], "gpus": 2, "nodes": 2})
     m.launcher.apply(Launch(job_id, ACROSS_NODES))
     first, second = m.store.replicas(job_id, 0)
-    assert first["pid"] is not None and first["state"] == "stopping"
-    assert (second["pid"], second["state"]) == (None, "exited")
+    assert first.pid is not None and first.state == "stopping"
+    assert (second.pid, second.state) == (None, "exited")
     row = until_ended(m, job_id)
     assert row["state"] == "failed"
     assert row["reason"].startswith("rank 1 could not start:")

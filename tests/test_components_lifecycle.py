@@ -145,7 +145,7 @@ def test_cancel_of_a_running_gang_stops_it_and_ends_it_once_every_rank_exited(m)
     first, second = run_without_processes(m, job_id)
     view = m.lifecycle.cancel(job_id, "u", admin=False)
     assert (view["state"], view["stopping"]) == ("running", True)
-    assert [r["state"] for r in m.store.replicas(job_id, 0)] == ["stopping", "stopping"]
+    assert [r.state for r in m.store.replicas(job_id, 0)] == ["stopping", "stopping"]
     exited(m, (first, 143))
     assert m.store.job(job_id)["state"] == "running"  # a rank still runs
     exited(m, (second, 143))
@@ -188,7 +188,7 @@ def test_a_failing_gang_restarts_with_a_doubling_backoff_then_fails(m):
         failing, other = run_without_processes(m, job_id)
         before = time.time()
         exited(m, (failing, 3))
-        assert m.store.replica(other)["state"] == "stopping"  # the gang fails as a whole
+        assert m.store.replica(other).state == "stopping"  # the gang fails as a whole
         exited(m, (other, 143))
         row = m.store.job(job_id)
         assert (row["state"], row["restarts"], row["attempt"]) == ("queued", restarts, restarts)
@@ -221,7 +221,7 @@ def test_the_failure_reason_names_the_signal_and_the_last_stderr_lines(m):
 def test_a_gang_whose_node_left_gets_restarts_beyond_its_own(m):
     job_id = submit(m, {"code": "pass", "gpus": 4})  # 4 ranks over both nodes
     replicas = run_without_processes(m, job_id)
-    assert {r["node"] for r in m.store.replicas(job_id, 0)} == {"node-0", "node-1"}
+    assert {r.node for r in m.store.replicas(job_id, 0)} == {"node-0", "node-1"}
     m.nodes.update([n for n in m.nodes.all if n.name == "node-0"])
     exited(m, (replicas[2], None))  # lost with its node: no exit status
     exited(m, *((r, 143) for r in replicas if r != replicas[2]))
@@ -254,7 +254,7 @@ def stop_for_restart(m: Master, job_id: str) -> None:
 
 def stop_to_requeue(m: Master, job_id: str) -> None:
     """The master's own doing: a rank it never started (it died while starting the gang)."""
-    replica_id = m.store.replicas(job_id, m.store.job(job_id)["attempt"])[0]["id"]
+    replica_id = m.store.replicas(job_id, m.store.job(job_id)["attempt"])[0].id
     m.lifecycle.handle_exits([ReplicaExit(replica_id, None, never_started=True)])
 
 
@@ -287,13 +287,13 @@ def test_a_stopped_gang_ends_where_its_stop_says(m, stop, ends, restarts, reason
     stop(m, job_id)
     row = m.store.job(job_id)
     assert row["state"] == "running" and row["pending_state"] is not None
-    exited(m, *((r["id"], 143) for r in m.store.replicas(job_id, 0) if r["state"] != "exited"))
+    exited(m, *((r.id, 143) for r in m.store.replicas(job_id, 0) if r.state != "exited"))
     row = m.store.job(job_id)
     assert states(m, job_id) == ["queued", "starting", "running", *ends]
     assert row["restarts"] == restarts
     assert row["reason"].startswith(reason)
     assert row["pending_state"] is None or row["state"] in ("failed", "cancelled")
-    assert all(r["state"] == "exited" for r in m.store.replicas(job_id, 0))
+    assert all(r.state == "exited" for r in m.store.replicas(job_id, 0))
     if row["state"] == "queued":  # a new attempt, from the queue, on no GPUs
         assert (row["attempt"], row["placement"]) == (1, None)
         assert list(m.queue.waiting) == [job_id]
@@ -315,7 +315,7 @@ def test_a_gang_past_its_time_limit_fails_without_a_restart(m):
     m.lifecycle.enforce_time_limits(started + 5.1)
     row = m.store.job(job_id)
     assert (row["pending_state"], row["reason"]) == ("failed", "time limit of 5 s exceeded")
-    assert [r["state"] for r in m.store.replicas(job_id, 0)] == ["stopping", "stopping"]
+    assert [r.state for r in m.store.replicas(job_id, 0)] == ["stopping", "stopping"]
     exited(m, *((r, 143) for r in ids))
     row = m.store.job(job_id)
     assert (row["state"], row["restarts"]) == ("failed", 0)

@@ -77,22 +77,22 @@ def running_gang(m: Master, spec: dict[str, Any], listening: bool) -> str:
 def test_only_a_running_gang_that_listens_may_checkpoint(m):
     queued = m.lifecycle.submit(validate({"code": "pass"}), "u", {})["id"]
     with pytest.raises(Conflict, match=f"job {queued} is queued; only a running job can"):
-        m.moves.checkpoint_now(queued, "u", admin=False)
+        m.requests.checkpoint_now(queued, "u", admin=False)
     deaf = running_gang(m, {"code": "pass"}, listening=False)
-    assert not m.moves.listening(m.store.job(deaf))
+    assert not m.requests.listening(m.store.job(deaf))
     with pytest.raises(
         Conflict, match=r"never calls jupyter_aigrid\.runtime\.should_checkpoint\(\)"
     ):
-        m.moves.checkpoint_now(deaf, "u", admin=False)
+        m.requests.checkpoint_now(deaf, "u", admin=False)
     assert m.store.job(deaf).get("checkpoint") is None
 
 
 def test_a_checkpoint_request_reaches_every_node_of_the_gang(m):
     job_id = running_gang(m, {"code": "pass"}, listening=True)
-    assert m.moves.listening(m.store.job(job_id))
+    assert m.requests.listening(m.store.job(job_id))
     m.journal.take()
     before = time.time()
-    view = m.moves.checkpoint_now(job_id, "ann", admin=True)
+    view = m.requests.checkpoint_now(job_id, "ann", admin=True)
     request = m.store.job(job_id)["checkpoint"]["request"]
     assert (request["id"], request["state"], request["reason"]) == (
         "0.1",
@@ -109,7 +109,7 @@ def test_a_checkpoint_request_reaches_every_node_of_the_gang(m):
     assert [d["state"] for s, d in m.journal.take() if s == events.JOB_CHECKPOINT] == ["requested"]
     assert view["actions"]["checkpoint"]["allowed"] is False
     with pytest.raises(Conflict, match="is already writing a checkpoint"):
-        m.moves.checkpoint_now(job_id, "ann", admin=True)
+        m.requests.checkpoint_now(job_id, "ann", admin=True)
 
 
 def test_a_listening_gang_is_preempted_through_a_checkpoint(m):
@@ -118,7 +118,7 @@ def test_a_listening_gang_is_preempted_through_a_checkpoint(m):
     row = m.store.job(job_id)
     assert row["pending_state"] is None  # it runs on until its checkpoint is written
     assert row["checkpoint"]["request"]["then"] == "preempt"
-    assert [r["state"] for r in m.store.replicas(job_id, 0)] == ["running", "running"]
+    assert [r.state for r in m.store.replicas(job_id, 0)] == ["running", "running"]
 
 
 def test_a_migration_to_a_node_that_does_not_exist_is_refused_naming_the_field(m):

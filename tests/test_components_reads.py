@@ -18,6 +18,7 @@ from jupyter_aigrid.server.master.queue import JobQueue
 from jupyter_aigrid.server.master.reads import Reads
 from jupyter_aigrid.server.model import Placement, Slot
 from jupyter_aigrid.server.policies import load_policy
+from jupyter_aigrid.server.records import Migration
 from jupyter_aigrid.server.spec import SpecError, validate
 from jupyter_aigrid.server.store import Store
 
@@ -129,7 +130,9 @@ def test_a_gang_on_the_move_holds_its_target_too_until_it_has_stopped(core, queu
     placed = queued(core, queue, {"code": "pass"})
     running(core, queue, placed, Placement((Slot(0, "node-0", 0, (0,)),)))
     target = Placement((Slot(0, "node-1", 0, (1,)),))
-    migration = {"id": 1, "state": "checkpointing", "target": target.to_json()}
+    migration = Migration(
+        id=1, kind="migrate", state="checkpointing", started_at=0.0, target=target.to_json()
+    ).to_json()
     core.store.update_job(placed, migration=migration)
     held = reads.snapshot().running
     assert set(held) == {placed, f"{placed}>"}

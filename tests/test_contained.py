@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import hashlib
 import os
 import pickle
+import stat
 
+import blake3
 import pytest
 
-from jupyter_aigrid.durable import open_inside, regular_files_inside
+from jupyter_aigrid import safefs
+from jupyter_aigrid.safefs import open_inside, regular_files_inside
 from jupyter_aigrid.server.logs import LogCursor
 
 
@@ -75,3 +80,68 @@ os.mkfifo(os.path.join(results, "rank-0.jsonl"))
     assert result["outputs"] == [], (done, result)
     status, error = await api.error("GET", "jobs", job["id"], "outputs", "token")
     assert status == 404, error
+
+
+# -- the safe file layer itself ----------------------------------------------------------------
+
+
+def test_a_refusal_names_the_component_and_its_mode(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_bytes(b"x")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    os.mkfifo(tmp_path / "real" / "pipe")
+    with pytest.raises(safefs.Refused) as e:
+        safefs.open_below(tmp_path, "link/f")
+    assert e.value.path == "link" and stat.S_ISLNK(e.value.mode)
+    assert isinstance(e.value, FileNotFoundError) and "link is refused, a symlink" in str(e.value)
+    with pytest.raises(safefs.Refused) as e:
+        safefs.open_below(tmp_path, "real/pipe")
+    assert e.value.path == "real/pipe" and stat.S_ISFIFO(e.value.mode)
+    # A file where a folder should be is missing, not refused; the trusted root may be a
+    # link for open_below, never for open_inside.
+    with pytest.raises(FileNotFoundError) as e:
+        safefs.open_below(tmp_path, "real/f/g")
+    assert not isinstance(e.value, safefs.Refused)
+    os.close(safefs.open_below(tmp_path / "link", "f"))
+    with pytest.raises(FileNotFoundError):
+        safefs.open_inside(tmp_path / "link" / "f", tmp_path / "link")
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["copy_file_range", "read-write"])
+@pytest.mark.parametrize("algorithm", ["sha256", "blake3"])
+def test_copy_hashed_digests_what_landed(tmp_path, monkeypatch, kernel, algorithm):
+    """The digest is of the copy as it landed, slice by slice, for either hash; one byte
+    over the expected size shows a source that grew."""
+    monkeypatch.setattr(safefs, "SLICE", 7000)
+    monkeypatch.setattr(safefs, "CHUNK", 3000)
+    if not kernel:
+
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    new = hashlib.sha256 if algorithm == "sha256" else blake3.blake3
+    data = os.urandom(50_001)
+    (tmp_path / "src").write_bytes(data + b"grown")
+    seen = []
+    with open(tmp_path / "src", "rb") as source:
+        out = safefs.create_new(tmp_path / "dst")
+        try:
+            digest, size = safefs.copy_hashed(
+                source.fileno(), out, new(), len(data) + 1, seen.append
+            )
+        finally:
+            os.close(out)
+    landed = (tmp_path / "dst").read_bytes()
+    assert size == len(data) + 1 == len(landed) == sum(seen) and len(seen) > 1
+    hasher = new()
+    hasher.update(landed)
+    assert digest == hasher.hexdigest()
+
+
+def test_create_new_replaces_a_planted_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.symlink(victim, tmp_path / "new")
+    os.close(safefs.create_new(tmp_path / "new"))
+    assert victim.read_text() == "precious" and not (tmp_path / "new").is_symlink()

@@ -15,6 +15,7 @@ import blake3
 import pytest
 
 from jupyter_aigrid import contents as c
+from jupyter_aigrid import safefs
 from jupyter_aigrid.contents import ContentError, FileEntry, Manifest
 from jupyter_aigrid.testing import write_tree
 
@@ -310,12 +311,12 @@ def test_hash_file_is_blake3_of_the_bytes_and_progress_sums_to_the_size(tmp_path
     seen, progress = counter()
     assert c.hash_file(tmp_path / "f", progress) == b3(data)
     assert sum(seen) == size
-    assert size < c.PIPELINE_FROM or len(seen) > 1  # the large one went in chunks
+    assert size < safefs.PIPELINE_FROM or len(seen) > 1  # the large one went in chunks
 
 
 def test_hash_file_pipeline_with_many_small_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(c, "CHUNK", 1000)
-    monkeypatch.setattr(c, "PIPELINE_FROM", 4000)
+    monkeypatch.setattr(safefs, "CHUNK", 1000)
+    monkeypatch.setattr(safefs, "PIPELINE_FROM", 4000)
     data = os.urandom(123_457)
     (tmp_path / "f").write_bytes(data)
     seen, progress = counter()

@@ -3,12 +3,14 @@ built here from this Python (no registry is reachable), one container per replic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import textwrap
 import time
 
 import pytest
+from test_executor_stopping import STUBBORN
 
 from jupyter_aigrid.client import AIGridError
 from jupyter_aigrid.magics.widgets import JobWidget
@@ -70,7 +72,9 @@ def engine():
         yield url, client
     finally:
         for c in client.containers.list(all=True, sparse=True, filters={"label": "aigrid.master"}):
-            c.remove(force=True)
+            # Its executor removed it first, or is removing it now.
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                c.remove(force=True)
         client.close()
         stop_dockerd(proc, root)
 
@@ -439,3 +443,69 @@ def test_a_dataset_is_mounted_read_only_in_the_container(server, engine):
     assert done["state"] == "succeeded", done["reason"]
     out = "".join(r["line"] for r in c.logs(job["id"]) if r["stream"] == "stdout")
     assert "DATA hello" in out and "REFUSED" in out and "WROTE" not in out, out
+
+
+def test_a_container_is_terminated_then_killed_and_a_second_ask_moves_no_deadline(engine, tmp_path):
+    """SIGTERM, then SIGKILL when the first ask's grace is over: a container stopped again
+    with a longer grace is killed all the same, one stopped again with none is not (a
+    restarted master asks again). A stop asked while the container is still being created
+    takes effect once it runs."""
+    url, docker_client = engine
+    executor = DockerExecutor(tmp_path / "state", base_url=url, simulated_gpus=1)
+    node = executor.nodes()[0]
+    logs = tmp_path / "logs"
+
+    def launch(rank: int):
+        request = LaunchRequest(
+            replica_id=f"7.0.{rank}", job_id="7", attempt=0, rank=rank, node=node.name,
+            job_key="t-7", stdout_path=str(logs / f"rank-{rank}.stdout"),
+            stderr_path=str(logs / f"rank-{rank}.stderr"),
+            exit_path=str(logs / f"rank-{rank}.exit"), image="aigrid-job:python",
+            cpus=0.25,
+        )  # fmt: skip
+        return executor.launch(request, STUBBORN, [], None)
+
+    short, long = launch(0), launch(1)
+    early = launch(2)
+    executor.stop(early, 0.5)  # before its container exists
+    exits: dict[str, int | None] = {}
+
+    def watch(until, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            assert time.monotonic() < deadline, exits
+            executor.started()
+            exits.update((e.replica_id, e.exit_code) for e in executor.poll())
+            time.sleep(0.1)
+
+    def said(rank: int, text: str) -> bool:
+        path = logs / f"rank-{rank}.stdout"
+        return path.exists() and text in path.read_text()
+
+    watch(lambda: said(0, "up") and said(1, "up"))
+    executor.stop(short, 0.5)
+    executor.stop(long, 600.0)
+    executor.stop(short, 600.0)
+    executor.stop(long, 0.0)
+    watch(lambda: short.replica_id in exits and early.replica_id in exits)
+    assert exits[short.replica_id] == 137
+    # The early one's SIGTERM may come before its job sets a handler: it ends either way.
+    assert exits[early.replica_id] in (137, 143)
+    assert long.replica_id not in exits
+    (running,) = containers_of_replica(docker_client, executor, long.replica_id)
+    assert running.status == "running"
+    watch(lambda: said(0, "got SIGTERM") and said(1, "got SIGTERM"))
+    running.kill()  # the test's own clean-up (its grace is 600 s)
+    watch(lambda: long.replica_id in exits)
+    for handle in (short, long, early):  # removed once their exit codes were recorded
+        watch(lambda h=handle: not containers_of_replica(docker_client, executor, h.replica_id))
+    executor.close()
+
+
+def containers_of_replica(client, executor: DockerExecutor, replica_id: str) -> list:
+    labels = [f"aigrid.replica={replica_id}", f"aigrid.master={executor.master_id}"]
+    found = []
+    for c in client.containers.list(all=True, sparse=True, filters={"label": labels}):
+        with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
+            found.append(client.containers.get(c.id))
+    return found

@@ -155,7 +155,7 @@ async def test_a_checkpoint_on_request_and_a_killed_replica(api, aigrid_master, 
 
     # kill -9 the replica's python process (not the wrapper): the gang restarts from it.
     replica = aigrid_master.store.replicas(job["id"], 0)[0]
-    root = Path(aigrid_master.core.roots(job["id"])[replica["node"]])
+    root = Path(aigrid_master.core.roots(job["id"])[replica.node])
     pid = json.loads((root / ".control" / "listen-0-0").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
 
@@ -198,7 +198,7 @@ async def test_a_damaged_checkpoint_falls_back_to_the_one_before(
     await listening(api, job["id"])
     await reached(tmp_path / "damaged", 25)
     replica = aigrid_master.store.replicas(job["id"], 0)[0]
-    root = Path(aigrid_master.core.roots(job["id"])[replica["node"]])
+    root = Path(aigrid_master.core.roots(job["id"])[replica.node])
     pid = json.loads((root / ".control" / "listen-0-0").read_text())["pid"]
     os.kill(pid, signal.SIGSTOP)  # no newer checkpoint from here on
     names = sorted(p.parent.name for p in root.glob("ckpt-*/rank-0.json"))

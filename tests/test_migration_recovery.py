@@ -45,7 +45,7 @@ async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_pa
     a.moves.migration_prestart = step != "restoring"  # a cold start at the destination, or not
     job_id = submit(a, counter(STEPS, 0.02))
     deadline = time.monotonic() + 60
-    while not a.moves.listening(a.store.job(job_id)):
+    while not a.requests.listening(a.store.job(job_id)):
         assert time.monotonic() < deadline, a.store.job(job_id)
         a._tick()
         time.sleep(0.02)
@@ -103,9 +103,9 @@ def tick_until(m, done, seconds: float = 30.0) -> None:
 
 def test_a_checkpoint_that_never_comes_times_out(tmp_path):
     m = master(tmp_path, two_nodes(tmp_path))
-    m.moves.checkpoint_timeout_s = 0.5
+    m.requests.timeout_s = 0.5
     job_id = submit(m, {"code": DEAF, "gpus": 1, "preemptible": True})
-    tick_until(m, lambda: m.moves.listening(m.store.job(job_id)))
+    tick_until(m, lambda: m.requests.listening(m.store.job(job_id)))
     source = m.store.job(job_id)["placement"]
 
     # A migration fails, and the gang runs on where it was.
@@ -120,7 +120,7 @@ def test_a_checkpoint_that_never_comes_times_out(tmp_path):
     prestart = row["migration"]["prestart"]
     assert prestart["attempt"] == 1 and prestart["state"] == "dropped"
     assert "did not checkpoint" in prestart["reason"]
-    tick_until(m, lambda: all(r["state"] == "exited" for r in m.store.replicas(job_id, 1)))
+    tick_until(m, lambda: all(r.state == "exited" for r in m.store.replicas(job_id, 1)))
     assert len(m.store.replicas(job_id, 1)) == 1
 
     # A preemption goes ahead without the checkpoint.

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_executor_stopping import STUBBORN
 from test_recovery import master, ran, submit
 
 ray = pytest.importorskip("ray")
@@ -198,7 +199,7 @@ def test_a_job_migrated_to_another_node_resumes_bit_exact(ray_master, tmp_path):
     reference = submit(m, train())
     moved = submit(m, train())
     tick_until(
-        m, lambda: m.moves.listening(m.store.job(moved)) and len(ran(tmp_path, moved, 0)) == 1
+        m, lambda: m.requests.listening(m.store.job(moved)) and len(ran(tmp_path, moved, 0)) == 1
     )
     tick_until(m, lambda: sum(line.startswith("step") for line in output(tmp_path, moved, 0)) >= 10)
     source = m.store.job(moved)["placement"][0]["node"]
@@ -340,3 +341,59 @@ def test_an_upload_on_the_master_is_put_on_a_node_through_ray(ray_master, tmp_pa
     assert not local.exists()  # moved: the master keeps no copy
     assert m.node_files.verify_tree(node.name, dest, manifest) == []
     assert not m.node_files.put_tree(local, node.name, dest, manifest)  # already there
+
+
+@pytest.fixture
+def driver(cluster):
+    """This process connected to the test cluster (as the executor connects it)."""
+    c, _ = cluster
+    if not ray.is_initialized():
+        ray.init(address=c.address, namespace="aigrid", log_to_driver=False)
+    return c
+
+
+def test_the_node_actor_s_stop_returns_at_once_and_a_second_ask_moves_no_deadline(driver, tmp_path):
+    """The actor sends SIGTERM and returns (its other calls are never held up by a grace
+    period); SIGKILL follows when the first ask's grace is over, whatever later asks say."""
+    from jupyter_aigrid.server.executors.ray_node import ReplicaActor
+
+    actor_class = ray.remote(max_restarts=0, max_concurrency=4)(ReplicaActor)
+    short, long = actor_class.options(num_cpus=0).remote(), actor_class.options(num_cpus=0).remote()
+    argv = [sys.executable, "-u", "-c", STUBBORN]
+    for i, actor in enumerate((short, long)):
+        started = ray.get(
+            actor.start.remote(argv, dict(os.environ), str(tmp_path), f"{tmp_path}/{i}")
+        )
+        assert started["pid"] is not None
+    waits = [short.wait.remote(), long.wait.remote()]
+    for actor in (short, long):
+        deadline = time.monotonic() + 60
+        while b"up" not in ray.get(actor.logs.remote(0, 0, 1000))[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    # A 600 s grace period: a stop that blocked for it would not answer within the timeout.
+    ray.get([short.stop.remote(0.5), long.stop.remote(600.0)], timeout=30)
+    ray.get([short.stop.remote(600.0), long.stop.remote(0.0)], timeout=30)
+    assert ray.get(waits[0], timeout=60) == 137
+    ready, _ = ray.wait([waits[1]], timeout=1.0)
+    assert not ready  # the long one's deadline was not pulled in by its second ask
+    for actor in (short, long):
+        out, _ = ray.get(actor.logs.remote(0, 0, 10_000), timeout=30)
+        assert out.count(b"got SIGTERM") == 1, out
+    for actor in (short, long):
+        ray.kill(actor)
+
+
+def test_the_node_actor_writes_the_job_s_script_on_its_node(driver, tmp_path):
+    from jupyter_aigrid.server.executors.ray_node import ReplicaActor
+
+    actor = ray.remote(max_restarts=0)(ReplicaActor).options(num_cpus=0).remote()
+    script = (str(tmp_path / "job"), 2, "import sys\nprint('args', sys.argv[1:])\n")
+    env = dict(os.environ)
+    ray.get(actor.start.remote(["x"], env, str(tmp_path), str(tmp_path / "logs"), script))
+    assert ray.get(actor.wait.remote(), timeout=60) == 0
+    out, err = ray.get(actor.logs.remote(0, 0, 10_000))
+    assert out.decode().strip() == "args ['x']", err
+    path = tmp_path / "job" / "main-2.py"
+    assert path.read_text() == script[2] and (path.stat().st_mode & 0o777) == 0o444
+    ray.kill(actor)

@@ -104,7 +104,7 @@ async def test_died_while_starting_a_gang_starts_it_again_without_a_restart(tmp_
         assert "failed" not in [e["data"].get("state") for e in b.store.events(job_id)]
         assert ran(tmp_path, job_id, 1) == ["attempt 1\n", "attempt 1\n"]
         # A rank of attempt 0 that did start was stopped, not left beside attempt 1.
-        codes = [r["exit_code"] for r in b.store.replicas(job_id, 0)]
+        codes = [r.exit_code for r in b.store.replicas(job_id, 0)]
         assert codes == ([None, None] if dies_at_rank == 0 else [143, None]), codes
     finally:
         await b.stop()

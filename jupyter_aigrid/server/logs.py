@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..durable import open_inside
+from ..safefs import open_inside
 from .model import FINAL_STATES
 from .spec import SpecError
 

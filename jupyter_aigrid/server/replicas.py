@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..durable import fsync_dir, open_inside, regular_files_inside, write_atomic
+from ..safefs import fsync_dir, open_inside, regular_files_inside, write_atomic
 from .model import Node, Placement, Slot
 from .templating import choose, rank_env
 

@@ -49,11 +49,6 @@ class MigrationState(Name):
     FAILED = "failed"
 
 
-def migration_active(migration: Mapping | None) -> bool:
-    """Is this migration (a job's ``migration`` field) under way?"""
-    return bool(migration) and migration["state"] not in (M.DONE, M.FAILED)
-
-
 class RequestState(Name):
     """A checkpoint the master asked a running gang for."""
 

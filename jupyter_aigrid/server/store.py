@@ -22,6 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from .dataset_rows import DatasetRows
+from .records import Replica
 from .schema import upgrade
 from .states import job_change_allowed, replica_change_allowed
 
@@ -199,11 +200,11 @@ class Store(DatasetRows):
         with self.write():
             self.db["replicas"].insert_all([_encode(r) for r in rows])
 
-    def replicas(self, job_id: str, attempt: int) -> list[dict[str, Any]]:
+    def replicas(self, job_id: str, attempt: int) -> list[Replica]:
         rows = self.db["replicas"].rows_where(
             "job_id = ? AND attempt = ?", [job_id, attempt], order_by="rank"
         )
-        return [_decode(r) for r in rows]  # type: ignore[misc]
+        return [Replica.from_row(_decode(r)) for r in rows]  # type: ignore[arg-type]
 
     def last_attempt(self, job_id: str) -> int | None:
         """The highest attempt any replica of the job was started for (None: none was)."""
@@ -212,23 +213,25 @@ class Store(DatasetRows):
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def replica(self, replica_id: str) -> dict[str, Any] | None:
+    def replica(self, replica_id: str) -> Replica | None:
         for row in self.db["replicas"].rows_where("id = ?", [replica_id]):
-            return _decode(row)
+            return Replica.from_row(_decode(row))  # type: ignore[arg-type]
         return None
 
-    def replicas_in(self, states: tuple[str, ...]) -> list[dict[str, Any]]:
+    def replicas_in(self, states: tuple[str, ...]) -> list[Replica]:
         rows = self.db["replicas"].rows_where(
             f"state IN ({','.join('?' * len(states))})", list(states), order_by="job_id, rank"
         )
-        return [_decode(r) for r in rows]  # type: ignore[misc]
+        return [Replica.from_row(_decode(r)) for r in rows]  # type: ignore[arg-type]
 
     def update_replica(self, replica_id: str, **fields: Any) -> bool:
         """Write ``fields`` of a replica; False (nothing written) for an illegal state change."""
         with self.write():
             if "state" in fields:
                 old = self.replica(replica_id)
-                if old is not None and not replica_change_allowed(replica_id, old, fields):
+                if old is not None and not replica_change_allowed(
+                    replica_id, {"state": old.state}, fields
+                ):
                     return False
             self.db["replicas"].update(replica_id, _encode(fields))
         return True

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import contents
-from ..durable import write_atomic
+from ..safefs import write_atomic
 from .errors import NotFound
 from .spec import SpecError
 from .views import iso

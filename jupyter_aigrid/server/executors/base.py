@@ -77,11 +77,20 @@ class Executor(ABC):
     def launch(
         self, request: LaunchRequest, code: str | None, args: list[str], command: list[str] | None
     ) -> ReplicaHandle:
-        """Start one replica: ``code`` (Python source, run with ``args``) or ``command``."""
+        """Start one replica: ``code`` (Python source, run with ``args``) or ``command``.
+
+        ``code`` is written with :func:`~.scripts.write_script` where the replica reads it,
+        and run with :func:`~.scripts.runner_argv`.
+        """
 
     @abstractmethod
     def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
-        """Ask a replica to stop now (SIGTERM or equivalent), and force it after ``grace_s``."""
+        """Ask a replica to stop now (SIGTERM or equivalent), and force it after ``grace_s``.
+
+        Returns at once; the force is sent by a later ``poll`` (or on the node). Asking
+        again for a replica already stopping keeps the first deadline: executors keep their
+        deadlines in a :class:`~.stopping.StopLadder`.
+        """
 
     @abstractmethod
     def poll(self) -> list[ReplicaExit]:

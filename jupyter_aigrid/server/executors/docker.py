@@ -1,60 +1,52 @@
 """Replicas as containers on a Docker host, one container per replica, through the docker SDK.
 
 The Docker host (``c.AIGridApp.docker_base_url``; default: the environment's ``DOCKER_HOST``
-or the local socket) is one node. Every container:
-
-- runs the job's image (from the catalog, or the one the job named) as a non-root user, with
-  every capability dropped, ``no-new-privileges``, a read-only root filesystem (a tmpfs at
-  ``/tmp``), an init process, and limits on pids, memory and CPU. Nothing a job spec says can
-  make it privileged, add a mount or a device, or change these;
-- gets exactly the GPUs it was placed on, by UUID, through a DeviceRequest (never ``all``);
-  simulated GPUs get none;
-- sees only the paths the master hands it, bind-mounted at the same paths as on the host:
-  its job's scratch directory (code, working directories) and results and checkpoint
-  directories read-write; pushed inputs, datasets and the MPI hostfile read-only. Its
-  environment is the job's alone: nothing of the server's leaks in;
-- joins the network its template needs: the host's for gangs (NCCL and gloo talk across
-  containers), the executor's default network otherwise;
-- carries the labels ``aigrid.master`` (this master), ``aigrid.job_id``, ``aigrid.rank``,
-  ``aigrid.attempt`` and ``aigrid.replica``, and a name unique per attempt. A restarted master
-  finds its containers again by label;
-- has its stdout and stderr streamed into the rank's log files as they come, and is removed
-  once its exit code is recorded (in the rank's exit file, atomically).
+or the local socket) is one node. What each container is (hardened, its GPUs by UUID, only
+the paths the master hands it, labelled so a restarted master finds it again) is built in
+:mod:`.docker_spec`. Creating a container is a slow start, done in the background. Its
+stdout and stderr are streamed into the rank's log files as they come, and it is removed
+once its exit code is recorded (in the rank's exit file, atomically).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import re
-import stat
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...durable import write_atomic
+from ...safefs import write_atomic
 from ..inventory import nvml_gpus, simulated_gpus
 from ..model import LaunchRequest, Node, ReplicaExit, ReplicaHandle
 from .base import Capabilities, Executor, ExecutorError
+from .docker_logs import copy_remaining_logs, drain, follow_logs
+from .docker_spec import (
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_SHM_MB,
+    ContainerSettings,
+    container_name,
+    container_options,
+    container_user,
+    master_label,
+    real_dir,
+    safe_name,
+)
 from .local import free_port, read_exit_code
+from .scripts import runner_argv, write_script
+from .stopping import StopLadder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIMULATED_GPUS = 4
-#: Containers' limits unless the job asks for more (memory) or the executor is told otherwise.
-DEFAULT_PIDS_LIMIT = 4096
-DEFAULT_SHM_MB = 1024
 #: The exit code of a replica whose container could not be created or started (as docker run).
 START_FAILED = 125
 #: How long poll() waits for a finished container's last log lines.
 _LOG_DRAIN_S = 10.0
-_NAME = re.compile(r"[^a-zA-Z0-9_.-]")
 
 
 @dataclass
@@ -64,8 +56,8 @@ class _Container:
     stdout_path: str
     stderr_path: str
     container_id: str | None = None
-    grace_s: float = 10.0
-    kill_at: float | None = None
+    #: The grace period of a stop asked for (None: not asked), kept until it can be sent.
+    stop_grace_s: float | None = None
     streams: list[threading.Thread] = field(default_factory=list)
     #: Set once the background start has ended, with ``start_error`` if it failed.
     started: threading.Event = field(default_factory=threading.Event)
@@ -73,21 +65,10 @@ class _Container:
     #: The master has been told it started (exits are reported only after that).
     reported: bool = False
     #: The container has started (the worker's ``start`` returned, or it was adopted).
-    #: Read and written with ``kill_at`` under ``lock``: a stop racing the start is never
-    #: lost, whichever comes first.
+    #: Read and written with ``stop_grace_s`` under ``lock``: a stop racing the start is
+    #: never lost, whichever comes first.
     running: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def master_label(state_dir: str | Path) -> str:
-    """The ``aigrid.master`` label of the containers of the master keeping ``state_dir``."""
-    return hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
-
-
-def container_name(request: LaunchRequest) -> str:
-    """``aigrid-<job key>-a<attempt>-r<rank>``: unique per attempt and rank."""
-    key = request.job_key or request.job_id
-    return _NAME.sub("-", f"aigrid-{key}-a{request.attempt}-r{request.rank}")
 
 
 class DockerExecutor(Executor):
@@ -113,13 +94,7 @@ class DockerExecutor(Executor):
         import docker
 
         super().__init__()
-        self.user = user or _default_user()
-        if not re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", self.user):
-            msg = (
-                f"the containers' user must be a numeric uid:gid other than root's, such as "
-                f"1000:1000, got {self.user!r}"
-            )
-            raise ExecutorError(msg)
+        self.user = container_user(user)
         self.root = Path(os.path.abspath(root))
         self.base_url = (
             base_url or os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
@@ -139,15 +114,19 @@ class DockerExecutor(Executor):
         #: A container's memory limit when its job names none: most of the host, so that a
         #: runaway job meets the OOM killer in its own container, not the master.
         self.memory_mb = memory_mb or max(256, self._node.memory_mb * 9 // 10)
+        self.settings = ContainerSettings(
+            self.user, self.master_id, network, pids_limit, shm_mb, self.memory_mb
+        )
         self._live: dict[str, _Container] = {}
         self._exits: list[ReplicaExit] = []
+        self._stops: StopLadder[str] = StopLadder()
         #: Container creation (and pulls) and removal: slow, so never on the master's loop.
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aigrid-docker")
 
     # -- inventory --------------------------------------------------------------------------
 
     def _declare(self, info: dict[str, Any], simulated: int | None) -> Node:
-        name = _NAME.sub("-", f"docker-{info.get('Name') or 'host'}")
+        name = safe_name(f"docker-{info.get('Name') or 'host'}")
         # NVML sees this machine's GPUs: they are the Docker host's only if it is local.
         local = self.base_url.startswith("unix://")
         real = nvml_gpus() if simulated is None and local else []
@@ -181,8 +160,6 @@ class DockerExecutor(Executor):
     def launch(
         self, request: LaunchRequest, code: str | None, args: list[str], command: list[str] | None
     ) -> ReplicaHandle:
-        from docker.types import DeviceRequest, Mount
-
         if request.node != self._node.name:
             msg = f"no node named {request.node!r} on the Docker executor"
             raise ExecutorError(msg)
@@ -194,72 +171,19 @@ class DockerExecutor(Executor):
         # writes there itself, only creates directories, refusing any link a container
         # may have planted; the code lives where no container can write.
         job_dir = Path(self._node.scratch) / "jobs" / key
-        rank_dir = job_dir / f"rank-{request.rank}"
-        for path in (job_dir, rank_dir, *map(Path, request.read_write)):
-            self._real_dir(path)
-        mounts = [Mount(str(job_dir), str(job_dir), type="bind")]
+        for path in (job_dir, job_dir / f"rank-{request.rank}", *map(Path, request.read_write)):
+            real_dir(self.root, path, self.user)
+        script = None
         if code is not None:
-            code_dir = self.root / "code" / key
-            code_dir.mkdir(parents=True, exist_ok=True)
-            script = code_dir / f"main-{request.attempt}.py"
-            write_atomic(script, code.encode("utf-8"))
-            mounts.append(Mount(str(script), str(script), type="bind", read_only=True))
-            argv = ["python", "-u", "-m", "jupyter_aigrid.runner", str(script), *args]
+            script = write_script(self.root / "code" / key, request.attempt, code)
+            argv = runner_argv("python", script, args)
         else:
             argv = list(command or [])
-        mounts += [
-            Mount(p, p, type="bind") for p in request.read_write if not _within(Path(p), job_dir)
-        ]
-        mounts += [
-            Mount(p, p, type="bind", read_only=True) for p in request.read_only if os.path.exists(p)
-        ]
-        # The job's environment only. NVIDIA_VISIBLE_DEVICES is ours: exactly the placed GPUs,
-        # or "void", so that an image's own "all" cannot hand a container every GPU.
-        env = {k: v for k, v in request.env.items() if not k.upper().startswith("NVIDIA_")}
-        env.update(
-            AIGRID_SCRATCH=str(job_dir),
-            HOME=str(rank_dir),
-            NVIDIA_VISIBLE_DEVICES=",".join(request.gpu_uuids) or "void",
-        )
-        devices = (
-            [DeviceRequest(device_ids=list(request.gpu_uuids), capabilities=[["gpu"]])]
-            if request.gpu_uuids
-            else []
-        )
+        options = container_options(self.settings, request, argv, job_dir, script)
         for path in (request.stdout_path, request.stderr_path, request.exit_path):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(request.exit_path).unlink(missing_ok=True)
         name = container_name(request)
-        memory_mb = request.memory_mb or self.memory_mb
-        options: dict[str, Any] = {
-            "command": argv,
-            "name": name,
-            "labels": {
-                "aigrid.master": self.master_id,
-                "aigrid.job_id": request.job_id,
-                "aigrid.rank": str(request.rank),
-                "aigrid.attempt": str(request.attempt),
-                "aigrid.replica": request.replica_id,
-            },
-            "environment": env,
-            "user": self.user,
-            "working_dir": str(rank_dir),
-            "mounts": mounts,
-            "network_mode": "host" if request.network == "host" else self.network,
-            "privileged": False,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"],
-            "read_only": True,
-            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g"},  # noqa: S108 - the container's own
-            "init": True,
-            "pids_limit": self.pids_limit,
-            "shm_size": f"{self.shm_mb}m",
-            "device_requests": devices,
-            "mem_limit": f"{memory_mb}m",
-            "memswap_limit": f"{memory_mb}m",
-        }
-        if request.cpus:
-            options["nano_cpus"] = int(request.cpus * 1e9)
         handle = ReplicaHandle(request.replica_id, None, None, request.exit_path)
         entry = _Container(handle, name, request.stdout_path, request.stderr_path)
         self._live[request.replica_id] = entry
@@ -292,36 +216,14 @@ class DockerExecutor(Executor):
             with contextlib.suppress(OSError), open(entry.stderr_path, "ab") as err:
                 err.write(f"AI Grid: {entry.start_error}\n".encode())
         else:
-            self._follow(entry, container)
+            entry.streams = follow_logs(container, entry.name, entry.stdout_path, entry.stderr_path)
             with entry.lock:
                 entry.running = True
-                stopped = entry.kill_at is not None
-            if stopped:  # stopped while it was being created: now it can take a signal
-                entry.kill_at = time.monotonic() + entry.grace_s
-                self._signal(entry, "SIGTERM")
+                grace_s = entry.stop_grace_s
+            if grace_s is not None:  # stopped while it was being created: now it can take
+                self._terminate(entry, grace_s)  # a signal, and its grace period begins
         finally:
             entry.started.set()
-
-    def _real_dir(self, path: Path) -> None:
-        """Make ``path`` a directory under our root that the container's user owns, refusing
-        a symlink anywhere below the root (a container may plant one where it can write)."""
-        try:
-            rel = Path(os.path.abspath(path)).relative_to(self.root)
-        except ValueError:
-            msg = f"{path} is outside the master's state directory {self.root}"
-            raise ExecutorError(msg) from None
-        current = self.root
-        for part in rel.parts:
-            current = current / part
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(current, 0o755)
-            st = os.lstat(current)
-            if not stat.S_ISDIR(st.st_mode):
-                msg = f"{current} is not a directory (a link left by a job?): refusing to use it"
-                raise ExecutorError(msg)
-        if os.geteuid() == 0:  # we are root, the container's user is not
-            uid, _, gid = self.user.partition(":")
-            os.chown(current, int(uid), int(gid or uid), follow_symlinks=False)
 
     def _remove_stale(self, name: str) -> None:
         """A container of that name left by a crash before it was recorded: ours, so remove."""
@@ -334,22 +236,6 @@ class DockerExecutor(Executor):
         if old.labels.get("aigrid.master") == self.master_id:
             old.remove(force=True, v=True)
 
-    def _follow(self, entry: _Container, container: Any, resume: bool = False) -> None:
-        """Stream the container's stdout and stderr into the rank's files, as they come.
-
-        ``resume`` (a restarted master adopting it): the engine sends the whole log again;
-        what the files already hold is skipped, never written over, so nothing captured is
-        lost and readers following the files by offset see each byte once."""
-        for stream, path in (("stdout", entry.stdout_path), ("stderr", entry.stderr_path)):
-            t = threading.Thread(
-                target=_copy_logs,
-                args=(container, stream, path, True, _size(path) if resume else 0),
-                name=f"aigrid-logs-{entry.name}-{stream}",
-                daemon=True,
-            )
-            t.start()
-            entry.streams.append(t)
-
     # -- stopping and watching --------------------------------------------------------------
 
     def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
@@ -357,12 +243,16 @@ class DockerExecutor(Executor):
         if entry is None:
             return
         with entry.lock:
-            if entry.kill_at is not None:
+            if entry.stop_grace_s is not None:  # asked again: the first deadline holds
                 return
-            entry.grace_s = grace_s
-            entry.kill_at = time.monotonic() + grace_s
+            entry.stop_grace_s = grace_s
             running = entry.running
         if running:  # else the start signals it once the container runs
+            self._terminate(entry, grace_s)
+
+    def _terminate(self, entry: _Container, grace_s: float) -> None:
+        """SIGTERM the container, once: its SIGKILL is due ``grace_s`` from now."""
+        if self._stops.ask(entry.handle.replica_id, grace_s):
             self._signal(entry, "SIGTERM")
 
     def _signal(self, entry: _Container, sig: str) -> None:
@@ -403,18 +293,19 @@ class DockerExecutor(Executor):
                 log.warning("AI Grid: cannot list containers on %s: %s", self.base_url, e)
                 containers = None
             if containers is not None:
-                now = time.monotonic()
+                due = set(self._stops.due())
                 for replica_id, entry in ready:
                     if entry.start_error is not None:
                         write_atomic(Path(entry.handle.exit_path), str(START_FAILED).encode())
                         del self._live[replica_id]
+                        self._stops.forget(replica_id)
                         self._exits.append(ReplicaExit(replica_id, START_FAILED))
                         continue
                     found = containers.get(replica_id)
                     state = found.attrs.get("State") if found is not None else None
                     if found is None or state in ("exited", "dead"):
                         self._finish(replica_id, entry, found)
-                    elif entry.kill_at is not None and now >= entry.kill_at:
+                    elif replica_id in due:
                         self._signal(entry, "SIGKILL")
         exits, self._exits = self._exits, []
         return exits
@@ -439,16 +330,14 @@ class DockerExecutor(Executor):
                     with contextlib.suppress(OSError), open(entry.stderr_path, "ab") as err:
                         err.write(b"AI Grid: killed: out of memory (memory_mb_per_replica)\n")
             if not entry.streams:  # it ended while no master was following it
-                for stream, path in (("stdout", entry.stdout_path), ("stderr", entry.stderr_path)):
-                    _copy_logs(container, stream, path, False, _size(path))
+                copy_remaining_logs(container, entry.stdout_path, entry.stderr_path)
             if code is not None:
                 write_atomic(Path(entry.handle.exit_path), str(code).encode())
-            deadline = time.monotonic() + _LOG_DRAIN_S
-            for t in entry.streams:
-                t.join(max(0.0, deadline - time.monotonic()))
+            drain(entry.streams, _LOG_DRAIN_S)
             # Removing copies of an image's files takes a while: not on the master's loop.
             self._workers.submit(_remove, container)
         del self._live[replica_id]
+        self._stops.forget(replica_id)
         self._exits.append(ReplicaExit(replica_id, code))
 
     def reconcile(self, known: list[ReplicaHandle]) -> list[str]:
@@ -477,7 +366,9 @@ class DockerExecutor(Executor):
             state = found.attrs.get("State") if found is not None else None
             if state in ("running", "paused", "restarting", "removing"):
                 entry.running = True
-                self._follow(entry, found, resume=True)
+                entry.streams = follow_logs(
+                    found, entry.name, entry.stdout_path, entry.stderr_path, resume=True
+                )
                 self._live[handle.replica_id] = entry
                 adopted.append(handle.replica_id)
             elif state == "created" or (found is None and read_exit_code(handle.exit_path) is None):
@@ -506,43 +397,3 @@ class DockerExecutor(Executor):
 def _remove(container: Any) -> None:
     with contextlib.suppress(Exception):
         container.remove(force=True, v=True)
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
-def _copy_logs(container: Any, stream: str, path: str, follow: bool, skip: int = 0) -> None:
-    """Write one of the container's streams to ``path``: as it comes, or what there is.
-
-    The first ``skip`` bytes are what ``path`` already holds of it: they are passed over and
-    the rest appended."""
-    try:
-        chunks = container.logs(
-            stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=follow
-        )
-        with open(path, "ab" if skip else "wb") as out:
-            for chunk in chunks:
-                cut = min(skip, len(chunk))
-                skip -= cut
-                out.write(chunk[cut:])
-                out.flush()
-    except Exception as e:
-        log.debug("AI Grid: log stream of %s ended: %s", getattr(container, "name", "?"), e)
-
-
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def _default_user() -> str:
-    """The server's own user when that is not root (so files stay the user's), else 1000."""
-    uid = os.geteuid()
-    return f"{uid}:{os.getegid()}" if uid != 0 else "1000:1000"

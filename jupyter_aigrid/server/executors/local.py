@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import psutil
 from ..inventory import nvml_gpus, simulated_gpus
 from ..model import Gpu, LaunchRequest, Node, ReplicaExit, ReplicaHandle
 from .base import Capabilities, Executor, ExecutorError
+from .scripts import runner_argv, write_script
+from .stopping import StopLadder
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ DEFAULT_SIMULATED_GPUS = 4
 class _Process:
     handle: ReplicaHandle
     popen: subprocess.Popen | None
-    kill_at: float | None = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -128,6 +128,7 @@ class LocalExecutor(Executor):
         self._by_name = {n.name: n for n in self._nodes}
         self._live: dict[str, _Process] = {}
         self._exits: list[ReplicaExit] = []
+        self._stops: StopLadder[str] = StopLadder()
 
     def _declare(
         self, count: int, simulated: int | None, cpus: int | None, memory_mb: int | None
@@ -177,11 +178,8 @@ class LocalExecutor(Executor):
         job_dir = Path(node.scratch) / "jobs" / (request.job_key or request.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         if code is not None:
-            script = job_dir / f"main-{request.attempt}.py"
-            tmp = script.with_name(f"{script.name}.{request.rank}.tmp")
-            tmp.write_text(code, encoding="utf-8")
-            tmp.replace(script)
-            argv = [self.python, "-u", "-m", "jupyter_aigrid.runner", str(script), *args]
+            script = write_script(job_dir, request.attempt, code)
+            argv = runner_argv(self.python, script, args)
         else:
             argv = list(command or [])
         workdir = Path(request.workdir) if request.workdir else job_dir / f"rank-{request.rank}"
@@ -222,9 +220,8 @@ class LocalExecutor(Executor):
         proc = self._live.get(handle.replica_id)
         if proc is None or proc.handle.pid is None:
             return
-        if proc.kill_at is None:
+        if self._stops.ask(handle.replica_id, grace_s):
             _killpg(proc.handle.pid, signal.SIGTERM)
-            proc.kill_at = time.monotonic() + grace_s
 
     def signal_checkpoint(self, handle: ReplicaHandle, pid: int) -> None:
         """Nudge the replica's process ``pid`` (the one that listens) with SIGUSR1; only a
@@ -237,7 +234,7 @@ class LocalExecutor(Executor):
                 os.kill(pid, signal.SIGUSR1)
 
     def poll(self) -> list[ReplicaExit]:
-        now = time.monotonic()
+        due = set(self._stops.due())
         for replica_id, proc in list(self._live.items()):
             handle = proc.handle
             if proc.popen is not None:
@@ -254,8 +251,9 @@ class LocalExecutor(Executor):
                 # Leftovers of the job (forked workers) die with the group.
                 _killpg(handle.pid or -1, signal.SIGKILL)
                 del self._live[replica_id]
+                self._stops.forget(replica_id)
                 self._exits.append(ReplicaExit(replica_id, code))
-            elif proc.kill_at is not None and now >= proc.kill_at:
+            elif replica_id in due:
                 _killpg(handle.pid or -1, signal.SIGKILL)
         exits, self._exits = self._exits, []
         return exits

@@ -10,13 +10,11 @@ machine belongs to; or ``<ip>:<port>`` of its head). Then:
   was started, else ``<tmp>/aigrid``). The executor looks at which nodes are alive every
   few seconds (:meth:`RayExecutor.refresh`): nodes that join are probed and added, nodes
   that leave are dropped, and the master takes the change in.
-- **Gangs.** Before a gang starts, a placement group reserves one bundle per rank, each pinned
-  to the node our policy chose (the ``ray.io/node-id`` label selector); the group is checked
-  to have landed exactly there. Each replica is a named, detached actor in its rank's bundle
-  (``aigrid-<cluster id>/<replica id>``, namespace ``aigrid``) that runs the job's code or
-  command as a subprocess with torchrun's environment; ``MASTER_ADDR`` is rank 0's node's
-  address. A gang's actors are all asked to start at once; :meth:`RayExecutor.started`
-  says when each has.
+- **Gangs.** Before a gang starts, a placement group reserves one bundle per rank on the
+  node our policy chose (:mod:`.ray_gangs`). Each replica is a named, detached actor in its
+  rank's bundle (``aigrid-<cluster id>/<replica id>``, namespace ``aigrid``; :mod:`.ray_node`)
+  that runs the job's code or command as a subprocess with torchrun's environment. A gang's
+  actors are all asked to start at once; :meth:`RayExecutor.started` says when each has.
 - **Logs and exits.** The actor keeps the subprocess's stdout and stderr on its node; the
   master pulls them into the rank's log files as they grow, and records the exit code in the
   rank's exit file. A replica whose actor died (its node is gone) ends lost
@@ -33,149 +31,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...durable import write_atomic
+from ...safefs import write_atomic
 from ..inventory import simulated_gpus
 from ..model import Gpu, LaunchRequest, Node, ReplicaExit, ReplicaHandle, Slot
 from .base import Capabilities, Executor, ExecutorError
 from .ray_files import RayFiles
+from .ray_gangs import PLACEMENT_TIMEOUT_S, GangReservations, gang_name
+from .ray_node import ReplicaActor, free_port_on_node, node_name, probe_node
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "aigrid"
-#: How long a gang's placement group may take to be reserved before its start fails.
-PLACEMENT_TIMEOUT_S = 60.0
 #: Most bytes of one log stream pulled per replica and poll.
 LOG_PULL_BYTES = 1 << 20
-#: A node's scratch folder, from its own environment (set it where the Ray node starts).
-SCRATCH_ENV = "AIGRID_NODE_SCRATCH"
 #: Seconds between two looks at which Ray nodes are alive.
 REFRESH_EVERY_S = 2.0
-
-
-def _node_name(node_id: str) -> str:
-    return f"ray-{node_id[:12]}"
-
-
-class _Replica:
-    """The actor that runs one replica's process on its node (Ray makes it a remote class)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.popen: subprocess.Popen | None = None
-        self.out = self.err = ""
-        self.code: int | None = None
-        self.stopped = False
-        self.lock = threading.Lock()
-
-    def start(
-        self,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: str,
-        logs: str,
-        script: tuple[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Start the process; ``script`` (path, code) is written on this node first: the
-        job's code travels with the call, not through a shared filesystem."""
-        import sys
-
-        import ray
-
-        if script is not None:
-            path, code = Path(script[0]), script[1]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(code, encoding="utf-8")
-            tmp.replace(path)
-            argv = [sys.executable, "-u", "-m", "jupyter_aigrid.runner", str(path), *argv]
-        Path(cwd).mkdir(parents=True, exist_ok=True)
-        Path(logs).mkdir(parents=True, exist_ok=True)
-        self.out, self.err = str(Path(logs) / "stdout"), str(Path(logs) / "stderr")
-        node_id = ray.get_runtime_context().get_node_id()
-        with self.lock, open(self.out, "wb") as out, open(self.err, "wb") as err:
-            if self.stopped:  # stopped before it started: it never does
-                return {"pid": None, "node_id": node_id}
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
-        return {"pid": self.popen.pid, "node_id": node_id}
-
-    def wait(self) -> int:
-        """Block until the process ends; its exit code (128 + n when killed by signal n)."""
-        if self.popen is None:  # stopped before it started
-            return 128 + signal.SIGTERM
-        code = self.popen.wait()
-        self.code = 128 - code if code < 0 else code
-        with contextlib.suppress(OSError):  # what it forked dies with it
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        return self.code
-
-    def logs(self, out_from: int, err_from: int, most: int) -> tuple[bytes, bytes]:
-        def read(path: str, start: int) -> bytes:
-            try:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    return f.read(most)
-            except OSError:
-                return b""
-
-        return read(self.out, out_from), read(self.err, err_from)
-
-    def stop(self, grace_s: float) -> None:
-        """SIGTERM the process group now, SIGKILL after ``grace_s`` (unless it ended)."""
-        with self.lock:
-            self.stopped = True
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        with contextlib.suppress(OSError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while self.popen.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.popen.poll() is None:
-            with contextlib.suppress(OSError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-
-
-def _probe() -> dict[str, Any]:
-    """What a node has that Ray does not say: its address, its NVML GPUs, and its scratch
-    folder (``$AIGRID_NODE_SCRATCH`` in the node's environment, else ``<tmp>/aigrid``)."""
-    import tempfile
-
-    import ray
-
-    from ..inventory import nvml_gpus
-
-    scratch = os.environ.get(SCRATCH_ENV) or os.path.join(tempfile.gettempdir(), "aigrid")
-    return {
-        "ip": ray.util.get_node_ip_address(),
-        "gpus": [vars(g) for g in nvml_gpus()],
-        "scratch": os.path.abspath(scratch),
-    }
-
-
-def _free_port() -> tuple[str, int]:
-    import ray
-
-    from .local import free_port
-
-    ip = ray.util.get_node_ip_address()
-    return ip, free_port(ip)
 
 
 @dataclass
@@ -224,9 +99,9 @@ class RayExecutor(Executor):
         except Exception as e:
             msg = f"could not connect to the Ray cluster at {address!r}: {e}"
             raise ExecutorError(msg) from e
-        self._actor_class = ray.remote(max_restarts=0, max_concurrency=4)(_Replica)
-        self._probe = ray.remote(num_cpus=0)(_probe)
-        self._port = ray.remote(num_cpus=0)(_free_port)
+        self._actor_class = ray.remote(max_restarts=0, max_concurrency=4)(ReplicaActor)
+        self._probe = ray.remote(num_cpus=0)(probe_node)
+        self._port = ray.remote(num_cpus=0)(free_port_on_node)
         self._ids: dict[str, str] = {}  # node name -> Ray node id (of the nodes alive)
         self._ips: dict[str, str] = {}
         #: Work on the nodes' files (checkpoints, datasets) through Ray: no shared filesystem.
@@ -240,8 +115,7 @@ class RayExecutor(Executor):
         self._live: dict[str, _Live] = {}
         self._exits: list[ReplicaExit] = []
         self._started: list[str] = []
-        self._gangs: dict[str, Any] = {}  # gang name -> placement group
-        self._bundles: dict[str, dict[int, tuple[int, dict[str, float]]]] = {}  # rank -> bundle
+        self.gangs = GangReservations(self._ids)
         self._placed: dict[str, dict[int, str]] = {}  # gang name -> rank -> node it ran on
 
     # -- inventory ----------------------------------------------------------------------------
@@ -263,7 +137,7 @@ class RayExecutor(Executor):
         for info in self._ray.nodes():
             resources = info.get("Resources") or {}
             if info.get("Alive") and (resources.get("GPU") or resources.get("CPU")):
-                alive[_node_name(info["NodeID"])] = info  # a head that runs nothing is not
+                alive[node_name(info["NodeID"])] = info  # a head that runs nothing is not
         gone = set(self._nodes) - set(alive)
         for name in gone:
             log.warning("AI Grid: Ray node %s (%s) left the cluster", name, self._ids.get(name))
@@ -320,52 +194,15 @@ class RayExecutor(Executor):
 
     # -- gangs ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _gang(job_key: str, attempt: int) -> str:
-        return f"aigrid-{job_key}-{attempt}"
+    @property
+    def _gangs(self) -> dict[str, Any]:
+        """Gang name -> placement group, of the gangs that run."""
+        return self.gangs.groups
 
     def prepare_gang(self, job_key: str, attempt: int, slots: tuple[Slot, ...]) -> None:
         """Reserve the gang's bundles, each on the node the policy chose for its rank, all at
         once (a placement group); ExecutorError if Ray cannot, or puts one elsewhere."""
-        from ray.util.placement_group import placement_group, placement_group_table
-
-        name = self._gang(job_key, attempt)
-        if name in self._gangs:
-            return
-        unknown = sorted({s.node for s in slots} - set(self._ids))
-        if unknown:
-            msg = f"no Ray node named {', '.join(unknown)}"
-            raise ExecutorError(msg)
-        bundles = [self._bundle(len(s.gpus)) for s in slots]
-        pg = placement_group(
-            bundles,
-            strategy="PACK",
-            name=name,
-            lifetime="detached",
-            bundle_label_selector=[{"ray.io/node-id": self._ids[s.node]} for s in slots],
-        )
-        if not pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
-            self._remove_gang(pg)
-            msg = f"Ray could not reserve the gang's resources within {PLACEMENT_TIMEOUT_S:g} s"
-            raise ExecutorError(msg)
-        landed = placement_group_table(pg).get("bundles_to_node_id") or {}
-        wanted = {i: self._ids[s.node] for i, s in enumerate(slots)}
-        if {int(i): n for i, n in landed.items()} != wanted:
-            self._remove_gang(pg)
-            msg = f"Ray placed the gang's bundles elsewhere than asked: {landed} for {wanted}"
-            raise ExecutorError(msg)
-        self._gangs[name] = pg
-        self._bundles[name] = {s.rank: (i, bundles[i]) for i, s in enumerate(slots)}
-
-    @staticmethod
-    def _bundle(gpus: int) -> dict[str, float]:
-        return {"GPU": float(gpus), "CPU": 0.01} if gpus else {"CPU": 1.0}
-
-    def _remove_gang(self, pg: Any) -> None:
-        from ray.util.placement_group import remove_placement_group
-
-        with contextlib.suppress(Exception):
-            remove_placement_group(pg)
+        self.gangs.reserve(gang_name(job_key, attempt), slots)
 
     # -- replicas -------------------------------------------------------------------------------
 
@@ -377,19 +214,15 @@ class RayExecutor(Executor):
         once rather than one after another."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        gang = self._gang(request.job_key or request.job_id, request.attempt)
-        pg = self._gangs.get(gang)
-        if pg is None:
-            msg = f"rank {request.rank}'s gang has no placement group (prepare_gang first)"
-            raise ExecutorError(msg)
+        gang = gang_name(request.job_key or request.job_id, request.attempt)
+        pg, index, bundle = self.gangs.bundle(gang, request.rank)
         node = self._nodes.get(request.node)
         if node is None:
             msg = f"node {request.node} is not in the Ray cluster"
             raise ExecutorError(msg)
         job_dir = Path(node.scratch) / "jobs" / (request.job_key or request.job_id)
-        script = None if code is None else (str(job_dir / f"main-{request.attempt}.py"), code)
+        script = None if code is None else (str(job_dir), request.attempt, code)
         argv = list(args) if code is not None else list(command or [])
-        index, bundle = self._bundles[gang][request.rank]
         actor = self._actor_class.options(
             name=self._actor_name(request),
             namespace=NAMESPACE,
@@ -427,7 +260,7 @@ class RayExecutor(Executor):
 
     def placed(self, job_key: str, attempt: int) -> dict[int, str]:
         """Rank -> the node its actor reported running on (what Ray really did)."""
-        return dict(self._placed.get(self._gang(job_key, attempt), {}))
+        return dict(self._placed.get(gang_name(job_key, attempt), {}))
 
     def started(self) -> list[str]:
         """Replicas whose process has started since the last call. One that could not start
@@ -453,7 +286,7 @@ class RayExecutor(Executor):
                 f.write(f"could not start rank {live.rank}: {e}\n".encode())
             self._end(live, 125)
             return
-        self._placed.setdefault(live.gang, {})[live.rank] = _node_name(started["node_id"])
+        self._placed.setdefault(live.gang, {})[live.rank] = node_name(started["node_id"])
         live.waiting = live.actor.wait.remote()
         self._started.append(live.handle.replica_id)
 
@@ -515,22 +348,13 @@ class RayExecutor(Executor):
             self._ray.kill(live.actor)
         del self._live[live.handle.replica_id]
         self._exits.append(ReplicaExit(live.handle.replica_id, code))
-        self._release(live.gang)
-
-    def _release(self, gang: str) -> None:
-        """A gang's placement group goes once none of its replicas runs."""
-        if any(live.gang == gang for live in self._live.values()):
-            return
-        pg = self._gangs.pop(gang, None)
-        self._bundles.pop(gang, None)
-        if pg is not None:
-            self._remove_gang(pg)
+        # A gang's placement group goes once none of its replicas runs.
+        if all(other.gang != live.gang for other in self._live.values()):
+            self.gangs.release(live.gang)
 
     def reconcile(self, known: list[ReplicaHandle]) -> list[str]:
         """Adopt the replicas whose actors still live (found by name); the others are
         reported by the next poll, with the exit code the master recorded, if any."""
-        from ray.util.placement_group import get_placement_group
-
         adopted = []
         for handle in known:
             if handle.replica_id in self._live:
@@ -551,9 +375,8 @@ class RayExecutor(Executor):
             out, err = exit_path.with_suffix(".stdout"), exit_path.with_suffix(".stderr")
             # The master keeps <state>/jobs/<cluster id>/<job>/<attempt>/rank-<r>.exit; the
             # job's key is <cluster id>-<job> (JobFiles.key).
-            gang = self._gang(f"{exit_path.parents[2].name}-{job_id}", int(attempt))
-            with contextlib.suppress(ValueError):
-                self._gangs.setdefault(gang, get_placement_group(gang))
+            gang = gang_name(f"{exit_path.parents[2].name}-{job_id}", int(attempt))
+            self.gangs.adopt(gang)
             self._live[handle.replica_id] = _Live(
                 handle,
                 actor,

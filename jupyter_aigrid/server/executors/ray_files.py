@@ -25,7 +25,8 @@ from typing import Any
 
 from ... import checkpoints as ck
 from ... import contents
-from .nodefiles import NodeFiles, NodeGone
+from ...safefs import create_new, open_inside
+from .nodefiles import NodeFiles, NodeGone, adopt_copy, copy_target
 
 #: Bytes per chunk of a copy between nodes, and chunks in flight at once.
 CHUNK = 8 * 1024 * 1024
@@ -56,8 +57,7 @@ class _Agent:
     def create(self, path: str) -> int:
         """A new file at ``path`` to write (never through a link, never an old one)."""
         handle = next(self._ids)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        self._open[handle] = os.open(path, flags, 0o600)
+        self._open[handle] = create_new(path)
         return handle
 
     def _fd(self, handle: int) -> int:
@@ -196,11 +196,11 @@ class RayFiles(NodeFiles):
     ) -> int:
         manifest = self.call(src_node, ck.read_manifest, src, rank, src_root)
         size = manifest["files"][ck.data_file(rank)]["bytes"]
-        tmp = self.call(dst_node, ck.copy_target, dst, rank)
+        tmp = self.call(dst_node, copy_target, dst, rank)
         try:
             data = (src / ck.data_file(rank), src_root)
-            self._send(src_node, ck.open_inside, data, dst_node, tmp, size + 1)
-            return self.call(dst_node, ck.adopt_copy, tmp, dst, rank, manifest)
+            self._send(src_node, open_inside, data, dst_node, tmp, size + 1)
+            return self.call(dst_node, adopt_copy, tmp, dst, rank, manifest)
         finally:
             self.call_each([(dst_node, contents.remove_tree, (tmp,))])
 

@@ -8,7 +8,7 @@ import os
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ...durable import open_inside
+from ...safefs import open_inside
 from .base import AIGridHandler
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ... import checkpoints as ck
+from .. import checkpoint_transfer as transfer
 from ..model import RUNNING
 from .core import Core, Part
-from .moves import checkpoint_event
+from .requests import checkpoint_event
 
 log = logging.getLogger(__name__)
 #: Seconds between two looks for newer checkpoints to copy.
@@ -44,7 +45,11 @@ def copy_newest(
     nothing newer). ``ranks``: rank -> the node it runs on; ``files``: work on the nodes."""
     nodes = sorted(set(ranks.values()))
     listed = dict(
-        zip(nodes, files.call_each([(n, ck.listing, (roots[n],)) for n in nodes], {}), strict=True)
+        zip(
+            nodes,
+            files.call_each([(n, transfer.listing, (roots[n],)) for n in nodes], {}),
+            strict=True,
+        )
     )
     names = {name for found in listed.values() for name in found}
     newest = next(
@@ -62,7 +67,7 @@ def copy_newest(
         dst = roots[partner] / ck.COPIES / newest
         files.copy_checkpoint(node, roots[node] / newest, roots[node], partner, dst, rank)
     for partner in sorted({partners[n] for n in nodes}):
-        files.call(partner, ck.keep_only, roots[partner] / ck.COPIES, newest)
+        files.call(partner, transfer.keep_only, roots[partner] / ck.COPIES, newest)
     return newest
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ... import checkpoints as ck
+from .. import checkpoint_transfer as transfer
 from ..executors.base import Executor
 from ..executors.nodefiles import NodeFiles
 from ..memory import Memory
-from ..model import Node, Placement, ReplicaHandle
+from ..model import Node, Placement
 from ..replicas import JobFiles
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class Core:
         """Every folder that may hold the job's checkpoint pieces: each node's, and the
         copies each node keeps of other nodes' pieces (:mod:`.copies`)."""
         roots = self.roots(job_id)
-        copies = {ck.copies_holder(n): root / ck.COPIES for n, root in roots.items()}
+        copies = {transfer.copies_holder(n): root / ck.COPIES for n, root in roots.items()}
         return {**roots, **copies}
 
     @staticmethod
@@ -159,8 +160,3 @@ class Part:
         self.journal = core.journal
         self.memory = core.memory
         self.node_files = core.node_files
-
-
-def handle_of(rep: dict[str, Any]) -> ReplicaHandle:
-    """How the executor knows a replica, from its row."""
-    return ReplicaHandle(rep["id"], rep.get("pid"), rep.get("pid_start"), rep["exit_path"])

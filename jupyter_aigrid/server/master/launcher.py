@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ...durable import write_atomic
+from ...safefs import write_atomic
 from .. import events
 from ..executors.base import ExecutorError
 from ..executors.nodefiles import NodeGone
@@ -28,6 +28,7 @@ from .inference import Inference
 from .lifecycle import REQUEUE, Lifecycle
 from .moves import Moves
 from .queue import JobQueue, request_of
+from .requests import CheckpointRequests
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,12 @@ class Launcher(Part):
         queue: JobQueue,
         lifecycle: Lifecycle,
         moves: Moves,
+        requests: CheckpointRequests,
         data_staging: DataStaging,
         inference: Inference,
     ) -> None:
         super().__init__(core)
+        self.requests = requests
         self.queue = queue
         self.lifecycle = lifecycle
         self.moves = moves
@@ -116,7 +119,7 @@ class Launcher(Part):
         placement = Placement.from_json(row["placement"])
         slots = placement.slots
         if not prestart:  # the gang it replaces may still be answering one
-            self.moves.clear_requests(row)
+            self.requests.clear(row)
         try:
             rendezvous = self.executor.rendezvous(slots[0].node)
             views = {node: self.data_staging.view_dir(row, node) for node in placement.nodes}
@@ -201,9 +204,7 @@ class Launcher(Part):
                         )
                     if prestart:  # the migration goes on without them
                         self.lifecycle.stop_replicas(job_id, attempt)
-                        now = self.store.job(job_id)
-                        dropped = self.moves.without_prestart(now, now["migration"], reason)
-                        self.store.update_job(job_id, migration=dropped)
+                        self.moves.drop_prestart(job_id, reason)
                     else:
                         lost = isinstance(e, NodeGone) or self._left(placement)
                         self.lifecycle.fail_gang(job_id, reason, retry=lost, node_lost=lost)
@@ -235,10 +236,8 @@ class Launcher(Part):
         a restart (or, started ahead of a migration, the migration goes on without it)."""
         log.warning("AI Grid: job %s: %s", job_id, reason)
         with self.store.write():
-            row = self.store.job(job_id)
             if prestart:
-                dropped = self.moves.without_prestart(row, row["migration"], reason)
-                self.store.update_job(job_id, migration=dropped)
+                self.moves.drop_prestart(job_id, reason)
                 return
             self.store.update_job(job_id, pending_state=REQUEUE, reason=reason)
             self.lifecycle.finish(self.store.job(job_id), {})

@@ -33,15 +33,17 @@ from ..model import (
     Placement,
     ReplicaExit,
 )
-from ..states import LIVE_REPLICA, Stop, migration_active
+from ..records import Migration, Replica
+from ..states import LIVE_REPLICA, Stop
 from ..templating import choose, describe, templates
 from ..views import cancel_blocker
-from .core import Core, Part, handle_of
+from .core import Core, Part
 from .datasets import Datasets
 from .inference import Inference
 from .ports import Launching, Moving
 from .queue import JobQueue
 from .reads import Reads
+from .requests import CheckpointRequests
 
 log = logging.getLogger(__name__)
 #: Restarts a gang gets beyond its ``max_restarts`` when a node it ran on left the cluster.
@@ -67,6 +69,7 @@ class Lifecycle(Part):
         reads: Reads,
         datasets: Datasets,
         inference: Inference,
+        requests: CheckpointRequests,
         *,
         stop_grace_s: float = 10.0,
         restart_backoff_s: float = 1.0,
@@ -77,6 +80,7 @@ class Lifecycle(Part):
         self.reads = reads
         self.datasets = datasets
         self.inference = inference
+        self.requests = requests
         #: SIGTERM, then SIGKILL this long after.
         self.stop_grace_s = stop_grace_s
         #: The first restart after a failure waits this long; each next one twice as long.
@@ -143,9 +147,9 @@ class Lifecycle(Part):
         with self.store.write():
             for replica_id in self.executor.started():
                 rep = self.store.replica(replica_id)
-                if rep is not None and rep["state"] == "launching":
+                if rep is not None and rep.state == "launching":
                     self.store.update_replica(replica_id, state="running", started_at=time.time())
-                    jobs.add((rep["job_id"], rep["attempt"]))
+                    jobs.add((rep.job_id, rep.attempt))
             for job_id, attempt in jobs:
                 row = self.store.job(job_id)
                 reps = self.store.replicas(job_id, attempt)
@@ -154,7 +158,7 @@ class Lifecycle(Part):
                     and row["state"] == STARTING
                     and row["attempt"] == attempt
                     and not row.get("pending_state")
-                    and all(r["state"] == "running" for r in reps)
+                    and all(r.state == "running" for r in reps)
                 ):
                     self.set_state(row, RUNNING)
 
@@ -171,11 +175,12 @@ class Lifecycle(Part):
         if row is None or row["state"] not in ACTIVE_STATES or row.get("pending_state"):
             return  # ended, or already on its way out: nothing to do
         request = (row.get("checkpoint") or {}).get("request")
-        if (request and request["state"] == "pending") or migration_active(row.get("migration")):
+        migration = Migration.of(row)
+        if (request and request["state"] == "pending") or (migration and migration.active):
             return  # checkpointing already; it stops once that is done
-        if self.moves.listening(row):
+        if self.requests.listening(row):
             log.info("AI Grid: job %s checkpoints, then it is %s", job_id, reason)
-            self.moves.request_checkpoint(row, reason, then="preempt")
+            self.requests.request_checkpoint(row, reason, then="preempt")
             return
         self.stop_to_requeue(job_id, reason)
 
@@ -196,24 +201,24 @@ class Lifecycle(Part):
         forgotten the first request and its deadline.
         """
         for rep in self.store.replicas(job_id, attempt):
-            if rep["state"] in LIVE_REPLICA:
-                if rep["state"] != "stopping":
-                    self.store.update_replica(rep["id"], state="stopping")
-                self.executor.stop(handle_of(rep), self.stop_grace_s)
+            if rep.state in LIVE_REPLICA:
+                if rep.state != "stopping":
+                    self.store.update_replica(rep.id, state="stopping")
+                self.executor.stop(rep.handle, self.stop_grace_s)
 
     def on_exit(self, replica_id: str, code: int | None, never_started: bool = False) -> None:
         rep = self.store.replica(replica_id)
-        if rep is None or rep["state"] not in LIVE_REPLICA:
+        if rep is None or rep.state not in LIVE_REPLICA:
             return
         self.store.update_replica(
             replica_id, state="exited", exit_code=code, finished_at=time.time()
         )
-        row = self.store.job(rep["job_id"])
-        if row is None or row["state"] in FINAL_STATES or row["attempt"] != rep["attempt"]:
+        row = self.store.job(rep.job_id)
+        if row is None or row["state"] in FINAL_STATES or row["attempt"] != rep.attempt:
             return
         if never_started and row.get("pending_state") is None:
             reason = (
-                f"the master restarted while starting rank {rep['rank']} on {rep['node']}; "
+                f"the master restarted while starting rank {rep.rank} on {rep.node}; "
                 "starting the job again"
             )
             self.store.update_job(row["id"], pending_state=REQUEUE, reason=reason)
@@ -221,7 +226,7 @@ class Lifecycle(Part):
             self.settle_if_done(self.store.job(row["id"]))
         elif code != 0 and row.get("pending_state") is None:
             # Stops the rest of the gang, and settles the job if nothing else runs.
-            node_lost = code is None and rep["node"] not in self.nodes.by_name
+            node_lost = code is None and rep.node not in self.nodes.by_name
             reason = self.failure_reason(rep, code)
             self.fail_gang(row["id"], reason, retry=True, node_lost=node_lost)
         else:
@@ -230,22 +235,22 @@ class Lifecycle(Part):
     def settle_if_done(self, row: dict[str, Any]) -> None:
         """Finish the job once every replica of its current attempt has exited."""
         reps = self.store.replicas(row["id"], row["attempt"])
-        if reps and all(r["state"] == "exited" for r in reps):
-            self.finish(row, {str(r["rank"]): r["exit_code"] for r in reps})
+        if reps and all(r.state == "exited" for r in reps):
+            self.finish(row, {str(r.rank): r.exit_code for r in reps})
 
-    def failure_reason(self, rep: dict[str, Any], code: int | None) -> str:
-        where = f"rank {rep['rank']} on {rep['node']}"
+    def failure_reason(self, rep: Replica, code: int | None) -> str:
+        where = f"rank {rep.rank} on {rep.node}"
         if code is None:
-            if rep["node"] not in self.nodes.by_name:
+            if rep.node not in self.nodes.by_name:
                 return f"{where} was lost: its node left the cluster"
-            if rep["id"] in self.lost_on_restart:
+            if rep.id in self.lost_on_restart:
                 return f"{where} was lost on restart: its process ended while the master was down"
             return f"{where} was lost: its process ended without recording an exit status"
         text = f"{where} exited with code {code}"
         if code > 128:
             with contextlib.suppress(ValueError):
                 text += f" ({signal.Signals(code - 128).name})"
-        tail = self.files.stderr_tail(rep["job_id"], rep["attempt"], rep["rank"])
+        tail = self.files.stderr_tail(rep.job_id, rep.attempt, rep.rank)
         return text + (f"; last stderr lines:\n{tail}" if tail else "")
 
     def fail_gang(self, job_id: str, reason: str, retry: bool, node_lost: bool = False) -> None:
@@ -270,16 +275,17 @@ class Lifecycle(Part):
         earlier = row.get("attained_gpu_s") or 0.0
         attained = earlier + ran_s * max(row["gpus"], 1)  # as Request.slots counts it
         if pending == MIGRATE:  # stopped to move: the gang starts where it goes
-            migration = row["migration"]
-            prestart = migration.get("prestart") or {}
-            waiting = prestart.get("state") == "waiting"  # started there already
+            migration = Migration.of(row)
+            assert migration is not None, "a gang stopped to move has a migration"
+            assert migration.target, "a migration has a target"
+            waiting = migration.waiting  # started there already
             self.launcher.place(
                 row,
-                Placement.from_json(migration["target"]),
+                Placement.from_json(migration.target),
                 exit_codes=codes,
-                attempt=prestart["attempt"] if waiting else self.moves.next_attempt(row),
+                attempt=waiting.attempt if waiting else self.moves.next_attempt(row),
                 attained_gpu_s=attained,
-                reason=f"migrating: {migration['reason']}",
+                reason=f"migrating: {migration.reason}",
             )
             self.launcher.start_or_stage(self.store.job(row["id"]))
             return

@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 from ..errors import Conflict, NotFound
 from ..model import ACTIVE_STATES, RUNNING, Migrate, ReplicaExit
 from ..policies import Context, decide
+from ..records import Migration
 from ..spec import SpecError
-from ..states import migration_active
 from ..uploads import Uploads
 from .catalog import Catalog
 from .copies import CheckpointCopies
@@ -55,6 +55,7 @@ from .queue import JobQueue
 from .reads import Reads
 from .recovery import Recovery
 from .replay import Replay
+from .requests import CheckpointRequests
 
 T = TypeVar("T")
 #: Work in memory that the loop follows at the exit-poll pace rather than once a tick.
@@ -111,13 +112,8 @@ class Master:
             quota_bytes=dataset_quota_bytes,
         )
         self.data_staging = DataStaging(core, self.data)
-        self.moves = Moves(
-            core,
-            self.reads,
-            policy,
-            checkpoint_timeout_s=checkpoint_timeout_s,
-            prestart=migration_prestart,
-        )
+        self.requests = CheckpointRequests(core, self.reads, timeout_s=checkpoint_timeout_s)
+        self.moves = Moves(core, self.reads, self.requests, policy, prestart=migration_prestart)
         self.copies = CheckpointCopies(core)
         self.lifecycle = Lifecycle(
             core,
@@ -125,12 +121,19 @@ class Master:
             self.reads,
             self.data,
             self.inference,
+            self.requests,
             stop_grace_s=stop_grace_s,
             restart_backoff_s=restart_backoff_s,
             allow_uncatalogued_images=allow_uncatalogued_images,
         )
         self.launcher = Launcher(
-            core, self.queue, self.lifecycle, self.moves, self.data_staging, self.inference
+            core,
+            self.queue,
+            self.lifecycle,
+            self.moves,
+            self.requests,
+            self.data_staging,
+            self.inference,
         )
         self.catalog = Catalog(core, self.call)
         self.replay = Replay(core, self.call, policy)
@@ -142,7 +145,7 @@ class Master:
         self.lifecycle.moves = self.data_staging.moves = self.moves
         self.moves.lifecycle = self.data_staging.lifecycle = self.lifecycle
         self.moves.data_staging = self.data_staging
-        self.reads.listening = self.moves.listening
+        self.reads.listening = self.requests.listening
         self.reads.data_on = self.data.data_on
         self.reads.recovery_error = lambda: self.recovery.error
         self._emit_fn = emit
@@ -288,7 +291,7 @@ class Master:
 
     async def checkpoint(self, job_id: str, user: str, admin: bool = False) -> dict[str, Any]:
         """Ask a running job for a checkpoint now (it answers at its next step boundary)."""
-        job = await self.call(self.moves.checkpoint_now, job_id, user, admin)
+        job = await self.call(self.requests.checkpoint_now, job_id, user, admin)
         self.wake()
         return job
 
@@ -418,9 +421,11 @@ class Master:
             movable=frozenset(
                 r["id"]
                 for r in rows
-                if r["id"] in settled and r["spec"].get("preemptible") and self.moves.listening(r)
+                if r["id"] in settled
+                and r["spec"].get("preemptible")
+                and self.requests.listening(r)
             ),
-            moving=any(migration_active(r.get("migration")) for r in rows),
+            moving=any(m.active for m in map(Migration.of, rows) if m),
         )
 
     def _migrate_for(self, move: Migrate) -> None:

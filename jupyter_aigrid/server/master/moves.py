@@ -1,4 +1,4 @@
-"""Checkpoints the master asks for, migrations, and gangs resuming from their checkpoint.
+"""Migrations, and gangs resuming from their checkpoint (the requests: :mod:`.requests`).
 
 A migration moves a running gang: ``checkpointing -> stopping -> transferring -> restoring ->
 done``, or ``failed`` (the gang keeps running where it was, or resumes from its checkpoint).
@@ -21,63 +21,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from ... import checkpoints as ck
+from .. import checkpoint_transfer as transfer
 from .. import events
 from ..errors import Conflict
 from ..model import RUNNING, STARTING, Placement
+from ..records import Migration, Prestart
 from ..snapshot import Snapshot
 from ..spec import SpecError
-from ..states import Stop, migration_active
-from ..views import move_blocker
-from .core import Core, Journal, Part, handle_of
+from ..states import MigrationState, PrestartState, Stop
+from .core import Core, Part
 from .ports import Ending, Launching, Staging
 from .queue import request_of
 from .reads import Reads
+from .requests import CheckpointRequests, checkpoint_event
 
 log = logging.getLogger(__name__)
 #: ``pending_state`` of a gang stopping so that it can move.
 MIGRATE = Stop.MIGRATE
-ENDED = ("done", "failed")
-
-
-def next_phase(
-    migration: dict[str, Any], state: str, now: float, nbytes: int | None = None, **fields: Any
-) -> dict[str, Any]:
-    """``migration`` with its open phase closed (with ``nbytes`` moved, if known) and
-    ``state`` begun: a new phase, or the end (``done``/``failed``)."""
-    phases = [dict(p) for p in migration["phases"]]
-    if phases and phases[-1]["finished_at"] is None:
-        last = phases[-1]
-        last["finished_at"] = now
-        last["duration_s"] = round(now - last["started_at"], 6)
-        if nbytes is not None:
-            last["bytes"] = nbytes
-    if state not in ENDED:
-        phases.append(
-            {
-                "phase": state,
-                "started_at": now,
-                "finished_at": None,
-                "duration_s": None,
-                "bytes": None,
-            }
-        )
-    out = {**migration, **fields, "state": state, "phases": phases}
-    if state in ENDED:
-        out["finished_at"] = now
-    return out
-
-
-def checkpoint_event(journal: Journal, job_id: str, state: str, **data: Any) -> None:
-    journal.record(
-        events.JOB_CHECKPOINT,
-        job_id,
-        {"job_id": job_id, "state": state}
-        | {k: data.get(k) for k in ("checkpoint", "bytes", "seconds", "reason")},
-    )
 
 
 class Moves(Part):
@@ -92,101 +56,45 @@ class Moves(Part):
         self,
         core: Core,
         reads: Reads,
+        requests: CheckpointRequests,
         policy: Any,
-        checkpoint_timeout_s: float = 120.0,
         prestart: bool = True,
     ) -> None:
         super().__init__(core)
         self.reads = reads
+        self.requests = requests
         self.policy = policy
-        #: How long a gang has to answer a checkpoint request (and to restore one).
-        self.checkpoint_timeout_s = checkpoint_timeout_s
         #: Start a migrating gang at its destination while its checkpoint is written (where
         #: the executor can: ``prestart``)?
         self.migration_prestart = prestart and core.executor.capabilities.prestart
 
-    def listening(self, row: dict[str, Any]) -> bool:
-        """Does every rank of the running attempt answer checkpoint requests (it called
-        ``runtime.should_checkpoint()``)?"""
-        if row["state"] != RUNNING:
-            return False
-        memory = self.memory.get(row["id"])
-        if memory is not None and memory.listening == row["attempt"]:
-            return True
-        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
-        calls = [(n, ck.is_listening, (roots[n], row["attempt"], r)) for r, n in ranks.items()]
-        listening = bool(ranks) and all(self.node_files.call_each(calls, False))
-        if listening:  # for the rest of the attempt: not asked of every node again
-            self.memory(row["id"]).listening = row["attempt"]
-        return listening
-
     # -- checkpoints on request ---------------------------------------------------------------
 
-    def _check_can_move(self, row: dict[str, Any], what: str) -> None:
-
-        listening = row["state"] == RUNNING and self.listening(row)
-        why = move_blocker(row, what, listening)
-        if why is not None:
-            raise Conflict(why)
-
-    def checkpoint_now(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
-        row = self.reads.visible(job_id, user, admin)
-        self._check_can_move(row, "checkpoint")
-        with self.store.write():
-            self.request_checkpoint(row, f"requested by {user}")
-        return self.reads.view(self.store.job(job_id))
-
-    def request_checkpoint(self, row: dict[str, Any], reason: str, then: str | None = None):
-        """Ask every rank for a checkpoint at its next step boundary: a control file on each
-        node the gang runs on, and SIGUSR1 where the executor can deliver it."""
-        now = time.time()
-        info = dict(row.get("checkpoint") or {})
-        count = int(info.get("requests") or 0) + 1
-        request = {
-            "id": f"{row['attempt']}.{count}",
-            "state": "pending",
-            "requested_at": now,
-            "deadline": now + self.checkpoint_timeout_s,
-            "reason": reason,
-            "then": then,
-        }
-        info.update(requests=count, request=request)
-        self.store.update_job(row["id"], checkpoint=info)
-        checkpoint_event(self.journal, row["id"], "requested", reason=reason)
-        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
-        nodes = sorted(set(ranks.values()))
-        self.node_files.call_each([(n, ck.ask, ([roots[n]], request["id"], reason)) for n in nodes])
-        if self.executor.capabilities.checkpoint_signal:
-            for rep in self.store.replicas(row["id"], row["attempt"]):
-                root = roots[rep["node"]]
-                listener = self._read_control(rep["node"], root, ck.listen_file, row, rep["rank"])
-                if listener and isinstance(listener.get("pid"), int):
-                    self.executor.signal_checkpoint(handle_of(rep), listener["pid"])
-        self.memory(row["id"]).watching = True
-
-    def _migration_event(self, job_id: str, migration: dict[str, Any]) -> None:
-        phase = migration["phases"][-1] if migration["phases"] else None
-        closed = [p for p in migration["phases"] if p["finished_at"] is not None]
+    def _migration_event(self, job_id: str, migration: Migration) -> None:
+        phase = migration.phases[-1] if migration.phases else None
+        closed = [p for p in migration.phases if p.finished_at is not None]
         last = closed[-1] if closed else None
         self.journal.record(
             events.JOB_MIGRATION,
             job_id,
             {
                 "job_id": job_id,
-                "migration": migration["id"],
-                "kind": migration["kind"],
-                "state": migration["state"],
-                "phase": phase["phase"] if phase else None,
-                "duration_s": last["duration_s"] if last else None,
-                "bytes": last["bytes"] if last else None,
-                "checkpoint": migration.get("checkpoint"),
-                "reason": migration.get("error") or migration.get("reason"),
+                "migration": migration.id,
+                "kind": migration.kind,
+                "state": str(migration.state),
+                "phase": phase.phase if phase else None,
+                "duration_s": last.duration_s if last else None,
+                "bytes": last.bytes if last else None,
+                "checkpoint": migration.checkpoint,
+                "reason": migration.error or migration.reason,
             },
         )
 
-    def _set_migration(self, job_id: str, migration: dict[str, Any] | None) -> None:
-        self.store.update_job(job_id, migration=migration)
-        if migration is not None:
+    def _set_migration(self, job_id: str, migration: Migration, event: bool = True) -> None:
+        """Write the job's migration (the store checks the change against its table), and
+        record its event unless only its prestart changed."""
+        self.store.update_job(job_id, migration=migration.to_json())
+        if event:
             self._migration_event(job_id, migration)
 
     def watch(self) -> None:
@@ -196,64 +104,20 @@ class Moves(Part):
         for job_id, memory in self.memory.having("watching"):
             row = self.store.job(job_id)
             request = (row.get("checkpoint") or {}).get("request") if row else None
-            migration = row.get("migration") if row else None
+            migration = Migration.of(row)
             pending = bool(request) and request["state"] == "pending"
-            restoring = bool(migration) and migration["state"] == "restoring"
+            restoring = migration is not None and migration.state == MigrationState.RESTORING
             if row is None or row["state"] not in (RUNNING, STARTING) or not (pending or restoring):
                 memory.watching = False
                 continue
             with self.store.write():
+                answer = None
                 if pending and row["state"] == RUNNING:
-                    self._check_answers(row, request, now)
+                    answer = self.requests.check_answers(row, request, now)
                 elif restoring:
                     self._check_restored(row, migration, now)
-
-    def _read_control(self, node: str, root: Path, which, row: dict[str, Any], rank: int):
-        """One rank's control file (``which``: ``ck.listen_file``...), read on its node."""
-        path = which(root, row["attempt"], rank)
-        return self.node_files.call_each([(node, ck.read_json, (path, root))])[0]
-
-    def _answers(self, row: dict[str, Any], which) -> list[dict[str, Any] | None]:
-        """Every rank's control file ``which`` of the running attempt, read on its node (all
-        nodes at once), in rank order; None for those not (yet) there."""
-        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
-        calls = [
-            (node, ck.read_json, (which(roots[node], row["attempt"], rank), roots[node]))
-            for rank, node in sorted(ranks.items())
-        ]
-        return self.node_files.call_each(calls)
-
-    def _check_answers(self, row: dict[str, Any], request: dict[str, Any], now: float) -> None:
-        answers = self._answers(row, ck.ack_file)
-        if answers and all(a and a.get("request") == request["id"] for a in answers):
-            latest = {
-                "name": answers[0].get("checkpoint"),
-                "step": answers[0].get("step"),
-                "bytes": sum(int(a.get("bytes") or 0) for a in answers),
-                "at": now,
-                "seconds": max(float(a.get("seconds") or 0) for a in answers),
-            }
-            request = {**request, "state": "written", "checkpoint": latest["name"]}
-            info = {**(row.get("checkpoint") or {}), "request": request, "latest": latest}
-            self.store.update_job(row["id"], checkpoint=info)
-            checkpoint_event(
-                self.journal,
-                row["id"],
-                "written",
-                checkpoint=latest["name"],
-                bytes=latest["bytes"],
-                seconds=latest["seconds"],
-                reason=request["reason"],
-            )
-            self._after_checkpoint(self.store.job(row["id"]), request, latest)
-        elif now > request["deadline"]:
-            reason = f"the job did not checkpoint within {self.checkpoint_timeout_s:g} s"
-            request = {**request, "state": "timeout"}
-            info = {**(row.get("checkpoint") or {}), "request": request}
-            self.store.update_job(row["id"], checkpoint=info)
-            checkpoint_event(self.journal, row["id"], "timeout", reason=reason)
-            log.warning("AI Grid: job %s: %s", row["id"], reason)
-            self._after_checkpoint(self.store.job(row["id"]), request, None, reason)
+                if answer is not None:
+                    self._after_checkpoint(self.store.job(job_id), *answer)
 
     def _after_checkpoint(
         self,
@@ -266,15 +130,15 @@ class Moves(Part):
         the gang either way (a gang that cannot checkpoint loses its progress since the
         last one, as it would without us)."""
         then, now = request.get("then"), time.time()
-        migration = row.get("migration")
-        if then == "migrate" and migration_active(migration):
+        migration = Migration.of(row)
+        if then == "migrate" and migration is not None and migration.active:
             if latest is None:
                 error = f"{error}; it runs on"
                 migration = self.without_prestart(row, migration, error)
-                self._set_migration(row["id"], next_phase(migration, "failed", now, error=error))
+                self._set_migration(row["id"], migration.next("failed", now, error=error))
                 return
-            moved = next_phase(migration, "stopping", now, latest["bytes"])
-            self._set_migration(row["id"], {**moved, "checkpoint": latest["name"]})
+            moved = migration.next("stopping", now, latest["bytes"], checkpoint=latest["name"])
+            self._set_migration(row["id"], moved)
             self.store.update_job(row["id"], pending_state=MIGRATE)
             self.lifecycle.stop_replicas(row["id"], row["attempt"])
             self.lifecycle.settle_if_done(self.store.job(row["id"]))
@@ -290,7 +154,7 @@ class Moves(Part):
             known = ", ".join(sorted(self.nodes.by_name))
             msg = f"no node named {node!r}; the nodes are: {known}"
             raise SpecError(msg, field="node")
-        self._check_can_move(row, "migrate")
+        self.requests.check_can_move(row, "migrate")
         target = self._target(row, node)
         if target is None:
             where = f"on {node}" if node else "on other GPUs"
@@ -317,38 +181,32 @@ class Moves(Part):
 
     def begin_migration(self, row: dict[str, Any], target: Placement, reason: str) -> None:
         now = time.time()
-        previous = row.get("migration") or {}
-        migration = {
-            "id": int(previous.get("id") or 0) + 1,
-            "kind": "migrate",
-            "reason": reason,
-            "state": "checkpointing",
-            "from": sorted(set(self.core.rank_nodes(row).values())),
-            "to": list(target.nodes),
-            "target": target.to_json(),
-            "checkpoint": None,
-            "phases": [],
-            "error": None,
-            "started_at": now,
-            "finished_at": None,
-        }
+        previous = Migration.of(row)
+        migration = Migration(
+            id=(previous.id if previous else 0) + 1,
+            kind="migrate",
+            state=MigrationState.CHECKPOINTING,
+            started_at=now,
+            reason=reason,
+            from_nodes=tuple(sorted(set(self.core.rank_nodes(row).values()))),
+            to=tuple(target.nodes),
+            target=target.to_json(),
+        )
         log.info("AI Grid: job %s migrates to %s (%s)", row["id"], ", ".join(target.nodes), reason)
-        self._set_migration(row["id"], next_phase(migration, "checkpointing", now))
-        self.request_checkpoint(self.store.job(row["id"]), reason, then="migrate")
+        self._set_migration(row["id"], migration.next("checkpointing", now))
+        self.requests.request_checkpoint(self.store.job(row["id"]), reason, then="migrate")
 
     def end_migration(self, row: dict[str, Any], succeeded: bool) -> None:
         """A gang that ended (or went back to the queue) ends its migration too."""
-        migration = row.get("migration")
-        if not migration_active(migration):
+        migration = Migration.of(row)
+        if migration is None or not migration.active:
             return
         migration = self.without_prestart(row, migration, "the migration ended")
         if succeeded:
-            self._set_migration(row["id"], next_phase(migration, "done", time.time()))
+            self._set_migration(row["id"], migration.next("done", time.time()))
         else:
             error = row.get("reason") or "the gang stopped"
-            self._set_migration(
-                row["id"], next_phase(migration, "failed", time.time(), error=error)
-            )
+            self._set_migration(row["id"], migration.next("failed", time.time(), error=error))
 
     # -- replicas started ahead of time at the destination ----------------------------------------
 
@@ -362,47 +220,53 @@ class Moves(Part):
         being written: they run the job's start-up and wait in ``runtime.restore()`` for the
         master's go (:meth:`resume`). Not for gangs whose datasets are staged first."""
         row = self.store.job(job_id)
-        migration = row.get("migration") if row else None
+        migration = Migration.of(row)
         if not (
             self.migration_prestart
             and row is not None
-            and migration_active(migration)
-            and migration["state"] == "checkpointing"
-            and not migration.get("prestart")
+            and migration is not None
+            and migration.state == MigrationState.CHECKPOINTING
+            and migration.prestart is None
             and not self.data_staging.needs_data(row)
         ):
             return
         attempt = self.next_attempt(row)
-        prestart = {"attempt": attempt, "state": "waiting", "reason": None}
+        prestart = Prestart(attempt, PrestartState.WAITING)
         with self.store.write():
-            self.store.update_job(job_id, migration={**migration, "prestart": prestart})
-        placed = {**row, "attempt": attempt, "placement": migration["target"]}
+            self._set_migration(job_id, replace(migration, prestart=prestart), event=False)
+        placed = {**row, "attempt": attempt, "placement": migration.target}
         self.launcher.launch(placed, None, prestart=True)
 
-    def without_prestart(
-        self, row: dict[str, Any], migration: dict[str, Any], why: str
-    ) -> dict[str, Any]:
+    def without_prestart(self, row: dict[str, Any], migration: Migration, why: str) -> Migration:
         """``migration`` with the replicas it started ahead of time (if they still wait)
         dropped: stopped, unless they are already the gang's own (its current attempt)."""
-        prestart = migration.get("prestart")
-        if not prestart or prestart["state"] != "waiting":
+        prestart = migration.waiting
+        if prestart is None:
             return migration
-        if prestart["attempt"] != row["attempt"]:
-            self.lifecycle.stop_replicas(row["id"], prestart["attempt"])
-        return {**migration, "prestart": {**prestart, "state": "dropped", "reason": why}}
+        if prestart.attempt != row["attempt"]:
+            self.lifecycle.stop_replicas(row["id"], prestart.attempt)
+        dropped = replace(prestart, state=PrestartState.DROPPED, reason=why)
+        return replace(migration, prestart=dropped)
+
+    def drop_prestart(self, job_id: str, why: str) -> None:
+        """The migration goes on without the replicas it started ahead of time."""
+        row = self.store.job(job_id)
+        migration = Migration.of(row)
+        if row is not None and migration is not None:
+            dropped = self.without_prestart(row, migration, why)
+            self._set_migration(job_id, dropped, event=False)
 
     def resume(self, row: dict[str, Any], restore: str | None) -> None:
         """Start the placed gang, restoring checkpoint ``restore`` if set; or, if its replicas
         were started ahead of time and wait, give them the go (the checkpoint's name and
         the digest staging verified) and the gang runs."""
-        migration = row.get("migration") or {}
-        prestart = migration.get("prestart")
+        migration = Migration.of(row)
+        prestart = migration.waiting if migration else None
         reps = self.store.replicas(row["id"], row["attempt"])
-        waiting = prestart and prestart["state"] == "waiting"
-        if not (waiting and prestart["attempt"] == row["attempt"] and reps):
+        if not (prestart is not None and prestart.attempt == row["attempt"] and reps):
             self.launcher.launch(row, restore)
             return
-        self.clear_requests(row)
+        self.requests.clear(row)
         roots, calls = self.core.roots(row["id"]), []
         for slot in Placement.from_json(row["placement"]).slots:
             env = self.restore_env(row, slot, restore) if restore else {}
@@ -413,15 +277,15 @@ class Moves(Part):
             if done is False:  # a lost node's replicas are reported lost by the executor
                 log.warning("AI Grid: job %s: could not tell %s to go", row["id"], node)
         with self.store.write():  # after the go files: a restart before this says go again
-            went = {**migration, "prestart": {**prestart, "state": "go"}}
-            self.store.update_job(row["id"], migration=went)
-            ended = [r for r in reps if r["state"] == "exited"]
-            failed = [r for r in ended if r["exit_code"] != 0]
+            went = replace(prestart, state=PrestartState.GO)
+            self._set_migration(row["id"], replace(migration, prestart=went), event=False)
+            ended = [r for r in reps if r.state == "exited"]
+            failed = [r for r in ended if r.exit_code != 0]
             if failed:  # it died before the go, as it would have at a cold start
-                reason = self.lifecycle.failure_reason(failed[0], failed[0]["exit_code"])
+                reason = self.lifecycle.failure_reason(failed[0], failed[0].exit_code)
                 self.lifecycle.fail_gang(row["id"], reason, retry=True)
                 return
-            started = all(r["state"] in ("running", "exited") for r in reps)
+            started = all(r.state in ("running", "exited") for r in reps)
             if not self.executor.capabilities.slow_starts or started:
                 self.lifecycle.set_state(self.store.job(row["id"]), RUNNING)
             self.lifecycle.settle_if_done(self.store.job(row["id"]))
@@ -431,12 +295,14 @@ class Moves(Part):
     def drop_checkpoints(self, job_id: str) -> None:
         """Delete a job's checkpoints on every node, in the background (a job that succeeded
         or was cancelled never resumes; a failed job's stay, to be looked into)."""
-        calls = [(node, ck.remove_root, (root,)) for node, root in self.core.roots(job_id).items()]
+        calls = [
+            (node, transfer.remove_root, (root,)) for node, root in self.core.roots(job_id).items()
+        ]
         self.core.stager.submit(self.node_files.call_each, calls)
 
     def has_checkpoints(self, job_id: str) -> bool:
         calls = [
-            (ck.holder_node(h), ck.piece_names, (root,))
+            (transfer.holder_node(h), ck.piece_names, (root,))
             for h, root in self.core.holders(job_id).items()
         ]
         return any(self.node_files.call_each(calls, []))
@@ -445,29 +311,22 @@ class Moves(Part):
         """Put the newest verified checkpoint on the gang's nodes, in the background; the
         replicas start once it is there (:meth:`_collect_staging`)."""
         now = time.time()
-        migration = row.get("migration")
-        if migration_active(migration) and migration["state"] == "stopping":
-            migration = next_phase(migration, "transferring", now)
-        elif not (migration_active(migration) and migration["state"] == "transferring"):
-            migration = next_phase(
-                {
-                    "id": int((migration or {}).get("id") or 0) + 1,
-                    "kind": "resume",
-                    "reason": row.get("reason"),
-                    "from": [],
-                    "to": list(Placement.from_json(row["placement"]).nodes),
-                    "checkpoint": None,
-                    "phases": [],
-                    "error": None,
-                    "started_at": now,
-                    "finished_at": None,
-                },
-                "transferring",
-                now,
-            )
+        migration = Migration.of(row)
+        moving = migration is not None and migration.active
+        if moving and migration.state == MigrationState.STOPPING:
+            migration = migration.next("transferring", now)
+        elif not (moving and migration.state == MigrationState.TRANSFERRING):
+            migration = Migration(
+                id=(migration.id if migration else 0) + 1,
+                kind="resume",
+                state=MigrationState.TRANSFERRING,
+                started_at=now,
+                reason=row.get("reason"),
+                to=tuple(Placement.from_json(row["placement"]).nodes),
+            ).next("transferring", now)
         self._set_migration(row["id"], migration)
         future = self.core.stager.submit(
-            ck.stage,
+            transfer.stage,
             self.core.holders(row["id"]),
             self.core.rank_nodes(row),
             row["replicas"],
@@ -489,61 +348,55 @@ class Moves(Part):
                 staged = future.result()
             except Exception as e:
                 log.exception("AI Grid: staging the checkpoint of job %s failed", job_id)
-                staged = ck.Staged(problems=[("", f"staging failed: {e}")])
+                staged = transfer.Staged(problems=[("", f"staging failed: {e}")])
             with self.store.write():
                 self._staged(row, staged)
             # Its own transactions: each replica is on record before its process starts.
             self.resume(self.store.job(job_id), staged.name)
 
-    def _staged(self, row: dict[str, Any], staged: ck.Staged) -> None:
+    def _staged(self, row: dict[str, Any], staged: transfer.Staged) -> None:
         now = time.time()
         for name, problem in staged.problems:
             log.warning("AI Grid: job %s: checkpoint %s passed over: %s", row["id"], name, problem)
             checkpoint_event(
                 self.journal, row["id"], "corrupt", checkpoint=name or None, reason=problem
             )
-        migration = row["migration"]
+        migration = Migration.of(row)
+        assert migration is not None, "a gang being staged has a migration"
         if staged.name is not None:
-            migration = next_phase(
-                migration,
+            migration = migration.next(
                 "restoring",
                 now,
                 staged.copied,
                 checkpoint=staged.name,
                 bytes=staged.bytes,
-                deadline=now + self.checkpoint_timeout_s,
+                deadline=now + self.requests.timeout_s,
             )
             self.memory(row["id"]).watching = True
         else:
             error = "no verified checkpoint to restore"
             if staged.problems:
                 error += ": " + "; ".join(f"{n} {p}" for n, p in staged.problems[:3])
-            migration = next_phase(migration, "failed", now, staged.copied, error=error)
+            migration = migration.next("failed", now, staged.copied, error=error)
         self._set_migration(row["id"], migration)
 
-    def _check_restored(self, row: dict[str, Any], migration: dict[str, Any], now: float) -> None:
-        answers = self._answers(row, ck.restored_file)
-        if answers and all(a and a.get("checkpoint") == migration["checkpoint"] for a in answers):
-            self._set_migration(row["id"], next_phase(migration, "done", now, migration["bytes"]))
+    def _check_restored(self, row: dict[str, Any], migration: Migration, now: float) -> None:
+        answers = self.requests.answers(row, ck.restored_file)
+        if answers and all(a and a.get("checkpoint") == migration.checkpoint for a in answers):
+            self._set_migration(row["id"], migration.next("done", now, migration.bytes))
             checkpoint_event(
                 self.journal,
                 row["id"],
                 "restored",
-                checkpoint=migration["checkpoint"],
-                bytes=migration["bytes"],
+                checkpoint=migration.checkpoint,
+                bytes=migration.bytes,
             )
-        elif now > migration.get("deadline", now):
+        elif now > (migration.deadline or now):
             error = (
-                f"the job did not restore {migration['checkpoint']} within "
-                f"{self.checkpoint_timeout_s:g} s (does it call runtime.restore()?)"
+                f"the job did not restore {migration.checkpoint} within "
+                f"{self.requests.timeout_s:g} s (does it call runtime.restore()?)"
             )
-            self._set_migration(row["id"], next_phase(migration, "failed", now, error=error))
-
-    def clear_requests(self, row: dict[str, Any]) -> None:
-        """A new attempt must not take an earlier attempt's request for its own."""
-        roots = self.core.roots(row["id"])
-        nodes = sorted(set(self.core.rank_nodes(row).values()))
-        self.node_files.call_each([(n, ck.clear_request, (roots[n],)) for n in nodes])
+            self._set_migration(row["id"], migration.next("failed", now, error=error))
 
     def restore_env(self, row: dict[str, Any], slot: Any, name: str) -> dict[str, str]:
         """``AIGRID_RESTORE`` (the checkpoint staged on the slot's node) and the sha256 that

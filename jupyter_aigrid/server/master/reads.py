@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import NotFound
 from ..inventory import nvml_utilisation
 from ..model import ACTIVE_STATES, Placement
+from ..records import Migration
 from ..snapshot import Snapshot
 from ..spec import SpecError
 from ..states import MigrationState
@@ -159,11 +160,11 @@ class Reads(Part):
                     self.nodes.present(Placement.from_json(row["placement"])),
                     started_at=row.get("started_at") or snap.now,
                 )
-            migration = row.get("migration")
-            if migration and migration["state"] in HOLDING_TARGET:
+            migration = Migration.of(row)
+            if migration and migration.state in HOLDING_TARGET and migration.target:
                 # A gang on the move holds where it goes as well as where it runs.
                 held = replace(request_of(row), job_id=f"{row['id']}>", preemptible=False)
                 snap = snap.allocate(
-                    held, self.nodes.present(Placement.from_json(migration["target"]))
+                    held, self.nodes.present(Placement.from_json(migration.target))
                 )
         return snap

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 
 from ..model import ACTIVE_STATES, RUNNING, STARTING
-from ..states import LIVE_REPLICA, migration_active
-from .core import Core, Part, handle_of
+from ..records import Migration
+from ..states import LIVE_REPLICA, MigrationState
+from .core import Core, Part
 from .datasets import Datasets
 from .launcher import Launcher
 from .lifecycle import Lifecycle
@@ -48,8 +49,8 @@ class Recovery(Part):
         self.queue.load()
         self.queue.load_history()
         live = self.store.replicas_in(LIVE_REPLICA)
-        adopted = set(self.executor.reconcile([handle_of(r) for r in live]))
-        lost = self.lifecycle.lost_on_restart = {r["id"] for r in live} - adopted
+        adopted = set(self.executor.reconcile([r.handle for r in live]))
+        lost = self.lifecycle.lost_on_restart = {r.id for r in live} - adopted
         self.core.live_replicas = bool(live)
         if live:
             log.info(
@@ -62,20 +63,19 @@ class Recovery(Part):
         self.datasets.sweep()
         for row in self.store.jobs(ACTIVE_STATES):
             request = (row.get("checkpoint") or {}).get("request")
-            if (request and request["state"] == "pending") or (
-                migration_active(row.get("migration")) and row["migration"]["state"] == "restoring"
-            ):
+            migration = Migration.of(row)
+            restoring = migration is not None and migration.state == MigrationState.RESTORING
+            if (request and request["state"] == "pending") or restoring:
                 self.memory(row["id"]).watching = True
             unstarted = not self.store.replicas(row["id"], row["attempt"])
-            migration = row.get("migration") or {}
-            prestart = migration.get("prestart") or {}
+            prestart = migration.waiting if migration else None
             if (
-                prestart.get("state") == "waiting"
-                and prestart["attempt"] == row["attempt"]
+                prestart is not None
+                and prestart.attempt == row["attempt"]
                 and row.get("pending_state") is None
             ):
-                if migration["state"] == "restoring":  # staged and verified: say go
-                    self.moves.resume(row, migration["checkpoint"])
+                if restoring:  # staged and verified: say go
+                    self.moves.resume(row, migration.checkpoint)
                     continue
                 unstarted = True  # started ahead of time, still waiting for the go
             if row["state"] == STARTING and unstarted and row.get("pending_state") is None:
@@ -88,7 +88,7 @@ class Recovery(Part):
                 elif row["state"] == STARTING and not self.executor.capabilities.slow_starts:
                     # It died after starting every replica, before saying the job runs.
                     reps = self.store.replicas(row["id"], row["attempt"])
-                    if reps and all(r["state"] == "running" for r in reps):
+                    if reps and all(r.state == "running" for r in reps):
                         self.lifecycle.set_state(row, RUNNING)
                 # A crash between the last exit and the job's end leaves nothing to wait for.
                 self.lifecycle.settle_if_done(self.store.job(row["id"]))
