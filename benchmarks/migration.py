@@ -263,12 +263,19 @@ def kill_leftover_replicas(srv: BenchServer) -> None:
     """SIGKILL the process group of any replica of ours still running (the master leaves
     running replicas alone when it stops): only wrappers whose command line names their
     exit file under our temporary folder, and whose exit file is not written yet."""
-    for pidfile in srv.tmp.rglob("*.exit.pid"):
-        exit_path = str(pidfile)[: -len(".pid")]
+    # os.walk, not rglob: the master deletes a cancelled job's checkpoint folders meanwhile.
+    pidfiles = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(srv.tmp)
+        for name in names
+        if name.endswith(".exit.pid")
+    ]
+    for pidfile in pidfiles:
+        exit_path = pidfile[: -len(".pid")]
         if os.path.exists(exit_path):
             continue
         with contextlib.suppress(ValueError, OSError, psutil.Error):
-            pid = int(pidfile.read_text().strip())
+            pid = int(Path(pidfile).read_text().strip())
             if exit_path in psutil.Process(pid).cmdline():
                 print(f"  ! killing a leftover replica (process group {pid})")
                 os.killpg(pid, signal.SIGKILL)
