@@ -56,7 +56,7 @@ async def settle_migration(api, job_id: str) -> None:
 
 
 async def test_the_simulator_decides_what_the_master_decided(api, aigrid_master):
-    aigrid_master.rounds = []
+    aigrid_master.round.rounds = []
     # A defragmentation move: two small gangs, one per node, and a gang that needs a node.
     small = [await api.submit(counter(steps=400, preemptible=True)) for _ in range(2)]
     nodes = [(await listening(api, job["id"]))["placement"][0]["node"] for job in small]

@@ -10,13 +10,17 @@ The components (each a class of its own module, the infrastructure they share in
 
 - :class:`~.queue.JobQueue`: the queued jobs in memory and the run-time history;
 - :class:`~.reads.Reads`: the read side (views, the cluster, results, events, the snapshot);
+- :class:`~.rounds.Round`: a round of ``decide()`` and its decisions applied;
 - :class:`~.lifecycle.Lifecycle`: every change of a job's state;
 - :class:`~.launcher.Launcher`: placing a gang and starting its replicas;
-- :class:`~.moves.Moves`: checkpoint requests, migrations, resuming from checkpoints;
+- :class:`~.requests.CheckpointRequests`: asking running gangs for checkpoints;
+- :class:`~.moves.Moves`: migrations, resuming from checkpoints;
 - :class:`~.copies.CheckpointCopies`: running gangs' checkpoints kept on a second node;
-- :class:`~.datasets.Datasets` and :class:`~.data_staging.DataStaging`: the dataset registry
-  and uploads, and staging a gang's data where it runs;
+- :class:`~.datasets.Datasets`, :class:`~.dataset_uploads.DatasetUploads` and
+  :class:`~.data_staging.DataStaging`: the dataset registry, uploads, and staging a gang's
+  data where it runs;
 - :class:`~.inference.Inference`: the performance profiles inference jobs are placed by;
+- :class:`~.catalog.Catalog`, :class:`~.replay.Replay`: the image catalog, ``POST /simulate``;
 - :class:`~.recovery.Recovery`: picking up after the last master.
 
 A round is ``decide()`` (:mod:`..policies.decide`) on the snapshot and the queue; the master
@@ -31,14 +35,11 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import Conflict, NotFound
-from ..model import ACTIVE_STATES, RUNNING, Migrate, ReplicaExit
-from ..policies import Context, decide
-from ..records import Migration
+from ..model import ReplicaExit
 from ..spec import SpecError
 from ..uploads import Uploads
 from .catalog import Catalog
@@ -56,6 +57,7 @@ from .reads import Reads
 from .recovery import Recovery
 from .replay import Replay
 from .requests import CheckpointRequests
+from .rounds import Round
 
 T = TypeVar("T")
 #: Work in memory that the loop follows at the exit-poll pace rather than once a tick.
@@ -154,9 +156,23 @@ class Master:
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._new_events: asyncio.Event | None = None
-        #: (snapshot, queue, context, decisions) of every round, when ``record_rounds`` is
-        #: set (tests and debugging; it grows without bound); None otherwise.
-        self.rounds: list[tuple[Any, ...]] | None = [] if record_rounds else None
+        self.round = Round(
+            core,
+            policy,
+            self.queue,
+            self.reads,
+            self.inference,
+            self.launcher,
+            self.lifecycle,
+            self.requests,
+            self.moves,
+            record=record_rounds,
+        )
+
+    @property
+    def rounds(self) -> list[tuple[Any, ...]] | None:
+        """(snapshot, queue, context, decisions) of every round, with ``record_rounds``."""
+        return self.round.rounds
 
     @property
     def recovery_error(self) -> str | None:
@@ -344,7 +360,7 @@ class Master:
         self.copies.tick()
         self.data.verify_due(time.time())
         self.lifecycle.enforce_time_limits(time.time())
-        self._schedule()
+        self.round.run()
 
     def _poll_exits(self) -> None:
         self.lifecycle.handle_starts()
@@ -362,7 +378,7 @@ class Master:
         if self.memory.count("checkpoint_staging") or self.memory.count("watching"):
             self.moves.watch()
         if exits or staged != staging():
-            self._schedule()
+            self.round.run()
 
     def _sync_inventory(self) -> None:
         """Take in the nodes that joined or left the cluster (executors whose inventory
@@ -383,53 +399,3 @@ class Master:
     def _handle_exits(self, exits: list[ReplicaExit]) -> None:
         self._sync_inventory()
         self.lifecycle.handle_exits(exits)
-
-    def _schedule(self) -> None:
-        now = time.time()
-        queue = self.queue.ready(now)
-        if not queue:
-            return
-        active = self.store.jobs(ACTIVE_STATES)  # one read for the snapshot and the context
-        snapshot = self.reads.snapshot(active)
-        context = self._round_context(active)
-        if self.rounds is not None:  # the book changes as jobs end: keep it as it was
-            context = replace(context, book=self.inference.book.copy())
-        decided = decide(snapshot, queue, self.policy, context)
-        self.inference.choices = dict(decided.choices)
-        if self.rounds is not None:
-            self.rounds.append((snapshot, tuple(queue), context, decided))
-        for launch in decided.launches:
-            self.launcher.apply(launch)
-        for preempt in decided.preemptions:
-            with self.store.write():
-                self.lifecycle.preempt(preempt.job_id, preempt.reason)
-        for move in decided.migrations:
-            with self.store.write():
-                self._migrate_for(move)
-            self.moves.prestart(move.job_id)
-
-    def _round_context(self, rows: list[dict[str, Any]]) -> Context:
-        """What the round needs to know about running gangs (``rows``: the active jobs)
-        beyond the snapshot."""
-        settled = frozenset(
-            r["id"] for r in rows if r["state"] == RUNNING and not r.get("pending_state")
-        )
-        return Context(
-            book=self.inference.book,
-            costs=self.inference.gpu_cost_per_hour,
-            settled=settled,
-            movable=frozenset(
-                r["id"]
-                for r in rows
-                if r["id"] in settled
-                and r["spec"].get("preemptible")
-                and self.requests.listening(r)
-            ),
-            moving=any(m.active for m in map(Migration.of, rows) if m),
-        )
-
-    def _migrate_for(self, move: Migrate) -> None:
-        row = self.store.job(move.job_id)
-        if row is None or row["state"] != RUNNING or row.get("pending_state"):
-            return
-        self.moves.begin_migration(row, move.placement, move.reason)
