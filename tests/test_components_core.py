@@ -6,6 +6,7 @@ memory, in the policy's order, with the restart backoff)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from jupyter_aigrid.server.master.core import Core, Journal, Nodes
 from jupyter_aigrid.server.master.queue import JobQueue, request_of, run_time_s
 from jupyter_aigrid.server.model import Gpu, Node, Placement, Slot
 from jupyter_aigrid.server.policies import load_policy
+from jupyter_aigrid.server.records import Job
 from jupyter_aigrid.server.snapshot import Snapshot
 from jupyter_aigrid.server.spec import validate
 from jupyter_aigrid.server.store import Store
@@ -84,15 +86,15 @@ def test_journal_hands_out_a_committed_event_once(store):
     journal = Journal(store)
     job = insert_job(store, {"code": "pass"})
     with store.write():
-        journal.record(events.JOB_STATE, job["id"], {"state": "queued"})
-        journal.record(events.JOB_STATE, job["id"], {"state": "starting"})
+        journal.record(events.JOB_STATE, job.id, {"state": "queued"})
+        journal.record(events.JOB_STATE, job.id, {"state": "starting"})
         assert journal.take() == []  # not committed yet: nothing to emit
     assert journal.take() == [
         (events.JOB_STATE, {"state": "queued"}),
         (events.JOB_STATE, {"state": "starting"}),
     ]
     assert journal.take() == []
-    assert [e["data"]["state"] for e in store.events(job["id"])] == ["queued", "starting"]
+    assert [e["data"]["state"] for e in store.events(job.id)] == ["queued", "starting"]
 
 
 def test_journal_never_hands_out_an_event_of_a_transaction_that_rolled_back(store):
@@ -100,12 +102,12 @@ def test_journal_never_hands_out_an_event_of_a_transaction_that_rolled_back(stor
     job = insert_job(store, {"code": "pass"})
     with pytest.raises(Boom):
         in_failing_transaction(
-            store, lambda: journal.record(events.JOB_STATE, job["id"], {"state": "starting"})
+            store, lambda: journal.record(events.JOB_STATE, job.id, {"state": "starting"})
         )
     assert journal.take() == []
-    assert store.events(job["id"]) == []  # nor is it kept
+    assert store.events(job.id) == []  # nor is it kept
     with store.write():  # the next transaction does not carry the dropped event along
-        journal.record(events.JOB_STATE, job["id"], {"state": "cancelled"})
+        journal.record(events.JOB_STATE, job.id, {"state": "cancelled"})
     assert journal.take() == [(events.JOB_STATE, {"state": "cancelled"})]
 
 
@@ -186,11 +188,10 @@ def test_core_roots_name_every_node_that_ever_held_the_job(core, tmp_path):
     holders = core.holders("7")
     assert set(core.roots("7").items()) < set(holders.items())
     assert len(holders) == 4  # each node's own folder, and the copies it keeps of others'
-    assert core.rank_nodes({"placement": [{"rank": 1, "node": "b"}, {"rank": 0, "node": "a"}]}) == {
-        0: "a",
-        1: "b",
-    }
-    assert core.rank_nodes({"placement": None}) == {}
+    job = Job(id="7", seq=7, owner="u", state="running", spec={}, submitted_at=0.0)
+    placed = replace(job, placement=[{"rank": 1, "node": "b"}, {"rank": 0, "node": "a"}])
+    assert core.rank_nodes(placed) == {0: "a", 1: "b"}
+    assert core.rank_nodes(job) == {}
 
 
 # -- JobQueue -----------------------------------------------------------------------------------
@@ -204,12 +205,12 @@ def test_queue_positions_follow_the_policy_order(core):
     for row in (low, normal, high):
         queue.track(row)
     snapshot = lambda: Snapshot.empty(core.nodes.all)  # noqa: E731
-    assert queue.positions(snapshot) == {high["id"]: 1, normal["id"]: 2, low["id"]: 3}
+    assert queue.positions(snapshot) == {high.id: 1, normal.id: 2, low.id: 3}
 
     fifo = JobQueue(core, load_policy("fifo"))
     for row in (high, low, normal):
         fifo.track(row)
-    assert fifo.positions(snapshot) == {low["id"]: 1, normal["id"]: 2, high["id"]: 3}
+    assert fifo.positions(snapshot) == {low.id: 1, normal.id: 2, high.id: 3}
 
 
 def test_queue_positions_are_computed_once_per_change(core):
@@ -222,16 +223,16 @@ def test_queue_positions_are_computed_once_per_change(core):
         calls.append(1)
         return Snapshot.empty(core.nodes.all)
 
-    assert queue.positions(snapshot) == {first["id"]: 1}
-    assert queue.positions(snapshot) == {first["id"]: 1}
+    assert queue.positions(snapshot) == {first.id: 1}
+    assert queue.positions(snapshot) == {first.id: 1}
     assert len(calls) == 1
     second = insert_job(core.store, {"code": "pass"})
     queue.track(second)  # a change: the order is computed again
-    assert queue.positions(snapshot) == {first["id"]: 1, second["id"]: 2}
+    assert queue.positions(snapshot) == {first.id: 1, second.id: 2}
     assert len(calls) == 2
-    queue.track({**first, "state": "starting"})  # it left the queue
-    assert queue.positions(snapshot) == {second["id"]: 1}
-    assert list(queue.waiting) == [second["id"]]
+    queue.track(replace(first, state="starting"))  # it left the queue
+    assert queue.positions(snapshot) == {second.id: 1}
+    assert list(queue.waiting) == [second.id]
 
 
 def test_queue_ready_holds_back_a_job_until_its_backoff_has_passed(core):
@@ -239,11 +240,11 @@ def test_queue_ready_holds_back_a_job_until_its_backoff_has_passed(core):
     waiting, backing_off = (insert_job(core.store, {"code": "pass"}) for _ in range(2))
     queue.track(waiting)
     queue.track(backing_off)
-    assert queue.not_before(backing_off["id"]) == 0.0
-    core.memory(backing_off["id"]).not_before = 100.0
-    assert queue.not_before(backing_off["id"]) == 100.0
-    assert [r.job_id for r in queue.ready(99.0)] == [waiting["id"]]
-    assert [r.job_id for r in queue.ready(100.0)] == [waiting["id"], backing_off["id"]]
+    assert queue.not_before(backing_off.id) == 0.0
+    core.memory(backing_off.id).not_before = 100.0
+    assert queue.not_before(backing_off.id) == 100.0
+    assert [r.job_id for r in queue.ready(99.0)] == [waiting.id]
+    assert [r.job_id for r in queue.ready(100.0)] == [waiting.id, backing_off.id]
     assert queue.not_before("no-such-job") == 0.0
 
 
@@ -251,16 +252,16 @@ def test_queue_load_restores_the_queued_jobs_and_their_backoff_from_the_store(co
     queued = insert_job(core.store, {"code": "pass", "gpus": 2})
     retrying = insert_job(core.store, {"code": "pass"})
     started = insert_job(core.store, {"code": "pass"})
-    core.store.update_job(retrying["id"], retry_at=500.0)
-    core.store.update_job(started["id"], state="starting")
+    core.store.update_job(retrying.id, retry_at=500.0)
+    core.store.update_job(started.id, state="starting")
     queue = JobQueue(core, load_policy("fifo"))
     queue.load()
-    assert list(queue.waiting) == [queued["id"], retrying["id"]]
-    request = queue.waiting[queued["id"]]
+    assert list(queue.waiting) == [queued.id, retrying.id]
+    request = queue.waiting[queued.id]
     assert (request.owner, request.replicas, request.gpus_per_replica) == ("u", 2, 1)
-    assert queue.not_before(retrying["id"]) == 500.0
-    assert queue.not_before(queued["id"]) == 0.0
-    assert [r.job_id for r in queue.ready(499.0)] == [queued["id"]]
+    assert queue.not_before(retrying.id) == 500.0
+    assert queue.not_before(queued.id) == 0.0
+    assert [r.job_id for r in queue.ready(499.0)] == [queued.id]
 
 
 def test_queue_history_learns_run_times_of_succeeded_jobs_only(core):
@@ -269,14 +270,14 @@ def test_queue_history_learns_run_times_of_succeeded_jobs_only(core):
     done = insert_job(core.store, code)
     failed = insert_job(core.store, code)
     for row, end, finished_at in ((done, "succeeded", 40.0), (failed, "failed", 1000.0)):
-        core.store.update_job(row["id"], state="starting")
+        core.store.update_job(row.id, state="starting")
         core.store.update_job(
-            row["id"], state=end, started_at=10.0, finished_at=finished_at, attained_gpu_s=20.0
+            row.id, state=end, started_at=10.0, finished_at=finished_at, attained_gpu_s=20.0
         )
     # 20 GPU-seconds earlier over 2 GPUs, then 30 s: 40 s in all.
-    assert run_time_s(core.store.job(done["id"])) == 40.0
+    assert run_time_s(core.store.job(done.id)) == 40.0
     new = insert_job(core.store, code)
     queue.load_history()
     assert queue.history.estimate_s(request_of(new)) == pytest.approx(40.0)
-    queue.succeeded(core.store.job(done["id"]), 100.0)  # the median of 40 s and 100 s
+    queue.succeeded(core.store.job(done.id), 100.0)  # the median of 40 s and 100 s
     assert queue.history.estimate_s(request_of(new)) == pytest.approx(70.0)

@@ -18,6 +18,7 @@ from jupyter_aigrid.server.master import Master
 from jupyter_aigrid.server.master.queue import request_of
 from jupyter_aigrid.server.model import Launch, Placement, Slot
 from jupyter_aigrid.server.policies import load_policy
+from jupyter_aigrid.server.records import Job
 from jupyter_aigrid.server.spec import validate
 from jupyter_aigrid.server.store import Store
 
@@ -49,10 +50,10 @@ def submit(m: Master, spec: dict[str, Any]) -> str:
     return m.lifecycle.submit(validate(spec), "u", {})["id"]
 
 
-def until_ended(m: Master, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+def until_ended(m: Master, job_id: str, timeout_s: float = 60.0) -> Job:
     """Hand the executor's exits to the lifecycle until the job has ended."""
     deadline = time.monotonic() + timeout_s
-    while (row := m.store.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+    while (row := m.store.job(job_id)).state not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, row
         m.lifecycle.handle_exits(m.executor.poll())
         time.sleep(0.02)
@@ -65,9 +66,9 @@ def test_a_launch_runs_every_rank_with_its_environment_and_log_files(m):
     m.journal.take()
     m.launcher.apply(Launch(job_id, ACROSS_NODES))
     row = m.store.job(job_id)
-    assert row["state"] == "running" and m.core.live_replicas
-    assert row["placement"] == ACROSS_NODES.to_json()
-    assert row["prediction"]["basis"] == "none"  # nothing has run here yet
+    assert row.state == "running" and m.core.live_replicas
+    assert row.placement == ACROSS_NODES.to_json()
+    assert row.prediction["basis"] == "none"  # nothing has run here yet
     reps = m.store.replicas(job_id, 0)
     assert [(r.id, r.node, r.gpu_indices) for r in reps] == [
         (f"{job_id}.0.0", "node-0", (1,)),
@@ -82,7 +83,7 @@ def test_a_launch_runs_every_rank_with_its_environment_and_log_files(m):
         ("node-1", [0], True),
     ]
 
-    assert until_ended(m, job_id)["state"] == "succeeded"
+    assert until_ended(m, job_id).state == "succeeded"
     envs = []
     for rank in (0, 1):
         stdout = m.files.log(job_id, 0, rank, "stdout")
@@ -119,8 +120,8 @@ def test_a_rank_that_cannot_start_fails_the_gang(m):
         Launch(job_id, m.policy.place(request_of(m.store.job(job_id)), m.reads.snapshot()))
     )
     row = m.store.job(job_id)
-    assert row["state"] == "failed" and row["restarts"] == 0  # not the cluster's fault: no retry
-    assert row["reason"] == (
+    assert row.state == "failed" and row.restarts == 0  # not the cluster's fault: no retry
+    assert row.reason == (
         "rank 0 could not start: workdir '/no/such/dir' is not a directory on node-0"
     )
     reps = m.store.replicas(job_id, 0)
@@ -138,11 +139,11 @@ def test_the_ranks_started_before_one_that_cannot_are_stopped(m, tmp_path):
     assert first.pid is not None and first.state == "stopping"
     assert (second.pid, second.state) == (None, "exited")
     row = until_ended(m, job_id)
-    assert row["state"] == "failed"
-    assert row["reason"].startswith("rank 1 could not start:")
+    assert row.state == "failed"
+    assert row.reason.startswith("rank 1 could not start:")
     # Rank 0 was stopped: by the SIGTERM, or by the SIGKILL after the grace where the
     # SIGTERM came before its wrapper had started the job (the wrapper traps it).
-    assert row["exit_codes"] in ({"0": 143, "1": None}, {"0": 137, "1": None})
+    assert row.exit_codes in ({"0": 143, "1": None}, {"0": 137, "1": None})
 
 
 def test_replicas_never_start_inside_a_transaction(m):

@@ -60,19 +60,19 @@ def run_without_processes(m: Master, job_id: str) -> list[str]:
     assert placement is not None, "the test cluster has room for the gang"
     m.launcher.place(row, placement)
     row = m.store.job(job_id)
-    ids = [f"{job_id}.{row['attempt']}.{s.rank}" for s in placement.slots]
+    ids = [f"{job_id}.{row.attempt}.{s.rank}" for s in placement.slots]
     m.store.insert_replicas(
         [
             {
                 "id": replica_id,
                 "job_id": job_id,
-                "attempt": row["attempt"],
+                "attempt": row.attempt,
                 "rank": s.rank,
                 "local_rank": s.local_rank,
                 "node": s.node,
                 "gpu_indices": list(s.gpus),
                 "state": "running",
-                "exit_path": str(m.files.log(job_id, row["attempt"], s.rank, "exit")),
+                "exit_path": str(m.files.log(job_id, row.attempt, s.rank, "exit")),
             }
             for replica_id, s in zip(ids, placement.slots, strict=True)
         ]
@@ -101,7 +101,7 @@ def test_submit_stores_a_queued_job_and_returns_its_view(m):
     view = m.lifecycle.submit(validate({"code": "pass", "gpus": 2}), "ann", {"x": b"pickled"})
     assert (view["state"], view["owner"], view["queue_position"]) == ("queued", "ann", 1)
     assert view["actions"]["cancel"] == {"allowed": True, "reason": None}
-    assert m.store.job(view["id"])["state"] == "queued"
+    assert m.store.job(view["id"]).state == "queued"
     assert list(m.queue.waiting) == [view["id"]]
     assert (m.files.inputs(view["id"]) / "x.pkl").read_bytes() == b"pickled"
     ((schema, data),) = m.journal.take()
@@ -135,7 +135,7 @@ def test_cancel_of_another_users_job_is_not_found_but_an_admin_may(m):
     job_id = submit(m, {"code": "pass"}, owner="ann")
     with pytest.raises(NotFound, match=f"no job '{job_id}'"):
         m.lifecycle.cancel(job_id, "bob", admin=False)
-    assert m.store.job(job_id)["state"] == "queued"
+    assert m.store.job(job_id).state == "queued"
     view = m.lifecycle.cancel(job_id, "root", admin=True)
     assert (view["state"], view["reason"]) == ("cancelled", "cancelled by root")
 
@@ -147,11 +147,11 @@ def test_cancel_of_a_running_gang_stops_it_and_ends_it_once_every_rank_exited(m)
     assert (view["state"], view["stopping"]) == ("running", True)
     assert [r.state for r in m.store.replicas(job_id, 0)] == ["stopping", "stopping"]
     exited(m, (first, 143))
-    assert m.store.job(job_id)["state"] == "running"  # a rank still runs
+    assert m.store.job(job_id).state == "running"  # a rank still runs
     exited(m, (second, 143))
     row = m.store.job(job_id)
-    assert (row["state"], row["reason"]) == ("cancelled", "cancelled by u")
-    assert row["exit_codes"] == {"0": 143, "1": 143}
+    assert (row.state, row.reason) == ("cancelled", "cancelled by u")
+    assert row.exit_codes == {"0": 143, "1": 143}
 
 
 # -- the state machine --------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_set_state_refuses_an_illegal_transition_and_changes_nothing(m):
         m.lifecycle.set_state(m.store.job(job_id), "running")
     assert list(REFUSED) == [f"job {job_id}: state cannot go from queued to running"]
     REFUSED.clear()  # refused on purpose: the suite's guard against illegal ones stays quiet
-    assert m.store.job(job_id)["state"] == "queued"
+    assert m.store.job(job_id).state == "queued"
     assert states(m, job_id) == ["queued"]
     assert m.journal.take() == []
     assert list(m.queue.waiting) == [job_id]
@@ -176,7 +176,7 @@ def test_a_finished_job_never_changes_state_again(m):
     with pytest.raises(IllegalTransition, match="from cancelled to queued"):
         m.lifecycle.set_state(m.store.job(job_id), "queued")
     REFUSED.clear()
-    assert m.store.job(job_id)["state"] == "cancelled" and m.queue.waiting == {}
+    assert m.store.job(job_id).state == "cancelled" and m.queue.waiting == {}
 
 
 # -- failures, restarts and the backoff ---------------------------------------------------------
@@ -191,18 +191,18 @@ def test_a_failing_gang_restarts_with_a_doubling_backoff_then_fails(m):
         assert m.store.replica(other).state == "stopping"  # the gang fails as a whole
         exited(m, (other, 143))
         row = m.store.job(job_id)
-        assert (row["state"], row["restarts"], row["attempt"]) == ("queued", restarts, restarts)
-        assert row["reason"].startswith("restarting after: rank 0 on node-0 exited with code 3")
-        assert before + backoff_s <= row["retry_at"] <= time.time() + backoff_s
-        assert m.queue.not_before(job_id) == row["retry_at"]
-        assert m.queue.ready(row["retry_at"] - 0.01) == []
-        assert [r.job_id for r in m.queue.ready(row["retry_at"])] == [job_id]
+        assert (row.state, row.restarts, row.attempt) == ("queued", restarts, restarts)
+        assert row.reason.startswith("restarting after: rank 0 on node-0 exited with code 3")
+        assert before + backoff_s <= row.retry_at <= time.time() + backoff_s
+        assert m.queue.not_before(job_id) == row.retry_at
+        assert m.queue.ready(row.retry_at - 0.01) == []
+        assert [r.job_id for r in m.queue.ready(row.retry_at)] == [job_id]
     failing, other = run_without_processes(m, job_id)
     exited(m, (other, 1), (failing, 143))
     row = m.store.job(job_id)
-    assert (row["state"], row["restarts"]) == ("failed", 2)
-    assert row["reason"].startswith("rank 1 on node-0 exited with code 1")
-    assert row["exit_codes"] == {"0": 143, "1": 1}
+    assert (row.state, row.restarts) == ("failed", 2)
+    assert row.reason.startswith("rank 1 on node-0 exited with code 1")
+    assert row.exit_codes == {"0": 143, "1": 1}
     assert m.queue.waiting == {} and m.memory.get(job_id) is None
 
 
@@ -213,7 +213,7 @@ def test_the_failure_reason_names_the_signal_and_the_last_stderr_lines(m):
     stderr.parent.mkdir(parents=True, exist_ok=True)
     stderr.write_text("Traceback (most recent call last):\nMemoryError: out of memory\n")
     exited(m, (replica_id, 137))
-    reason = m.store.job(job_id)["reason"]
+    reason = m.store.job(job_id).reason
     assert reason.startswith("rank 0 on node-0 exited with code 137 (SIGKILL)")
     assert reason.endswith("MemoryError: out of memory")
 
@@ -226,8 +226,8 @@ def test_a_gang_whose_node_left_gets_restarts_beyond_its_own(m):
     exited(m, (replicas[2], None))  # lost with its node: no exit status
     exited(m, *((r, 143) for r in replicas if r != replicas[2]))
     row = m.store.job(job_id)
-    assert (row["state"], row["restarts"]) == ("queued", 1)  # max_restarts is 0
-    assert "rank 2 on node-1 was lost: its node left the cluster" in row["reason"]
+    assert (row.state, row.restarts) == ("queued", 1)  # max_restarts is 0
+    assert "rank 2 on node-1 was lost: its node left the cluster" in row.reason
 
 
 # -- the end of a gang, for each reason it was stopped ------------------------------------------
@@ -239,11 +239,11 @@ def test_a_clean_exit_succeeds_and_teaches_the_history(m):
     m.store.update_job(job_id, prediction={"run_s": 1000.0, "basis": "global"})
     exited(m, *((r, 0) for r in ids))
     row = m.store.job(job_id)
-    assert (row["state"], row["exit_codes"]) == ("succeeded", {"0": 0, "1": 0})
+    assert (row.state, row.exit_codes) == ("succeeded", {"0": 0, "1": 0})
     assert states(m, job_id) == ["queued", "starting", "running", "succeeded"]
-    ran_s = row["finished_at"] - row["started_at"]
-    assert row["prediction"]["actual_s"] == pytest.approx(ran_s)
-    assert row["prediction"]["error"] > 1  # predicted 1000 s, ran for about none
+    ran_s = row.finished_at - row.started_at
+    assert row.prediction["actual_s"] == pytest.approx(ran_s)
+    assert row.prediction["error"] > 1  # predicted 1000 s, ran for about none
     again = m.store.job(submit(m, {"code": "print('learn me')", "replicas": 2}))
     assert m.queue.history.estimate_s(request_of(again)) == pytest.approx(ran_s)
 
@@ -254,7 +254,7 @@ def stop_for_restart(m: Master, job_id: str) -> None:
 
 def stop_to_requeue(m: Master, job_id: str) -> None:
     """The master's own doing: a rank it never started (it died while starting the gang)."""
-    replica_id = m.store.replicas(job_id, m.store.job(job_id)["attempt"])[0].id
+    replica_id = m.store.replicas(job_id, m.store.job(job_id).attempt)[0].id
     m.lifecycle.handle_exits([ReplicaExit(replica_id, None, never_started=True)])
 
 
@@ -286,21 +286,21 @@ def test_a_stopped_gang_ends_where_its_stop_says(m, stop, ends, restarts, reason
     run_without_processes(m, job_id)
     stop(m, job_id)
     row = m.store.job(job_id)
-    assert row["state"] == "running" and row["pending_state"] is not None
+    assert row.state == "running" and row.pending_state is not None
     exited(m, *((r.id, 143) for r in m.store.replicas(job_id, 0) if r.state != "exited"))
     row = m.store.job(job_id)
     assert states(m, job_id) == ["queued", "starting", "running", *ends]
-    assert row["restarts"] == restarts
-    assert row["reason"].startswith(reason)
-    assert row["pending_state"] is None or row["state"] in ("failed", "cancelled")
+    assert row.restarts == restarts
+    assert row.reason.startswith(reason)
+    assert row.pending_state is None or row.state in ("failed", "cancelled")
     assert all(r.state == "exited" for r in m.store.replicas(job_id, 0))
-    if row["state"] == "queued":  # a new attempt, from the queue, on no GPUs
-        assert (row["attempt"], row["placement"]) == (1, None)
+    if row.state == "queued":  # a new attempt, from the queue, on no GPUs
+        assert (row.attempt, row.placement) == (1, None)
         assert list(m.queue.waiting) == [job_id]
-        assert row["attained_gpu_s"] > 0.0  # the service it had is kept for fair share
-        assert (row["retry_at"] is not None) == (stop is stop_for_restart)
+        assert row.attained_gpu_s > 0.0  # the service it had is kept for fair share
+        assert (row.retry_at is not None) == (stop is stop_for_restart)
     else:
-        assert row["finished_at"] is not None and m.queue.waiting == {}
+        assert row.finished_at is not None and m.queue.waiting == {}
 
 
 # -- time limits --------------------------------------------------------------------------------
@@ -309,21 +309,21 @@ def test_a_stopped_gang_ends_where_its_stop_says(m, stop, ends, restarts, reason
 def test_a_gang_past_its_time_limit_fails_without_a_restart(m):
     job_id = submit(m, {"code": "pass", "replicas": 2, "time_limit_s": 5, "max_restarts": 3})
     ids = run_without_processes(m, job_id)
-    started = m.store.job(job_id)["started_at"]
+    started = m.store.job(job_id).started_at
     m.lifecycle.enforce_time_limits(started + 4.9)
-    assert m.store.job(job_id)["pending_state"] is None
+    assert m.store.job(job_id).pending_state is None
     m.lifecycle.enforce_time_limits(started + 5.1)
     row = m.store.job(job_id)
-    assert (row["pending_state"], row["reason"]) == ("failed", "time limit of 5 s exceeded")
+    assert (row.pending_state, row.reason) == ("failed", "time limit of 5 s exceeded")
     assert [r.state for r in m.store.replicas(job_id, 0)] == ["stopping", "stopping"]
     exited(m, *((r, 143) for r in ids))
     row = m.store.job(job_id)
-    assert (row["state"], row["restarts"]) == ("failed", 0)
-    assert row["reason"] == "time limit of 5 s exceeded"
+    assert (row.state, row.restarts) == ("failed", 0)
+    assert row.reason == "time limit of 5 s exceeded"
 
 
 def test_a_job_without_a_time_limit_runs_on(m):
     job_id = submit(m, {"code": "pass"})
     run_without_processes(m, job_id)
     m.lifecycle.enforce_time_limits(time.time() + 365 * 86400)
-    assert m.store.job(job_id)["pending_state"] is None
+    assert m.store.job(job_id).pending_state is None

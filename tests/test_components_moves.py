@@ -84,7 +84,7 @@ def test_only_a_running_gang_that_listens_may_checkpoint(m):
         Conflict, match=r"never calls jupyter_aigrid\.runtime\.should_checkpoint\(\)"
     ):
         m.requests.checkpoint_now(deaf, "u", admin=False)
-    assert m.store.job(deaf).get("checkpoint") is None
+    assert m.store.job(deaf).checkpoint is None
 
 
 def test_a_checkpoint_request_reaches_every_node_of_the_gang(m):
@@ -93,7 +93,7 @@ def test_a_checkpoint_request_reaches_every_node_of_the_gang(m):
     m.journal.take()
     before = time.time()
     view = m.requests.checkpoint_now(job_id, "ann", admin=True)
-    request = m.store.job(job_id)["checkpoint"]["request"]
+    request = m.store.job(job_id).checkpoint["request"]
     assert (request["id"], request["state"], request["reason"]) == (
         "0.1",
         "pending",
@@ -116,8 +116,8 @@ def test_a_listening_gang_is_preempted_through_a_checkpoint(m):
     job_id = running_gang(m, {"code": "pass", "preemptible": True}, listening=True)
     m.lifecycle.preempt(job_id, "preempted for high job 9")
     row = m.store.job(job_id)
-    assert row["pending_state"] is None  # it runs on until its checkpoint is written
-    assert row["checkpoint"]["request"]["then"] == "preempt"
+    assert row.pending_state is None  # it runs on until its checkpoint is written
+    assert row.checkpoint["request"]["then"] == "preempt"
     assert [r.state for r in m.store.replicas(job_id, 0)] == ["running", "running"]
 
 
@@ -128,13 +128,13 @@ def test_a_migration_to_a_node_that_does_not_exist_is_refused_naming_the_field(m
     ) as e:
         m.moves.migrate_now(job_id, "u", admin=False, node="node-7")
     assert e.value.field == "node"
-    assert m.store.job(job_id).get("migration") is None
+    assert m.store.job(job_id).migration is None
 
 
 def test_a_migration_that_the_gang_does_not_live_through_fails(m):
     job_id = running_gang(m, {"code": "pass"}, listening=True)
     view = m.moves.migrate_now(job_id, "u", admin=False, node="node-1")
-    migration = m.store.job(job_id)["migration"]
+    migration = m.store.job(job_id).migration
     assert (migration["state"], migration["from"], migration["to"]) == (
         "checkpointing",
         ["node-0"],
@@ -142,16 +142,16 @@ def test_a_migration_that_the_gang_does_not_live_through_fails(m):
     )
     assert {s["node"] for s in migration["target"]} == {"node-1"}
     assert view["actions"]["migrate"]["allowed"] is False
-    assert m.store.job(job_id)["checkpoint"]["request"]["then"] == "migrate"
+    assert m.store.job(job_id).checkpoint["request"]["then"] == "migrate"
     with pytest.raises(Conflict, match="is migrating"):
         m.moves.migrate_now(job_id, "u", admin=False, node="node-1")
     # Rank 1 dies before the checkpoint is written: the gang fails, and its move with it.
     m.lifecycle.handle_exits([ReplicaExit(f"{job_id}.0.1", 1)])
     m.lifecycle.handle_exits([ReplicaExit(f"{job_id}.0.0", 143)])
     row = m.store.job(job_id)
-    assert row["state"] == "failed"
-    assert row["migration"]["state"] == "failed"
-    assert row["migration"]["error"].startswith("rank 1 on node-0 exited with code 1")
+    assert row.state == "failed"
+    assert row.migration["state"] == "failed"
+    assert row.migration["error"].startswith("rank 1 on node-0 exited with code 1")
 
 
 def test_the_next_attempt_comes_after_every_attempt_that_had_replicas(m):

@@ -62,7 +62,7 @@ def queued(core: Core, queue: JobQueue, spec: dict[str, Any], owner: str = "u") 
         }
     )
     queue.track(row)
-    return row["id"]
+    return row.id
 
 
 def running(core: Core, queue: JobQueue, job_id: str, placement: Placement) -> None:
@@ -77,12 +77,12 @@ def running(core: Core, queue: JobQueue, job_id: str, placement: Placement) -> N
 def test_a_user_sees_only_their_own_jobs(core, queue, reads):
     mine = queued(core, queue, {"code": "pass"}, owner="ann")
     theirs = queued(core, queue, {"code": "pass"}, owner="bob")
-    assert reads.visible(mine, "ann", admin=False)["id"] == mine
+    assert reads.visible(mine, "ann", admin=False).id == mine
     with pytest.raises(NotFound, match=f"no job '{theirs}'"):
         reads.visible(theirs, "ann", admin=False)
     with pytest.raises(NotFound, match="no job '99'"):
         reads.visible("99", "ann", admin=True)
-    assert reads.visible(theirs, "root", admin=True)["owner"] == "bob"
+    assert reads.visible(theirs, "root", admin=True).owner == "bob"
     with pytest.raises(NotFound):
         reads.view_one(theirs, "ann", admin=False)
 

@@ -17,6 +17,7 @@ from jupyter_aigrid.server.master import Master
 from jupyter_aigrid.server.master.queue import request_of
 from jupyter_aigrid.server.model import Launch, ReplicaExit
 from jupyter_aigrid.server.policies import load_policy
+from jupyter_aigrid.server.records import Job
 from jupyter_aigrid.server.spec import validate
 from jupyter_aigrid.server.store import Store
 
@@ -97,9 +98,9 @@ def run_without_processes(m: Master, job_id: str) -> list[str]:
     return ids
 
 
-def until_ended(m: Master, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+def until_ended(m: Master, job_id: str, timeout_s: float = 60.0) -> Job:
     deadline = time.monotonic() + timeout_s
-    while (row := m.store.job(job_id))["state"] not in FINAL:
+    while (row := m.store.job(job_id)).state not in FINAL:
         assert time.monotonic() < deadline, row
         m.lifecycle.handle_exits(m.executor.poll())
         time.sleep(0.02)
@@ -121,7 +122,7 @@ def test_a_gang_whose_ranks_all_exited_before_the_master_died_is_settled(masters
     b = masters.new()
     b.recovery.recover()
     row = b.store.job(job_id)
-    assert (row["state"], row["exit_codes"]) == ("succeeded", {"0": 0, "1": 0})
+    assert (row.state, row.exit_codes) == ("succeeded", {"0": 0, "1": 0})
     assert not b.core.live_replicas
 
 
@@ -134,7 +135,7 @@ def test_the_queue_and_its_backoff_and_the_history_come_back(masters):
     (replica_id,) = run_without_processes(a, retrying)
     a.lifecycle.handle_exits([ReplicaExit(replica_id, 1)])
     waiting = submit(a, {"code": "pass"})
-    retry_at = a.store.job(retrying)["retry_at"]
+    retry_at = a.store.job(retrying).retry_at
     assert retry_at is not None
     masters.dies(a)
     b = masters.new()
@@ -164,7 +165,7 @@ def test_a_gang_stopping_when_the_master_died_ends_as_its_stop_said(masters):
     b.lifecycle.handle_exits(exits)
     row = b.store.job(job_id)
     assert states(b, job_id)[-2:] == ["preempted", "queued"]
-    assert (row["state"], row["attempt"], row["restarts"]) == ("queued", 1, 0)
+    assert (row.state, row.attempt, row.restarts) == ("queued", 1, 0)
     assert list(b.queue.waiting) == [job_id]
 
 
@@ -177,17 +178,17 @@ def test_live_replicas_are_adopted_and_followed_to_their_end(masters, tmp_path):
     a.launcher.apply(
         Launch(job_id, a.policy.place(request_of(a.store.job(job_id)), a.reads.snapshot()))
     )
-    assert a.store.job(job_id)["state"] == "running"
+    assert a.store.job(job_id).state == "running"
     masters.dies(a)
     b = masters.new()
     b.recovery.recover()
     assert b.lifecycle.lost_on_restart == set()
     assert b.core.live_replicas
     assert b.executor.poll() == []  # they still run
-    assert b.store.job(job_id)["state"] == "running"
+    assert b.store.job(job_id).state == "running"
     marker.write_text("go")
     row = until_ended(b, job_id)
-    assert (row["state"], row["attempt"], row["exit_codes"]) == ("succeeded", 0, {"0": 0, "1": 0})
+    assert (row.state, row.attempt, row.exit_codes) == ("succeeded", 0, {"0": 0, "1": 0})
 
 
 @pytest.mark.slow
@@ -199,7 +200,7 @@ def test_a_gang_placed_but_never_started_is_started_by_the_next_master(masters):
     masters.dies(a)  # ... before it started any replica
     b = masters.new()
     b.recovery.recover()
-    assert b.store.job(job_id)["state"] == "running"
+    assert b.store.job(job_id).state == "running"
     row = until_ended(b, job_id)
-    assert (row["state"], row["attempt"], row["restarts"]) == ("succeeded", 0, 0)
+    assert (row.state, row.attempt, row.restarts) == ("succeeded", 0, 0)
     assert "started by b" in b.files.log(job_id, 0, 0, "stdout").read_text()

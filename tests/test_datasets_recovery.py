@@ -36,7 +36,7 @@ async def test_a_master_dying_while_staging_stages_again(tmp_path, where):
     # node-0 is busy, so the reader goes to node-1, where the data must be copied first.
     blocker = submit(a, {"command": ["sleep", "600"], "gpus": 1})
     deadline = time.monotonic() + 30
-    while a.store.job(blocker)["state"] != "running":
+    while a.store.job(blocker).state != "running":
         assert time.monotonic() < deadline
         a._tick()
         time.sleep(0.02)

@@ -182,7 +182,7 @@ async def test_training_run_times_are_predicted_from_the_same_code_and_scored(ap
     again = await run(api, job)  # the same code again: predicted from its own last run
     guess = again["prediction"]
     assert guess["basis"] == "same-code", guess
-    assert guess["run_s"] == pytest.approx(aigrid_master.store.job(first["id"])["prediction"]
+    assert guess["run_s"] == pytest.approx(aigrid_master.store.job(first["id"]).prediction
                                            ["actual_s"])  # fmt: skip
     assert guess["actual_s"] > 0.3 and guess["error"] == pytest.approx(
         abs(guess["run_s"] - guess["actual_s"]) / guess["actual_s"], abs=1e-6

@@ -15,6 +15,7 @@ from jupyter_aigrid.magics import AIGridMagics, JobHandle, JobWidget
 from jupyter_aigrid.magics.commands import PARSERS
 from jupyter_aigrid.magics.job_html import actions_html, checkpoint_html, migration_html
 from jupyter_aigrid.magics.magics import checkpoint_requested, migration_started
+from jupyter_aigrid.server.records import Job
 from jupyter_aigrid.server.views import job_actions, migration_view
 
 HOSTILE = "<script>alert(1)</script>"
@@ -202,9 +203,9 @@ def test_checkpoint_line_shows_latest_and_request():
     assert "none written yet" in listening
 
 
-def _row(state: str = "running", **extra: Any) -> dict:
-    """A stored job row, as far as the master's action rule reads it."""
-    return {"id": "3", "state": state, "pending_state": None, "migration": None, **extra}
+def _row(state: str = "running", **extra: Any) -> Job:
+    """A stored job, as far as the master's action rule reads it."""
+    return Job(id="3", seq=3, owner="u", state=state, spec={}, submitted_at=0.0, **extra)
 
 
 def test_actions_line_takes_the_masters_word():

@@ -33,7 +33,7 @@ DEATHS = {
         lambda request, *rest: request.attempt > 0,
     ),  # starting it there
     # Started there ahead of time, waiting: it dies as it tells them to go on.
-    "going": ("moves.resume", lambda row, restore: row["migration"].get("prestart")),
+    "going": ("moves.resume", lambda row, restore: row.migration.get("prestart")),
     "restored": ("moves._check_restored", always),  # the gang has restored; before "done"
 }
 
@@ -49,7 +49,7 @@ async def test_a_master_dying_mid_migration_completes_it_or_rolls_it_back(tmp_pa
         assert time.monotonic() < deadline, a.store.job(job_id)
         a._tick()
         time.sleep(0.02)
-    source = a.store.job(job_id)["placement"][0]["node"]
+    source = a.store.job(job_id).placement[0]["node"]
     a.moves.migrate_now(job_id, "u", False, None)
     where, when = DEATHS[step]
     crash_in(a, where, when, ticks=3000)
@@ -106,18 +106,18 @@ def test_a_checkpoint_that_never_comes_times_out(tmp_path):
     m.requests.timeout_s = 0.5
     job_id = submit(m, {"code": DEAF, "gpus": 1, "preemptible": True})
     tick_until(m, lambda: m.requests.listening(m.store.job(job_id)))
-    source = m.store.job(job_id)["placement"]
+    source = m.store.job(job_id).placement
 
     # A migration fails, and the gang runs on where it was.
     m.moves.migrate_now(job_id, "u", False, None)
-    tick_until(m, lambda: m.store.job(job_id)["migration"]["state"] != "checkpointing")
+    tick_until(m, lambda: m.store.job(job_id).migration["state"] != "checkpointing")
     row = m.store.job(job_id)
-    assert row["migration"]["state"] == "failed"
-    assert "did not checkpoint within 0.5 s; it runs on" in row["migration"]["error"]
-    assert row["state"] == "running" and row["placement"] == source and row["attempt"] == 0
-    assert row["checkpoint"]["request"]["state"] == "timeout"
+    assert row.migration["state"] == "failed"
+    assert "did not checkpoint within 0.5 s; it runs on" in row.migration["error"]
+    assert row.state == "running" and row.placement == source and row.attempt == 0
+    assert row.checkpoint["request"]["state"] == "timeout"
     # What it had started at the destination ahead of time is stopped, and never used.
-    prestart = row["migration"]["prestart"]
+    prestart = row.migration["prestart"]
     assert prestart["attempt"] == 1 and prestart["state"] == "dropped"
     assert "did not checkpoint" in prestart["reason"]
     tick_until(m, lambda: all(r.state == "exited" for r in m.store.replicas(job_id, 1)))
@@ -126,12 +126,12 @@ def test_a_checkpoint_that_never_comes_times_out(tmp_path):
     # A preemption goes ahead without the checkpoint.
     with m.store.write():
         m.lifecycle.preempt(job_id, "preempted for a test")
-    assert m.store.job(job_id)["pending_state"] is None  # asked for a checkpoint first
-    tick_until(m, lambda: m.store.job(job_id)["attempt"] == 2)  # attempt 1 is spent
+    assert m.store.job(job_id).pending_state is None  # asked for a checkpoint first
+    tick_until(m, lambda: m.store.job(job_id).attempt == 2)  # attempt 1 is spent
     states = [e["data"].get("state") for e in m.store.events(job_id)]
     assert states.count("timeout") == 2 and "preempted" in states
     m.lifecycle.cancel(job_id, "u", False)
-    tick_until(m, lambda: m.store.job(job_id)["state"] == "cancelled")
+    tick_until(m, lambda: m.store.job(job_id).state == "cancelled")
     m.store.close()
 
 
@@ -139,7 +139,7 @@ def test_checkpoints_stay_after_a_failure_and_go_after_a_cancel(tmp_path):
     m = master(tmp_path, two_nodes(tmp_path))
     wrote = "from jupyter_aigrid import runtime\nruntime.checkpoint({'step': 1})\n"
     failed = submit(m, {"code": wrote + "raise SystemExit(3)", "gpus": 1})
-    tick_until(m, lambda: m.store.job(failed)["state"] == "failed")
+    tick_until(m, lambda: m.store.job(failed).state == "failed")
     assert any(ck.piece_names(root) for root in m.core.roots(failed).values())  # to look into
 
     waits = submit(m, {"code": wrote + "print('written', flush=True)\nimport time; time.sleep(60)"})
@@ -147,6 +147,6 @@ def test_checkpoints_stay_after_a_failure_and_go_after_a_cancel(tmp_path):
     tick_until(m, lambda: any(ck.piece_names(root) for root in roots))
     m.lifecycle.cancel(waits, "u", False)
     tick_until(m, lambda: not any(root.exists() for root in roots))
-    assert m.store.job(waits)["state"] == "cancelled"
+    assert m.store.job(waits).state == "cancelled"
     assert any(ck.piece_names(root) for root in m.core.roots(failed).values())
     m.store.close()

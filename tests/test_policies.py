@@ -13,6 +13,7 @@ from jupyter_aigrid.server.master.queue import run_time_s
 from jupyter_aigrid.server.model import Launch, Node, Placement, Request, Slot
 from jupyter_aigrid.server.policies import load_policy, place_gang, schedule_round
 from jupyter_aigrid.server.policies.backfill import remaining_s, reservation
+from jupyter_aigrid.server.records import Job
 from jupyter_aigrid.server.snapshot import Snapshot
 from jupyter_aigrid.sim import Simulator, TraceJob, make_nodes
 
@@ -336,7 +337,18 @@ def test_a_job_without_gpus_keeps_its_service_across_runs():
     assert [g.request.job_id for g in snap.most_served()] == ["cpu"]
     again = req("cpu", per=0, time_limit_s=1000.0, attained_gpu_s=300.0)
     assert remaining_s(again, cluster(2)) == 700.0
-    row = {"gpus": 0, "attained_gpu_s": 300.0, "started_at": 1000.0, "finished_at": 1200.0}
+    row = Job(
+        id="1",
+        seq=1,
+        owner="u",
+        state="succeeded",
+        spec={},
+        submitted_at=0.0,
+        gpus=0,
+        attained_gpu_s=300.0,
+        started_at=1000.0,
+        finished_at=1200.0,
+    )
     assert run_time_s(row) == 500.0
 
 

@@ -25,7 +25,7 @@ async def test_a_high_priority_job_preempts_a_low_preemptible_one(api, aigrid_ma
     again = await api.wait(low["id"], states=("running",))
     assert again["attempt"] == 1 and again["restarts"] == 0
     row = aigrid_master.store.job(low["id"])
-    assert row["attained_gpu_s"] > 0
+    assert row.attained_gpu_s > 0
     states = [
         e["data"]["state"] for e in aigrid_master.store.events(low["id"]) if "state" in e["data"]
     ]
@@ -53,10 +53,10 @@ async def test_a_cancel_while_a_preemption_stops_the_job_ends_it(api, aigrid_mas
     await api.wait(low["id"], states=("running",))
     high = await api.submit({"code": "print('urgent')", "gpus": 2, "priority": "high"})
     for _ in range(200):
-        if aigrid_master.store.job(low["id"]).get("pending_state") == "preempted":
+        if aigrid_master.store.job(low["id"]).pending_state == "preempted":
             break
         await asyncio.sleep(0.02)
-    assert aigrid_master.store.job(low["id"])["pending_state"] == "preempted"
+    assert aigrid_master.store.job(low["id"]).pending_state == "preempted"
     cancelled = await api.call("DELETE", "jobs", low["id"])
     assert cancelled["stopping"]
     done = await api.wait(low["id"])

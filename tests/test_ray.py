@@ -135,9 +135,9 @@ def test_a_four_replica_gang_over_two_nodes_all_reduces_where_the_policy_placed_
     ray_master, tmp_path
 ):
     job_id = submit(ray_master, {"code": ALL_REDUCE, "gpus": 4})
-    tick_until(ray_master, lambda: ray_master.store.job(job_id)["state"] == "succeeded")
+    tick_until(ray_master, lambda: ray_master.store.job(job_id).state == "succeeded")
     row = ray_master.store.job(job_id)
-    slots = {s["rank"]: s["node"] for s in row["placement"]}
+    slots = {s["rank"]: s["node"] for s in row.placement}
     assert len(set(slots.values())) == 2  # 4 GPUs: two nodes of 2
     # Ray ran each rank exactly where the policy put it.
     key = ray_master.files.key(job_id)
@@ -149,17 +149,17 @@ def test_a_four_replica_gang_over_two_nodes_all_reduces_where_the_policy_placed_
 def test_a_replica_that_fails_fails_the_gang_and_its_logs_come_back(ray_master, tmp_path):
     code = "import sys\nprint('to stdout', flush=True)\nsys.exit('went wrong')"
     job_id = submit(ray_master, {"code": code, "gpus": 1})
-    tick_until(ray_master, lambda: ray_master.store.job(job_id)["state"] == "failed")
+    tick_until(ray_master, lambda: ray_master.store.job(job_id).state == "failed")
     row = ray_master.store.job(job_id)
-    assert "exited with code 1" in row["reason"] and "went wrong" in row["reason"]
+    assert "exited with code 1" in row.reason and "went wrong" in row.reason
     assert ran(tmp_path, job_id, 0) == ["to stdout\n"]
 
 
 def test_cancel_stops_the_replicas(ray_master):
     job_id = submit(ray_master, {"code": "import time; time.sleep(600)", "gpus": 2})
-    tick_until(ray_master, lambda: ray_master.store.job(job_id)["state"] == "running")
+    tick_until(ray_master, lambda: ray_master.store.job(job_id).state == "running")
     ray_master.lifecycle.cancel(job_id, "u", False)
-    tick_until(ray_master, lambda: ray_master.store.job(job_id)["state"] == "cancelled", 60)
+    tick_until(ray_master, lambda: ray_master.store.job(job_id).state == "cancelled", 60)
     assert not ray_master.executor._gangs  # the placement group went with the gang
 
 
@@ -170,15 +170,15 @@ def test_a_restarted_master_adopts_the_running_replicas(cluster, tmp_path):
     a = master(tmp_path, RayExecutor(tmp_path, address=c.address))
     code = "import time\nprint('up', flush=True)\ntime.sleep(4)\nprint('done', flush=True)"
     job_id = submit(a, {"code": code, "gpus": 2})
-    tick_until(a, lambda: a.store.job(job_id)["state"] == "running")
+    tick_until(a, lambda: a.store.job(job_id).state == "running")
     tick_until(a, lambda: ran(tmp_path, job_id, 0) == ["up\n", "up\n"])
     a.store.close()  # the master dies; its replicas (detached actors) run on
 
     b = master(tmp_path, RayExecutor(tmp_path, address=c.address))
     b.recovery.recover()
     b.recovery.error = None
-    tick_until(b, lambda: b.store.job(job_id)["state"] == "succeeded")
-    assert b.store.job(job_id)["restarts"] == 0
+    tick_until(b, lambda: b.store.job(job_id).state == "succeeded")
+    assert b.store.job(job_id).restarts == 0
     assert ran(tmp_path, job_id, 0) == ["up\ndone\n", "up\ndone\n"]  # the logs went on
     b.store.close()
 
@@ -202,20 +202,20 @@ def test_a_job_migrated_to_another_node_resumes_bit_exact(ray_master, tmp_path):
         m, lambda: m.requests.listening(m.store.job(moved)) and len(ran(tmp_path, moved, 0)) == 1
     )
     tick_until(m, lambda: sum(line.startswith("step") for line in output(tmp_path, moved, 0)) >= 10)
-    source = m.store.job(moved)["placement"][0]["node"]
+    source = m.store.job(moved).placement[0]["node"]
     started = m.moves.migrate_now(moved, "u", False, None)
     assert started["migration"]["state"] == "checkpointing"
-    done = lambda j: m.store.job(j)["state"] in ("succeeded", "failed")  # noqa: E731
+    done = lambda j: m.store.job(j).state in ("succeeded", "failed")  # noqa: E731
     tick_until(m, lambda: done(moved) and done(reference))
     row = m.store.job(moved)
-    assert row["state"] == "succeeded", row["reason"]
-    migration = row["migration"]
+    assert row.state == "succeeded", row.reason
+    migration = row.migration
     assert migration["state"] == "done", migration
     assert [p["phase"] for p in migration["phases"]] == [
         "checkpointing", "stopping", "transferring", "restoring"
     ]  # fmt: skip
     assert migration["phases"][2]["bytes"] > 0  # copied between the nodes
-    target = row["placement"][0]["node"]
+    target = row.placement[0]["node"]
     assert target != source and m.executor.placed(m.files.key(moved), 1) == {0: target}
     expected = output(tmp_path, reference, 0)
     before, after = output(tmp_path, moved, 0), output(tmp_path, moved, 1)
@@ -235,16 +235,16 @@ def test_a_node_that_dies_mid_job_its_job_recovers_from_the_checkpoint_elsewhere
     c, nodes = cluster
     m = ray_master
     job = submit(m, train(steps=120, pause=0.1, every=5))
-    tick_until(m, lambda: (m.store.job(job).get("checkpoint") or {}).get("copied") is not None)
-    copied = m.store.job(job)["checkpoint"]["copied"]["name"]
-    dead = m.store.job(job)["placement"][0]["node"]
+    tick_until(m, lambda: (m.store.job(job).checkpoint or {}).get("copied") is not None)
+    copied = m.store.job(job).checkpoint["copied"]["name"]
+    dead = m.store.job(job).placement[0]["node"]
     (victim,) = [n for n in nodes if f"ray-{n.node_id[:12]}" == dead]
     c.remove_node(victim)
     nodes.remove(victim)
-    tick_until(m, lambda: m.store.job(job)["state"] in ("succeeded", "failed"), 180)
+    tick_until(m, lambda: m.store.job(job).state in ("succeeded", "failed"), 180)
     row = m.store.job(job)
-    assert row["state"] == "succeeded", row["reason"]
-    assert row["restarts"] == 1 and row["placement"][0]["node"] != dead
+    assert row.state == "succeeded", row.reason
+    assert row.restarts == 1 and row.placement[0]["node"] != dead
     assert dead not in {n.name for n in m.nodes.all}  # its GPUs are gone with it
     assert sum(len(n.gpus) for n in m.nodes.all) == 4
     reasons = [
@@ -308,13 +308,13 @@ async def test_a_dataset_on_one_node_is_staged_through_ray_to_the_job_s_node(ray
     assert view["versions"][-1]["locations"][0]["state"] == "verified", view
 
     busy = submit(m, {"code": "import time; time.sleep(600)", "gpus": 2})  # fills node A
-    tick_until(m, lambda: m.store.job(busy)["state"] == "running")
-    assert {s["node"] for s in m.store.job(busy)["placement"]} == {a.name}
+    tick_until(m, lambda: m.store.job(busy).state == "running")
+    assert {s["node"] for s in m.store.job(busy).placement} == {a.name}
     job = submit(m, {"code": READ_DATA, "gpus": 1, "datasets": ["digits"]})
-    tick_until(m, lambda: m.store.job(job)["state"] in ("succeeded", "failed"))
+    tick_until(m, lambda: m.store.job(job).state in ("succeeded", "failed"))
     row = m.store.job(job)
-    assert row["state"] == "succeeded", row["reason"]
-    b = row["placement"][0]["node"]
+    assert row.state == "succeeded", row.reason
+    b = row.placement[0]["node"]
     assert b != a.name
     expected = [f"{n} {hashlib.sha256(d).hexdigest()}\n" for n, d in sorted(files.items())]
     assert ran(tmp_path, job, 0) == ["".join(expected)]
@@ -325,7 +325,7 @@ async def test_a_dataset_on_one_node_is_staged_through_ray_to_the_job_s_node(ray
     ]
     assert staged and staged[-1]["node"] == b and staged[-1]["source"] == a.name
     m.lifecycle.cancel(busy, "u", False)
-    tick_until(m, lambda: m.store.job(busy)["state"] == "cancelled")
+    tick_until(m, lambda: m.store.job(busy).state == "cancelled")
 
 
 def test_an_upload_on_the_master_is_put_on_a_node_through_ray(ray_master, tmp_path):

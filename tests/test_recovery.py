@@ -194,12 +194,12 @@ def test_a_gang_whose_node_cannot_be_reached_at_start_goes_back_to_the_queue(tmp
     m.executor.rendezvous = unreachable
     job_id = submit(m, {"code": "print('ran')", "gpus": 1})
     deadline = time.monotonic() + 60
-    while m.store.job(job_id)["state"] != "succeeded":
+    while m.store.job(job_id).state != "succeeded":
         assert time.monotonic() < deadline, m.store.job(job_id)
         m._tick()
         time.sleep(0.02)
     row = m.store.job(job_id)
-    assert len(calls) == 2 and row["restarts"] == 0
+    assert len(calls) == 2 and row.restarts == 0
     states = [e["data"]["state"] for e in m.store.events(job_id) if "job_state" in e["schema_id"]]
     assert states.count("queued") == 2, states
     reasons = [e["data"].get("reason") or "" for e in m.store.events(job_id)]

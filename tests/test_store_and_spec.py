@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from jupyter_aigrid.server.records import Job, Migration
 from jupyter_aigrid.server.schema import NAMES, SCHEMA_VERSION
 from jupyter_aigrid.server.spec import SpecError, validate
+from jupyter_aigrid.server.states import Stop
 from jupyter_aigrid.server.store import Store
 from jupyter_aigrid.server.validation import validate_body
+from jupyter_aigrid.vocabulary import JobState
 
 
 def test_store_is_durable_and_versioned(tmp_path):
@@ -41,12 +45,31 @@ def test_a_failed_write_changes_nothing(tmp_path):
 
     def crash_mid_transaction():
         with store.write():
-            store.update_job(job["id"], state="starting")
+            store.update_job(job.id, state="starting")
             raise RuntimeError("crash mid-transaction")
 
     with pytest.raises(RuntimeError):
         crash_mid_transaction()
-    assert store.job(job["id"])["state"] == "queued"
+    assert store.job(job.id).state == "queued"
+    store.close()
+
+
+def test_a_job_row_is_a_typed_record_and_an_unknown_column_is_an_error(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    fields = {"owner": "u", "state": "queued", "spec": {"code": "pass"}, "submitted_at": 1.0}
+    job = store.insert_job({**fields, "placement": [{"rank": 0, "node": "n"}]})
+    assert isinstance(job, Job) and store.jobs() == [job]
+    assert (job.id, job.seq, job.attempt, job.restarts) == ("1", 1, 0, 0)
+    assert job.state is JobState.QUEUED
+    assert job.placement == [{"rank": 0, "node": "n"}] and job.migration is None
+    assert Migration.of(job) is None and not job.settled and job.stopping is None
+    store.update_job(job.id, state="starting")
+    store.update_job(job.id, state="running", pending_state="failed")
+    running = store.job(job.id)
+    assert (running.state, running.stopping, running.settled) == ("running", Stop.FAIL, False)
+    assert replace(running, pending_state=None).settled
+    with pytest.raises(ValueError, match=r"unknown columns \['colour'\]"):
+        Job.from_row({**fields, "id": "2", "seq": 2, "colour": "red"})
     store.close()
 
 
@@ -134,7 +157,7 @@ def test_a_database_of_every_shipped_version_upgrades(tmp_path, version):
         "inference",
         "prediction",
     } <= set(store.db["jobs"].columns_dict)
-    assert store.job("1")["name"] == "old"  # nothing lost
+    assert store.job("1").name == "old"  # nothing lost
     assert len(store.cluster_id()) == 12  # version 1 had none
     assert store.images()  # the catalog is seeded where a version had none
     applied = store.db.execute("SELECT name, applied_at FROM _sqlite_migrations").fetchall()
@@ -143,7 +166,7 @@ def test_a_database_of_every_shipped_version_upgrades(tmp_path, version):
     store = Store(path)  # every step ran once: opening again applies nothing
     again = store.db.execute("SELECT name, applied_at FROM _sqlite_migrations").fetchall()
     assert again == applied
-    assert store.job("1")["state"] == "succeeded"
+    assert store.job("1").state == "succeeded"
     store.close()
 
 

@@ -1,4 +1,4 @@
-"""Typed records of what the store keeps, for the code past it: a replica, a migration.
+"""Typed records of what the store keeps, for the code past it: a job, a replica, a migration.
 
 The store writes and reads rows; the master's components work with these records, whose
 fields say what a row holds (and an unknown field is an error, not a ``None``).
@@ -9,8 +9,73 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..vocabulary import JobState
 from .model import ReplicaHandle
-from .states import MigrationState, PrestartState, ReplicaState
+from .states import MigrationState, PrestartState, ReplicaState, Stop
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job (a row of ``jobs``); its JSON columns decoded. Change it in the store with
+    ``Store.update_job``; :func:`dataclasses.replace` gives a changed copy in memory."""
+
+    id: str
+    seq: int
+    owner: str
+    state: JobState
+    spec: dict[str, Any]
+    submitted_at: float
+    name: str | None = None
+    kind: str | None = None
+    reason: str | None = None
+    priority: str | None = None
+    gpus: int | None = None
+    replicas: int | None = None
+    #: The gang's slots (a placement's JSON), once it is placed.
+    placement: list[dict[str, Any]] | None = None
+    #: Each rank's exit code (None: never started, or lost), by rank, once the gang ended.
+    exit_codes: dict[str, int | None] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    restarts: int = 0
+    attempt: int = 0
+    #: What the gang becomes once it has stopped (a :class:`~.states.Stop`), while stopping.
+    pending_state: str | None = None
+    attained_gpu_s: float | None = None
+    description: dict[str, Any] | None = None
+    #: The latest migration or resume, as stored (read it with :meth:`Migration.of`).
+    migration: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
+    retry_at: float | None = None
+    staging: dict[str, Any] | None = None
+    inference: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        """The job of a decoded row; a column this record does not know is an error."""
+        unknown = set(row) - _JOB_FIELDS
+        if unknown:
+            msg = f"job row has unknown columns {sorted(unknown)}; Job knows {sorted(_JOB_FIELDS)}"
+            raise ValueError(msg)
+        values = dict(row)
+        values["restarts"] = values.get("restarts") or 0
+        values["attempt"] = values.get("attempt") or 0
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        # A state given as its text (a row, a test) is the enum all the same.
+        object.__setattr__(self, "state", JobState(self.state))
+
+    @property
+    def settled(self) -> bool:
+        """Running, and not being stopped."""
+        return self.state is JobState.RUNNING and not self.pending_state
+
+    @property
+    def stopping(self) -> Stop | None:
+        """What its gang becomes once stopped, while it is being stopped."""
+        return Stop(self.pending_state) if self.pending_state else None
 
 
 @dataclass(frozen=True)
@@ -49,6 +114,9 @@ class Replica:
     def live(self) -> bool:
         """May its process still be running (launching, running or stopping)?"""
         return self.state is not ReplicaState.EXITED
+
+
+_JOB_FIELDS = frozenset(f.name for f in fields(Job))
 
 
 @dataclass(frozen=True)
@@ -113,9 +181,11 @@ class Migration:
     deadline: float | None = None
 
     @classmethod
-    def of(cls, row: dict[str, Any] | None) -> Migration | None:
-        """The migration of a job row, if it has one."""
-        raw = (row or {}).get("migration")
+    def of(cls, job: Job | dict[str, Any] | None) -> Migration | None:
+        """The migration of a job (or of its stored row), if it has one."""
+        if job is None:
+            return None
+        raw = job.migration if isinstance(job, Job) else job.get("migration")
         return None if not raw else cls.from_json(raw)
 
     @classmethod

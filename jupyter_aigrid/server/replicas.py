@@ -10,6 +10,7 @@ from typing import Any
 
 from ..safefs import fsync_dir, open_inside, regular_files_inside, write_atomic
 from .model import Node, Placement, Slot
+from .records import Job
 from .templating import choose, rank_env
 
 STDERR_TAIL_LINES = 20
@@ -126,7 +127,7 @@ class JobFiles:
 
 
 def replica_env(
-    row: dict[str, Any],
+    row: Job,
     placement: Placement,
     slot: Slot,
     node: Node,
@@ -138,7 +139,7 @@ def replica_env(
 ) -> dict[str, str]:
     """torchrun's environment plus ours, over the server's own minus its secrets (or, for
     replicas that do not run on this host's environment, such as containers, over nothing)."""
-    spec, job_id = row["spec"], row["id"]
+    spec, job_id = row.spec, row.id
     gpus = [g for g in node.gpus if g.index in slot.gpus]
     simulated = any(g.simulated for g in gpus)
     env = {k: v for k, v in os.environ.items() if not is_secret(k)} if host_env else {}
@@ -157,7 +158,7 @@ def replica_env(
             "AIGRID_GPUS": ",".join(str(g.index) for g in gpus),
             "AIGRID_SIMULATED_GPUS": "1" if simulated else "0",
             "AIGRID_JOB_ID": job_id,
-            "AIGRID_ATTEMPT": str(row["attempt"]),
+            "AIGRID_ATTEMPT": str(row.attempt),
             "AIGRID_NODE": slot.node,
             "AIGRID_CHECKPOINT_DIR": str(Path(node.scratch) / "checkpoints" / job_key),
             "AIGRID_DATA": str(Path(node.scratch) / "data"),

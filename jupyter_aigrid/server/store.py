@@ -22,7 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from .dataset_rows import DatasetRows
-from .records import Replica
+from .records import Job, Replica
 from .schema import upgrade
 from .states import job_change_allowed, replica_change_allowed
 
@@ -157,22 +157,20 @@ class Store(DatasetRows):
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def insert_job(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Store a new job and give it the next id; returns the stored row."""
+    def insert_job(self, fields: dict[str, Any]) -> Job:
+        """Store a new job and give it the next id; returns the stored job."""
         with self.write():
             seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             row = {**fields, "id": str(seq), "seq": seq, "restarts": 0, "attempt": 0}
             self.db["jobs"].insert(_encode(row))
         return self.job(row["id"])  # type: ignore[return-value]
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, job_id: str) -> Job | None:
         for row in self.db["jobs"].rows_where("id = ?", [job_id]):
-            return _decode(row)
+            return Job.from_row(_decode(row))  # type: ignore[arg-type]
         return None
 
-    def jobs(
-        self, states: tuple[str, ...] | None = None, owner: str | None = None
-    ) -> list[dict[str, Any]]:
+    def jobs(self, states: tuple[str, ...] | None = None, owner: str | None = None) -> list[Job]:
         where, args = [], []
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
@@ -181,7 +179,7 @@ class Store(DatasetRows):
             where.append("owner = ?")
             args.append(owner)
         rows = self.db["jobs"].rows_where(" AND ".join(where) or None, args, order_by="seq")
-        return [_decode(r) for r in rows]  # type: ignore[misc]
+        return [Job.from_row(_decode(r)) for r in rows]  # type: ignore[arg-type]
 
     def update_job(self, job_id: str, **fields: Any) -> bool:
         """Write ``fields`` of job ``job_id``; False (nothing written) if they would move one
@@ -189,7 +187,8 @@ class Store(DatasetRows):
         with self.write():
             if _WATCHED_JOB.intersection(fields):
                 old = self.job(job_id)
-                if old is not None and not job_change_allowed(job_id, old, fields):
+                watched = {k: getattr(old, k) for k in _WATCHED_JOB} if old else None
+                if watched is not None and not job_change_allowed(job_id, watched, fields):
                     return False
             self.db["jobs"].update(job_id, _encode(fields))
         return True

@@ -6,8 +6,9 @@ import datetime as dt
 import time
 from typing import Any
 
-from ..vocabulary import FINAL_STATES, Action, JobState
+from ..vocabulary import FINAL_STATES, Action
 from .model import Node
+from .records import Job
 from .templating import describe
 
 
@@ -18,18 +19,18 @@ def iso(ts: float | None) -> str | None:
 
 
 def job_view(
-    row: dict[str, Any],
+    row: Job,
     nodes: dict[str, Node],
     queue_position: int | None = None,
     listening: bool = False,
 ) -> dict[str, Any]:
     """A job as the API shows it: the stored row, with placement spelled out per GPU.
     ``listening``: its ranks answer checkpoint requests."""
-    spec = row["spec"]
+    spec = row.spec
     placement = None
-    if row.get("placement"):
+    if row.placement:
         placement = []
-        for slot in row["placement"]:
+        for slot in row.placement:
             node = nodes.get(slot["node"])
             by_index = {g.index: g for g in node.gpus} if node else {}
             gpus = []
@@ -45,73 +46,71 @@ def job_view(
                 )
             placement.append({**slot, "gpus": gpus})
     now = time.time()
-    end = row.get("finished_at") or now
-    started = row.get("started_at")
+    end = row.finished_at or now
+    started = row.started_at
     return {
-        "id": row["id"],
-        "name": row["name"],
-        "owner": row["owner"],
-        "kind": row["kind"],
-        "state": row["state"],
-        "reason": row.get("reason"),
-        "priority": row["priority"],
+        "id": row.id,
+        "name": row.name,
+        "owner": row.owner,
+        "kind": row.kind,
+        "state": str(row.state),
+        "reason": row.reason,
+        "priority": row.priority,
         "preemptible": spec.get("preemptible", False),
-        "gpus": row["gpus"],
-        "replicas": row["replicas"],
+        "gpus": row.gpus,
+        "replicas": row.replicas,
         "gpus_per_replica": spec["gpus_per_replica"],
         "queue_position": queue_position,
         "placement": placement,
-        "stopping": row.get("pending_state") is not None and row["state"] not in FINAL_STATES,
-        "restarts": row.get("restarts") or 0,
-        "attempt": row.get("attempt") or 0,
-        "exit_codes": row.get("exit_codes"),
-        "submitted_at": iso(row["submitted_at"]),
+        "stopping": row.pending_state is not None and row.state not in FINAL_STATES,
+        "restarts": row.restarts or 0,
+        "attempt": row.attempt or 0,
+        "exit_codes": row.exit_codes,
+        "submitted_at": iso(row.submitted_at),
         "started_at": iso(started),
-        "finished_at": iso(row.get("finished_at")),
+        "finished_at": iso(row.finished_at),
         "elapsed_s": round(end - started, 3) if started else None,
-        "qos": qos_class(
-            row["kind"], row["priority"], spec.get("preemptible", False), spec.get("qos")
-        ),
-        "inference": row.get("inference"),
-        "prediction": row.get("prediction"),
-        "migration": migration_view(row.get("migration"), now),
-        "checkpoint": checkpoint_view(row.get("checkpoint"), listening),
+        "qos": qos_class(row.kind, row.priority, spec.get("preemptible", False), spec.get("qos")),
+        "inference": row.inference,
+        "prediction": row.prediction,
+        "migration": migration_view(row.migration, now),
+        "checkpoint": checkpoint_view(row.checkpoint, listening),
         "datasets": spec.get("datasets") or [],
-        "staging": staging_view(row.get("staging")),
+        "staging": staging_view(row.staging),
         "phase": job_phase(row),
         "actions": job_actions(row, listening),
-        "description": row.get("description") or describe(spec),
+        "description": row.description or describe(spec),
         "spec": spec,
     }
 
 
-def move_blocker(row: dict[str, Any], what: str, listening: bool) -> str | None:
+def move_blocker(row: Job, what: str, listening: bool) -> str | None:
     """Why the job cannot be checkpointed or migrated now (``what``: the verb), or None.
     The one rule: the master refuses with it, and clients show it on their buttons."""
-    if row["state"] != JobState.RUNNING or row.get("pending_state"):
-        return f"job {row['id']} is {row['state']}; only a running job can {what}"
-    migration = row.get("migration")
+    if not row.settled:
+        return f"job {row.id} is {row.state}; only a running job can {what}"
+    migration = row.migration
     if migration and migration["state"] not in ("done", "failed"):
-        return f"job {row['id']} is migrating ({migration['state']}); wait for it to end"
-    request = (row.get("checkpoint") or {}).get("request")
+        return f"job {row.id} is migrating ({migration['state']}); wait for it to end"
+    request = (row.checkpoint or {}).get("request")
     if request and request["state"] == "pending":
-        return f"job {row['id']} is already writing a checkpoint ({request['reason']})"
+        return f"job {row.id} is already writing a checkpoint ({request['reason']})"
     if not listening:
         return (
-            f"job {row['id']} does not answer checkpoint requests: its code never calls "
+            f"job {row.id} does not answer checkpoint requests: its code never calls "
             "jupyter_aigrid.runtime.should_checkpoint()"
         )
     return None
 
 
-def cancel_blocker(row: dict[str, Any]) -> str | None:
+def cancel_blocker(row: Job) -> str | None:
     """Why the job cannot be cancelled (it has ended), or None."""
-    if row["state"] in FINAL_STATES:
-        return f"job {row['id']} has already {row['state']}; there is nothing to cancel"
+    if row.state in FINAL_STATES:
+        return f"job {row.id} has already {row.state}; there is nothing to cancel"
     return None
 
 
-def job_actions(row: dict[str, Any], listening: bool) -> dict[str, dict[str, Any]]:
+def job_actions(row: Job, listening: bool) -> dict[str, dict[str, Any]]:
     """What its owner may do with the job now: for each action, ``allowed`` and, when it is
     not, the ``reason`` (the message the request would be refused with)."""
     blockers = {
@@ -135,14 +134,14 @@ def staging_view(staging: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def job_phase(row: dict[str, Any]) -> str | None:
+def job_phase(row: Job) -> str | None:
     """What a starting job is doing: ``staging`` its data, ``restoring`` its checkpoint."""
-    if row["state"] != "starting":
+    if row.state != "starting":
         return None
-    staging = row.get("staging") or {}
-    if staging.get("state") == "staging" and staging.get("attempt") == row.get("attempt"):
+    staging = row.staging or {}
+    if staging.get("state") == "staging" and staging.get("attempt") == row.attempt:
         return "staging"
-    migration = row.get("migration") or {}
+    migration = row.migration or {}
     if migration.get("state") in ("transferring", "restoring"):
         return migration["state"]
     return None

@@ -102,7 +102,7 @@ class CheckpointCopies(Part):
         partners = {n: order[(i + 1) % len(order)] for i, n in enumerate(order)}
         for row in self.store.jobs((RUNNING,)):
             ranks = self.core.rank_nodes(row)
-            memory = self.memory(row["id"])
+            memory = self.memory(row.id)
             if memory.copying is not None or not ranks:
                 continue
             if any(node not in partners for node in ranks.values()):
@@ -114,7 +114,7 @@ class CheckpointCopies(Part):
             memory.copying = self._copier.submit(
                 copy_newest,
                 self.node_files,
-                self.core.roots(row["id"]),
+                self.core.roots(row.id),
                 ranks,
                 partners,
                 memory.copied[0],
@@ -135,6 +135,6 @@ class CheckpointCopies(Part):
             row = self.store.job(job_id)
             if row is None:
                 return
-            info = {**(row.get("checkpoint") or {}), "copied": {"name": name, "at": time.time()}}
+            info = {**(row.checkpoint or {}), "copied": {"name": name, "at": time.time()}}
             self.store.update_job(job_id, checkpoint=info)
             checkpoint_event(self.journal, job_id, "copied", checkpoint=name)

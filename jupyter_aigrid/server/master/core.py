@@ -27,6 +27,7 @@ from ..executors.base import Executor
 from ..executors.nodefiles import NodeFiles
 from ..memory import Memory
 from ..model import Node, Placement
+from ..records import Job
 from ..replicas import JobFiles
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ class Core:
         return {**roots, **copies}
 
     @staticmethod
-    def rank_nodes(row: dict[str, Any]) -> dict[int, str]:
-        return {s["rank"]: s["node"] for s in row.get("placement") or []}
+    def rank_nodes(row: Job) -> dict[int, str]:
+        return {s["rank"]: s["node"] for s in row.placement or []}
 
     def close(self) -> None:
         self.stager.shutdown(wait=True, cancel_futures=True)

@@ -27,6 +27,7 @@ from .. import events
 from ..dataset_files import VIEWS, make_view, remove, seal
 from ..dataset_rows import CORRUPT, VERIFIED
 from ..model import FAILED, STARTING, Placement
+from ..records import Job
 from .core import Core, Part
 from .datasets import Datasets
 from .ports import Ending, Launching, Moving
@@ -115,13 +116,13 @@ class DataStaging(Part):
         super().__init__(core)
         self.datasets = datasets
 
-    def needs_data(self, row: dict[str, Any]) -> bool:
-        return bool(row["spec"].get("datasets"))
+    def needs_data(self, row: Job) -> bool:
+        return bool(row.spec.get("datasets"))
 
-    def _data_items(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def _data_items(self, row: Job) -> list[dict[str, Any]]:
         items = []
-        nodes = Placement.from_json(row["placement"]).nodes
-        for key in row["spec"]["datasets"]:
+        nodes = Placement.from_json(row.placement).nodes
+        for key in row.spec["datasets"]:
             name, _, number = key.partition("@")
             version = self.store.dataset_version(name, int(number))
             if version is None:
@@ -161,14 +162,14 @@ class DataStaging(Part):
                 )
         return items
 
-    def stage(self, row: dict[str, Any]) -> None:
+    def stage(self, row: Job) -> None:
         """Start verifying/copying the gang's datasets where it is placed (in a transaction
         of the caller's or its own); the gang starts once :meth:`collect` sees it done."""
         items = self._data_items(row)
         total = sum(item["bytes"] for item in items)
         staging = {
             "state": "staging",
-            "attempt": row["attempt"],
+            "attempt": row.attempt,
             "bytes": total,
             "done": 0,
             "datasets": [
@@ -179,9 +180,9 @@ class DataStaging(Part):
             "error": None,
         }
         with self.store.write():
-            self.store.update_job(row["id"], staging=staging)
-            self._staging_event(row["id"], staging)
-        memory = self.memory(row["id"])
+            self.store.update_job(row.id, staging=staging)
+            self._staging_event(row.id, staging)
+        memory = self.memory(row.id)
         counter = memory.data_progress = [0, total, 0.0]
 
         def progress(n: int) -> None:
@@ -189,7 +190,7 @@ class DataStaging(Part):
 
         future = self.core.stager.submit(stage_items, self.node_files, items, progress)
         keys = {(i["name"], i["version"], i["node"]) for i in items}
-        memory.data_staging = (row["attempt"], future, keys)
+        memory.data_staging = (row.attempt, future, keys)
 
     def _staging_event(self, job_id: str, staging: dict[str, Any]) -> None:
         self.journal.record(
@@ -267,12 +268,12 @@ class DataStaging(Part):
                             name, int(number), node, "staged", source=res["copied_from"]
                         )
             row = self.store.job(job_id)
-            if row is None or row["state"] != STARTING or row["attempt"] != attempt:
+            if row is None or row.state != STARTING or row.attempt != attempt:
                 return  # cancelled meanwhile: the copies are kept, the job does not start
             staging = {
-                **(row.get("staging") or {}),
+                **(row.staging or {}),
                 "state": "failed" if errors else "done",
-                "done": min(done, (row.get("staging") or {}).get("bytes") or done),
+                "done": min(done, (row.staging or {}).get("bytes") or done),
                 "finished_at": now,
                 "error": "; ".join(errors) or None,
             }
@@ -288,12 +289,12 @@ class DataStaging(Part):
                 return
         self.launcher.launch(self.store.job(job_id), None)
 
-    def view_dir(self, row: dict[str, Any], node: str) -> str:
+    def view_dir(self, row: Job, node: str) -> str:
         """``$AIGRID_DATA`` of the job on ``node``: a folder of links, ``<name>`` -> the
         verified copy there (made afresh for every attempt)."""
-        folder = self.datasets.node_root(node) / VIEWS / self.files.key(row["id"])
+        folder = self.datasets.node_root(node) / VIEWS / self.files.key(row.id)
         links = {}
-        for key in row["spec"].get("datasets") or []:
+        for key in row.spec.get("datasets") or []:
             name, _, number = key.partition("@")
             loc = next(
                 (
@@ -307,10 +308,10 @@ class DataStaging(Part):
                 links[name] = str(self.datasets.location_path(loc))
         return self.node_files.call(node, make_view, folder, links)
 
-    def mounts(self, row: dict[str, Any], node: str) -> tuple[str, ...]:
+    def mounts(self, row: Job, node: str) -> tuple[str, ...]:
         """What a container on ``node`` mounts read-only: the links and the copies."""
-        paths = [str(self.datasets.node_root(node) / VIEWS / self.files.key(row["id"]))]
-        for key in row["spec"].get("datasets") or []:
+        paths = [str(self.datasets.node_root(node) / VIEWS / self.files.key(row.id))]
+        for key in row.spec.get("datasets") or []:
             name, _, number = key.partition("@")
             for loc in self.store.dataset_locations(name, int(number)):
                 if loc["node"] == node and loc["state"] == VERIFIED:

@@ -27,6 +27,7 @@ from ..dataset_files import MANAGED, VIEWS, remove, sweep_node
 from ..dataset_rows import CORRUPT, UNVERIFIED, VERIFIED
 from ..errors import Conflict, NotFound
 from ..model import FINAL_STATES
+from ..records import Job
 from ..spec import SpecError
 from ..validation import validate_body
 from ..views import iso
@@ -185,13 +186,13 @@ class Datasets(Part):
             data.setdefault(node, {})[f"{name}@{number}"] = size
         return data
 
-    def _users_of(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
+    def _users_of(self, name: str, version: int | None = None) -> list[Job]:
         """Unfinished jobs that read ``name`` (any version, or ``version``)."""
         users = []
         for row in self.store.jobs():
-            if row["state"] in FINAL_STATES:
+            if row.state in FINAL_STATES:
                 continue
-            for ref in row["spec"].get("datasets") or []:
+            for ref in row.spec.get("datasets") or []:
                 ref_name, _, number = ref.partition("@")
                 if ref_name == name and (version is None or number == str(version)):
                     users.append(row)
@@ -257,7 +258,7 @@ class Datasets(Part):
             numbers = [version]
         users = self._users_of(name, version)
         if users:
-            jobs = ", ".join(f"{r['id']} ({r['state']})" for r in users[:5])
+            jobs = ", ".join(f"{r.id} ({r.state})" for r in users[:5])
             raise Conflict(f"dataset {name!r} is in use by job(s) {jobs}; cancel them first")
         trees = []
         with self.store.write():
@@ -400,7 +401,7 @@ class Datasets(Part):
             (loc["node"], loc["path"]) for loc in self.store.dataset_locations() if loc["managed"]
         }
         unfinished = {
-            self.files.key(r["id"]) for r in self.store.jobs() if r["state"] not in FINAL_STATES
+            self.files.key(r.id) for r in self.store.jobs() if r.state not in FINAL_STATES
         }
         for node in self.nodes.by_name:
             mine = {path for where, path in known if where == node}

@@ -24,6 +24,7 @@ from ..history import Prediction
 from ..model import SUCCEEDED, Placement
 from ..policies.qos import CPU, cost_of, resource_of, resource_of_placement, resource_types
 from ..profiles import Choice, ProfileBook
+from ..records import Job
 from ..snapshot import Snapshot
 from .core import Core, Part
 
@@ -90,11 +91,11 @@ class Inference(Part):
     def cost_of(self, resource: str) -> float:
         return cost_of(resource, self.gpu_cost_per_hour)
 
-    def record_for(self, row: dict[str, Any], placement: Placement) -> dict[str, Any]:
+    def record_for(self, row: Job, placement: Placement) -> dict[str, Any]:
         """What the job's record says about its choice when a placement starts it."""
-        spec = row["spec"]
+        spec = row.spec
         resource = resource_of_placement(placement, self.nodes.by_name)
-        choice = self.choices.get(row["id"])
+        choice = self.choices.get(row.id)
         profile = self.book.get(spec["model"], resource)
         return {
             "model": spec["model"],
@@ -110,17 +111,17 @@ class Inference(Part):
 
     # -- learning -------------------------------------------------------------------------
 
-    def learn(self, row: dict[str, Any], succeeded: bool, ran_s: float) -> None:
+    def learn(self, row: Job, succeeded: bool, ran_s: float) -> None:
         """Feed what an attempt of an inference job reported into its profile, store the
         profile, and record observed against predicted on the job."""
-        record = row.get("inference")
+        record = row.inference
         if not record:
             return
         measured = results(
             [
                 r
-                for rank in range(row["replicas"])
-                for r in self.files.reports(row["id"], row["attempt"], rank)
+                for rank in range(row.replicas)
+                for r in self.files.reports(row.id, row.attempt, rank)
             ]
         )
         model, resource, now = record["model"], record["resource"], time.time()
@@ -137,9 +138,9 @@ class Inference(Part):
         if observed is not None and slo.get("latency_ms") is not None:
             met = observed["p95_ms"] <= slo["latency_ms"]
         if slo.get("deadline_s") is not None and succeeded:
-            on_time = now - row["submitted_at"] <= slo["deadline_s"]
+            on_time = now - row.submitted_at <= slo["deadline_s"]
             met = on_time if met is None else met and on_time
-        self.store.update_job(row["id"], inference={**record, "observed": observed, "slo_met": met})
+        self.store.update_job(row.id, inference={**record, "observed": observed, "slo_met": met})
 
     # -- the REST view ----------------------------------------------------------------------
 
@@ -148,7 +149,7 @@ class Inference(Part):
         backfill and the other policies plan with): overall and per basis."""
         pairs = []
         for row in self.store.jobs((SUCCEEDED,)):
-            guess = row.get("prediction")
+            guess = row.prediction
             if guess and guess.get("actual_s") is not None:
                 pairs.append((Prediction(guess["run_s"], guess["basis"]), guess["actual_s"]))
         return (

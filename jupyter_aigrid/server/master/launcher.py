@@ -20,6 +20,7 @@ from ..executors.base import ExecutorError
 from ..executors.nodefiles import NodeGone
 from ..model import RUNNING, STARTING, Launch, LaunchRequest, Placement
 from ..policies.qos import resource_of_placement
+from ..records import Job
 from ..replicas import replica_env
 from ..templating import choose, describe, hostfile_text, templates
 from .core import Core, Part
@@ -60,15 +61,15 @@ class Launcher(Part):
         row = self.store.job(launch.job_id)
         assert row is not None
         extra: dict[str, Any] = {}
-        if row["kind"] == "inference":
+        if row.kind == "inference":
             extra["inference"] = self.inference.record_for(row, launch.placement)
-        elif not row.get("prediction"):  # what the policies expect of it, checked at its end
+        elif not row.prediction:  # what the policies expect of it, checked at its end
             guess = self.queue.history.predict(request_of(row))
             extra["prediction"] = {"run_s": guess.seconds, "basis": guess.basis}
         self.place(row, launch.placement, **extra)
         self.start_or_stage(self.store.job(launch.job_id))
 
-    def place(self, row: dict[str, Any], placement: Placement, **fields: Any) -> None:
+    def place(self, row: Job, placement: Placement, **fields: Any) -> None:
         with self.store.write():
             self.lifecycle.set_state(
                 row,
@@ -78,12 +79,12 @@ class Launcher(Part):
                 pending_state=None,
                 **fields,
             )
-            attempt = fields.get("attempt", row["attempt"])
+            attempt = fields.get("attempt", row.attempt)
             self.journal.record(
                 events.JOB_PLACEMENT,
-                row["id"],
+                row.id,
                 {
-                    "job_id": row["id"],
+                    "job_id": row.id,
                     "attempt": attempt,
                     "placement": [
                         {
@@ -98,25 +99,25 @@ class Launcher(Part):
                 },
             )
 
-    def start_or_stage(self, row: dict[str, Any]) -> None:
+    def start_or_stage(self, row: Job) -> None:
         """A gang's datasets are staged where it goes first; a gang with checkpoints resumes
         from the newest good one; others just start."""
         if self.data_staging.needs_data(row):
             self.data_staging.stage(row)
-        elif self.moves.has_checkpoints(row["id"]):
+        elif self.moves.has_checkpoints(row.id):
             with self.store.write():
                 self.moves.stage(row)
         else:
             self.moves.resume(row, None)
 
-    def launch(self, row: dict[str, Any], restore: str | None, prestart: bool = False) -> None:
+    def launch(self, row: Job, restore: str | None, prestart: bool = False) -> None:
         """Start every replica of the placed gang, restoring checkpoint ``restore`` if set;
         or (``prestart``) replicas that wait for the master's go in ``runtime.restore()``,
         for an attempt that is not yet the job's (:meth:`.moves.Moves.prestart`)."""
         # Each replica must be on record (committed) before its process starts.
         assert not self.store.conn.in_transaction, "replicas start outside a transaction"
-        spec, attempt, job_id = row["spec"], row["attempt"], row["id"]
-        placement = Placement.from_json(row["placement"])
+        spec, attempt, job_id = row.spec, row.attempt, row.id
+        placement = Placement.from_json(row.placement)
         slots = placement.slots
         if not prestart:  # the gang it replaces may still be answering one
             self.requests.clear(row)
@@ -242,11 +243,11 @@ class Launcher(Part):
             self.store.update_job(job_id, pending_state=REQUEUE, reason=reason)
             self.lifecycle.finish(self.store.job(job_id), {})
 
-    def _container_fields(self, row: dict[str, Any], slot: Any) -> dict[str, Any]:
+    def _container_fields(self, row: Job, slot: Any) -> dict[str, Any]:
         """What a container executor needs beyond the environment: the image, the network,
         the GPUs by UUID, the limits, and the host paths the replica reads and writes."""
-        spec, job_id, attempt = row["spec"], row["id"], row["attempt"]
-        description = row.get("description") or describe(spec)
+        spec, job_id, attempt = row.spec, row.id, row.attempt
+        description = row.description or describe(spec)
         node = self.nodes.by_name[slot.node]
         key = self.files.key(job_id)
         real = [g for g in node.gpus if g.index in slot.gpus and not g.simulated]

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 from .. import events
@@ -30,10 +31,11 @@ from ..model import (
     RUNNING,
     STARTING,
     SUCCEEDED,
+    JobState,
     Placement,
     ReplicaExit,
 )
-from ..records import Migration, Replica
+from ..records import Job, Migration, Replica
 from ..states import LIVE_REPLICA, Stop
 from ..templating import choose, describe, templates
 from ..views import cancel_blocker
@@ -115,7 +117,7 @@ class Lifecycle(Part):
                     "submitted_at": time.time(),
                 }
             )
-            self.files.write_inputs(row["id"], inputs)
+            self.files.write_inputs(row.id, inputs)
             self.event_state(row, None)
         self.queue.track(row)
         return self.reads.view(row)
@@ -127,15 +129,15 @@ class Lifecycle(Part):
             raise Conflict(why)
         reason = f"cancelled by {user}"
         with self.store.write():
-            unstarted = row["state"] == STARTING and not self.store.replicas(job_id, row["attempt"])
-            if row["state"] in (QUEUED, PREEMPTED) or unstarted:  # unstarted: still staging
+            unstarted = row.state == STARTING and not self.store.replicas(job_id, row.attempt)
+            if row.state in (QUEUED, PREEMPTED) or unstarted:  # unstarted: still staging
                 self.set_state(row, CANCELLED, reason=reason, finished_at=time.time())
                 self.moves.end_migration(self.store.job(job_id), succeeded=False)
-            elif row.get("pending_state") in (None, QUEUED, PREEMPTED, REQUEUE, MIGRATE):
+            elif row.pending_state in (None, QUEUED, PREEMPTED, REQUEUE, MIGRATE):
                 # A gang on its way back to the queue ends instead; one already failing for
                 # good keeps its failure as the reason.
                 self.store.update_job(job_id, pending_state=CANCELLED, reason=reason)
-                self.stop_replicas(job_id, row["attempt"])
+                self.stop_replicas(job_id, row.attempt)
         return self.reads.view(self.store.job(job_id))
 
     def handle_starts(self) -> None:
@@ -155,9 +157,9 @@ class Lifecycle(Part):
                 reps = self.store.replicas(job_id, attempt)
                 if (
                     row is not None
-                    and row["state"] == STARTING
-                    and row["attempt"] == attempt
-                    and not row.get("pending_state")
+                    and row.state == STARTING
+                    and row.attempt == attempt
+                    and not row.pending_state
                     and all(r.state == "running" for r in reps)
                 ):
                     self.set_state(row, RUNNING)
@@ -172,9 +174,9 @@ class Lifecycle(Part):
         """Checkpoint a running gang if it can, then stop it and requeue it: it resumes
         from that checkpoint when it runs again."""
         row = self.store.job(job_id)
-        if row is None or row["state"] not in ACTIVE_STATES or row.get("pending_state"):
+        if row is None or row.state not in ACTIVE_STATES or row.pending_state:
             return  # ended, or already on its way out: nothing to do
-        request = (row.get("checkpoint") or {}).get("request")
+        request = (row.checkpoint or {}).get("request")
         migration = Migration.of(row)
         if (request and request["state"] == "pending") or (migration and migration.active):
             return  # checkpointing already; it stops once that is done
@@ -187,11 +189,11 @@ class Lifecycle(Part):
     def stop_to_requeue(self, job_id: str, reason: str) -> None:
         """Stop a gang (SIGTERM, then SIGKILL after the grace) and requeue it once stopped."""
         row = self.store.job(job_id)
-        if row is None or row["state"] not in ACTIVE_STATES or row.get("pending_state"):
+        if row is None or row.state not in ACTIVE_STATES or row.pending_state:
             return
         log.info("AI Grid: job %s %s", job_id, reason)
         self.store.update_job(job_id, pending_state=PREEMPTED, reason=reason)
-        self.stop_replicas(job_id, row["attempt"])
+        self.stop_replicas(job_id, row.attempt)
         self.settle_if_done(self.store.job(job_id))
 
     def stop_replicas(self, job_id: str, attempt: int) -> None:
@@ -214,27 +216,27 @@ class Lifecycle(Part):
             replica_id, state="exited", exit_code=code, finished_at=time.time()
         )
         row = self.store.job(rep.job_id)
-        if row is None or row["state"] in FINAL_STATES or row["attempt"] != rep.attempt:
+        if row is None or row.state in FINAL_STATES or row.attempt != rep.attempt:
             return
-        if never_started and row.get("pending_state") is None:
+        if never_started and row.pending_state is None:
             reason = (
                 f"the master restarted while starting rank {rep.rank} on {rep.node}; "
                 "starting the job again"
             )
-            self.store.update_job(row["id"], pending_state=REQUEUE, reason=reason)
-            self.stop_replicas(row["id"], row["attempt"])
-            self.settle_if_done(self.store.job(row["id"]))
-        elif code != 0 and row.get("pending_state") is None:
+            self.store.update_job(row.id, pending_state=REQUEUE, reason=reason)
+            self.stop_replicas(row.id, row.attempt)
+            self.settle_if_done(self.store.job(row.id))
+        elif code != 0 and row.pending_state is None:
             # Stops the rest of the gang, and settles the job if nothing else runs.
             node_lost = code is None and rep.node not in self.nodes.by_name
             reason = self.failure_reason(rep, code)
-            self.fail_gang(row["id"], reason, retry=True, node_lost=node_lost)
+            self.fail_gang(row.id, reason, retry=True, node_lost=node_lost)
         else:
             self.settle_if_done(row)
 
-    def settle_if_done(self, row: dict[str, Any]) -> None:
+    def settle_if_done(self, row: Job) -> None:
         """Finish the job once every replica of its current attempt has exited."""
-        reps = self.store.replicas(row["id"], row["attempt"])
+        reps = self.store.replicas(row.id, row.attempt)
         if reps and all(r.state == "exited" for r in reps):
             self.finish(row, {str(r.rank): r.exit_code for r in reps})
 
@@ -257,23 +259,23 @@ class Lifecycle(Part):
         """Stop the gang; it goes back to the queue if it may restart (``max_restarts``; a
         gang whose node left the cluster, up to NODE_LOSS_RESTARTS more: not its fault)."""
         row = self.store.job(job_id)
-        most = row["spec"].get("max_restarts", 0) + (NODE_LOSS_RESTARTS if node_lost else 0)
-        again = retry and row["restarts"] < most
+        most = row.spec.get("max_restarts", 0) + (NODE_LOSS_RESTARTS if node_lost else 0)
+        again = retry and row.restarts < most
         self.store.update_job(job_id, pending_state=QUEUED if again else FAILED, reason=reason)
-        self.stop_replicas(job_id, row["attempt"])
+        self.stop_replicas(job_id, row.attempt)
         self.settle_if_done(self.store.job(job_id))
 
-    def finish(self, row: dict[str, Any], codes: dict[str, int | None]) -> None:
-        pending = row.get("pending_state")
+    def finish(self, row: Job, codes: dict[str, int | None]) -> None:
+        pending = row.pending_state
         now = time.time()
-        ran_s = max(0.0, now - (row.get("started_at") or now))
-        memory = self.memory(row["id"])  # the attempt is over: what it was known for goes
+        ran_s = max(0.0, now - (row.started_at or now))
+        memory = self.memory(row.id)  # the attempt is over: what it was known for goes
         memory.listening = memory.copied = None
-        if row.get("inference"):
+        if row.inference:
             clean = pending is None and all(c == 0 for c in codes.values())
             self.inference.learn(row, clean, ran_s)
-        earlier = row.get("attained_gpu_s") or 0.0
-        attained = earlier + ran_s * max(row["gpus"], 1)  # as Request.slots counts it
+        earlier = row.attained_gpu_s or 0.0
+        attained = earlier + ran_s * max(row.gpus, 1)  # as Request.slots counts it
         if pending == MIGRATE:  # stopped to move: the gang starts where it goes
             migration = Migration.of(row)
             assert migration is not None, "a gang stopped to move has a migration"
@@ -287,86 +289,86 @@ class Lifecycle(Part):
                 attained_gpu_s=attained,
                 reason=f"migrating: {migration.reason}",
             )
-            self.launcher.start_or_stage(self.store.job(row["id"]))
+            self.launcher.start_or_stage(self.store.job(row.id))
             return
         clean = pending is None and all(c == 0 for c in codes.values())
         self.moves.end_migration(row, succeeded=clean)
-        row = self.store.job(row["id"])
+        row = self.store.job(row.id)
         if pending in (QUEUED, REQUEUE):
             # QUEUED: a restart after a failure; REQUEUE: the master's doing, not counted.
             failed = pending == QUEUED
-            retry_at = now + min(self.restart_backoff_s * 2 ** row["restarts"], 60.0) * failed
+            retry_at = now + min(self.restart_backoff_s * 2**row.restarts, 60.0) * failed
             self.set_state(
                 row,
                 QUEUED,
                 exit_codes=codes,
                 placement=None,
                 pending_state=None,
-                restarts=row["restarts"] + failed,
+                restarts=row.restarts + failed,
                 attempt=self.moves.next_attempt(row),
                 started_at=None,
                 attained_gpu_s=attained,
                 retry_at=retry_at if failed else None,
-                reason=f"{'restarting after' if failed else 'requeued'}: {row['reason']}",
+                reason=f"{'restarting after' if failed else 'requeued'}: {row.reason}",
             )
             if failed:
-                self.memory(row["id"]).not_before = retry_at
+                self.memory(row.id).not_before = retry_at
         elif pending == PREEMPTED:
             self.set_state(row, PREEMPTED, exit_codes=codes, attained_gpu_s=attained)
             self.set_state(
-                self.store.job(row["id"]),
+                self.store.job(row.id),
                 QUEUED,
                 placement=None,
                 pending_state=None,
                 attempt=self.moves.next_attempt(row),
                 started_at=None,
-                reason=f"requeued: {row['reason']}",
+                reason=f"requeued: {row.reason}",
             )
         elif pending in (FAILED, CANCELLED):
             self.set_state(row, pending, exit_codes=codes, finished_at=now)
         elif all(c == 0 for c in codes.values()):
             self.set_state(row, SUCCEEDED, exit_codes=codes, finished_at=now)
             # Run time in all: earlier runs (known as slot-seconds) and this one.
-            run_s = earlier / max(row["gpus"], 1) + ran_s
+            run_s = earlier / max(row.gpus, 1) + ran_s
             self.queue.succeeded(row, run_s)
-            guess = row.get("prediction")
+            guess = row.prediction
             if guess:
                 known = guess.get("run_s") is not None and run_s > 0
                 error = round(abs(guess["run_s"] - run_s) / run_s, 6) if known else None
                 self.store.update_job(
-                    row["id"], prediction={**guess, "actual_s": run_s, "error": error}
+                    row.id, prediction={**guess, "actual_s": run_s, "error": error}
                 )
         else:  # pragma: no cover - a non-zero exit always sets pending_state first
             self.set_state(row, FAILED, exit_codes=codes, finished_at=now)
 
     def enforce_time_limits(self, now: float) -> None:
         for row in self.store.jobs((RUNNING,)):
-            limit = row["spec"].get("time_limit_s")
-            started = row["started_at"]
-            if limit and started and not row.get("pending_state") and now - started > limit:
+            limit = row.spec.get("time_limit_s")
+            started = row.started_at
+            if limit and started and not row.pending_state and now - started > limit:
                 with self.store.write():
-                    self.fail_gang(row["id"], f"time limit of {limit:g} s exceeded", retry=False)
+                    self.fail_gang(row.id, f"time limit of {limit:g} s exceeded", retry=False)
 
-    def set_state(self, row: dict[str, Any], state: str, **fields: Any) -> None:
+    def set_state(self, row: Job, state: str, **fields: Any) -> None:
         with self.store.write():
-            self.store.update_job(row["id"], state=state, **fields)
-            new = {**row, **fields, "state": state}
-            self.event_state(new, row["state"] if row["state"] != state else None)
+            self.store.update_job(row.id, state=state, **fields)
+            new = replace(row, **fields, state=JobState(state))
+            self.event_state(new, str(row.state) if row.state != state else None)
             if state in (SUCCEEDED, CANCELLED):  # it never resumes: its checkpoints go
-                self.journal.after_commit(lambda: self.moves.drop_checkpoints(row["id"]))
+                self.journal.after_commit(lambda: self.moves.drop_checkpoints(row.id))
         self.queue.track(new)
         if state in FINAL_STATES:
-            self.memory.end(row["id"])
+            self.memory.end(row.id)
 
-    def event_state(self, row: dict[str, Any], previous: str | None) -> None:
+    def event_state(self, row: Job, previous: str | None) -> None:
         data = {
-            "job_id": row["id"],
-            "name": row["name"],
-            "owner": row["owner"],
-            "state": row["state"],
+            "job_id": row.id,
+            "name": row.name,
+            "owner": row.owner,
+            "state": str(row.state),
             "previous_state": previous,
-            "reason": row.get("reason"),
-            "gpus": row["gpus"],
-            "attempt": row.get("attempt") or 0,
+            "reason": row.reason,
+            "gpus": row.gpus,
+            "attempt": row.attempt or 0,
         }
-        self.journal.record(events.JOB_STATE, row["id"], data)
+        self.journal.record(events.JOB_STATE, row.id, data)

@@ -29,7 +29,7 @@ from .. import checkpoint_transfer as transfer
 from .. import events
 from ..errors import Conflict
 from ..model import RUNNING, STARTING, Placement
-from ..records import Migration, Prestart
+from ..records import Job, Migration, Prestart
 from ..snapshot import Snapshot
 from ..spec import SpecError
 from ..states import MigrationState, PrestartState, Stop
@@ -103,16 +103,16 @@ class Moves(Part):
         now = time.time()
         for job_id, memory in self.memory.having("watching"):
             row = self.store.job(job_id)
-            request = (row.get("checkpoint") or {}).get("request") if row else None
+            request = (row.checkpoint or {}).get("request") if row else None
             migration = Migration.of(row)
             pending = bool(request) and request["state"] == "pending"
             restoring = migration is not None and migration.state == MigrationState.RESTORING
-            if row is None or row["state"] not in (RUNNING, STARTING) or not (pending or restoring):
+            if row is None or row.state not in (RUNNING, STARTING) or not (pending or restoring):
                 memory.watching = False
                 continue
             with self.store.write():
                 answer = None
-                if pending and row["state"] == RUNNING:
+                if pending and row.state == RUNNING:
                     answer = self.requests.check_answers(row, request, now)
                 elif restoring:
                     self._check_restored(row, migration, now)
@@ -121,7 +121,7 @@ class Moves(Part):
 
     def _after_checkpoint(
         self,
-        row: dict[str, Any],
+        row: Job,
         request: dict[str, Any],
         latest: dict[str, Any] | None,
         error: str | None = None,
@@ -135,15 +135,15 @@ class Moves(Part):
             if latest is None:
                 error = f"{error}; it runs on"
                 migration = self.without_prestart(row, migration, error)
-                self._set_migration(row["id"], migration.next("failed", now, error=error))
+                self._set_migration(row.id, migration.next("failed", now, error=error))
                 return
             moved = migration.next("stopping", now, latest["bytes"], checkpoint=latest["name"])
-            self._set_migration(row["id"], moved)
-            self.store.update_job(row["id"], pending_state=MIGRATE)
-            self.lifecycle.stop_replicas(row["id"], row["attempt"])
-            self.lifecycle.settle_if_done(self.store.job(row["id"]))
+            self._set_migration(row.id, moved)
+            self.store.update_job(row.id, pending_state=MIGRATE)
+            self.lifecycle.stop_replicas(row.id, row.attempt)
+            self.lifecycle.settle_if_done(self.store.job(row.id))
         elif then == "preempt":
-            self.lifecycle.stop_to_requeue(row["id"], request["reason"])
+            self.lifecycle.stop_to_requeue(row.id, request["reason"])
 
     # -- migrations -----------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class Moves(Part):
         self.prestart(job_id)
         return self.reads.view(self.store.job(job_id))
 
-    def _target(self, row: dict[str, Any], node: str | None) -> Placement | None:
+    def _target(self, row: Job, node: str | None) -> Placement | None:
         """Where the gang could go now: on ``node``, or else on other nodes than its own
         if it can, else on other GPUs of its own nodes."""
         snapshot, request = self.reads.snapshot(), request_of(row)
@@ -179,7 +179,7 @@ class Moves(Part):
                     return placed
         return None
 
-    def begin_migration(self, row: dict[str, Any], target: Placement, reason: str) -> None:
+    def begin_migration(self, row: Job, target: Placement, reason: str) -> None:
         now = time.time()
         previous = Migration.of(row)
         migration = Migration(
@@ -192,28 +192,28 @@ class Moves(Part):
             to=tuple(target.nodes),
             target=target.to_json(),
         )
-        log.info("AI Grid: job %s migrates to %s (%s)", row["id"], ", ".join(target.nodes), reason)
-        self._set_migration(row["id"], migration.next("checkpointing", now))
-        self.requests.request_checkpoint(self.store.job(row["id"]), reason, then="migrate")
+        log.info("AI Grid: job %s migrates to %s (%s)", row.id, ", ".join(target.nodes), reason)
+        self._set_migration(row.id, migration.next("checkpointing", now))
+        self.requests.request_checkpoint(self.store.job(row.id), reason, then="migrate")
 
-    def end_migration(self, row: dict[str, Any], succeeded: bool) -> None:
+    def end_migration(self, row: Job, succeeded: bool) -> None:
         """A gang that ended (or went back to the queue) ends its migration too."""
         migration = Migration.of(row)
         if migration is None or not migration.active:
             return
         migration = self.without_prestart(row, migration, "the migration ended")
         if succeeded:
-            self._set_migration(row["id"], migration.next("done", time.time()))
+            self._set_migration(row.id, migration.next("done", time.time()))
         else:
-            error = row.get("reason") or "the gang stopped"
-            self._set_migration(row["id"], migration.next("failed", time.time(), error=error))
+            error = row.reason or "the gang stopped"
+            self._set_migration(row.id, migration.next("failed", time.time(), error=error))
 
     # -- replicas started ahead of time at the destination ----------------------------------------
 
-    def next_attempt(self, row: dict[str, Any]) -> int:
+    def next_attempt(self, row: Job) -> int:
         """The job's next attempt number: after every attempt that ever had replicas (those
         of a dropped prestart included, so their replica ids and files are never reused)."""
-        return max(row["attempt"], self.store.last_attempt(row["id"]) or 0) + 1
+        return max(row.attempt, self.store.last_attempt(row.id) or 0) + 1
 
     def prestart(self, job_id: str) -> None:
         """Start a migrating gang's replicas at its destination now, while its checkpoint is
@@ -234,17 +234,17 @@ class Moves(Part):
         prestart = Prestart(attempt, PrestartState.WAITING)
         with self.store.write():
             self._set_migration(job_id, replace(migration, prestart=prestart), event=False)
-        placed = {**row, "attempt": attempt, "placement": migration.target}
+        placed = replace(row, attempt=attempt, placement=migration.target)
         self.launcher.launch(placed, None, prestart=True)
 
-    def without_prestart(self, row: dict[str, Any], migration: Migration, why: str) -> Migration:
+    def without_prestart(self, row: Job, migration: Migration, why: str) -> Migration:
         """``migration`` with the replicas it started ahead of time (if they still wait)
         dropped: stopped, unless they are already the gang's own (its current attempt)."""
         prestart = migration.waiting
         if prestart is None:
             return migration
-        if prestart.attempt != row["attempt"]:
-            self.lifecycle.stop_replicas(row["id"], prestart.attempt)
+        if prestart.attempt != row.attempt:
+            self.lifecycle.stop_replicas(row.id, prestart.attempt)
         dropped = replace(prestart, state=PrestartState.DROPPED, reason=why)
         return replace(migration, prestart=dropped)
 
@@ -256,39 +256,39 @@ class Moves(Part):
             dropped = self.without_prestart(row, migration, why)
             self._set_migration(job_id, dropped, event=False)
 
-    def resume(self, row: dict[str, Any], restore: str | None) -> None:
+    def resume(self, row: Job, restore: str | None) -> None:
         """Start the placed gang, restoring checkpoint ``restore`` if set; or, if its replicas
         were started ahead of time and wait, give them the go (the checkpoint's name and
         the digest staging verified) and the gang runs."""
         migration = Migration.of(row)
         prestart = migration.waiting if migration else None
-        reps = self.store.replicas(row["id"], row["attempt"])
-        if not (prestart is not None and prestart.attempt == row["attempt"] and reps):
+        reps = self.store.replicas(row.id, row.attempt)
+        if not (prestart is not None and prestart.attempt == row.attempt and reps):
             self.launcher.launch(row, restore)
             return
         self.requests.clear(row)
-        roots, calls = self.core.roots(row["id"]), []
-        for slot in Placement.from_json(row["placement"]).slots:
+        roots, calls = self.core.roots(row.id), []
+        for slot in Placement.from_json(row.placement).slots:
             env = self.restore_env(row, slot, restore) if restore else {}
             go = {"checkpoint": restore, "sha256": env.get("AIGRID_RESTORE_SHA256")}
-            path = ck.go_file(roots[slot.node], row["attempt"], slot.rank)
+            path = ck.go_file(roots[slot.node], row.attempt, slot.rank)
             calls.append((slot.node, ck.write_json, (path, go)))
         for (node, _, _), done in zip(calls, self.node_files.call_each(calls, False), strict=True):
             if done is False:  # a lost node's replicas are reported lost by the executor
-                log.warning("AI Grid: job %s: could not tell %s to go", row["id"], node)
+                log.warning("AI Grid: job %s: could not tell %s to go", row.id, node)
         with self.store.write():  # after the go files: a restart before this says go again
             went = replace(prestart, state=PrestartState.GO)
-            self._set_migration(row["id"], replace(migration, prestart=went), event=False)
+            self._set_migration(row.id, replace(migration, prestart=went), event=False)
             ended = [r for r in reps if r.state == "exited"]
             failed = [r for r in ended if r.exit_code != 0]
             if failed:  # it died before the go, as it would have at a cold start
                 reason = self.lifecycle.failure_reason(failed[0], failed[0].exit_code)
-                self.lifecycle.fail_gang(row["id"], reason, retry=True)
+                self.lifecycle.fail_gang(row.id, reason, retry=True)
                 return
             started = all(r.state in ("running", "exited") for r in reps)
             if not self.executor.capabilities.slow_starts or started:
-                self.lifecycle.set_state(self.store.job(row["id"]), RUNNING)
-            self.lifecycle.settle_if_done(self.store.job(row["id"]))
+                self.lifecycle.set_state(self.store.job(row.id), RUNNING)
+            self.lifecycle.settle_if_done(self.store.job(row.id))
 
     # -- resuming from a checkpoint ------------------------------------------------------------
 
@@ -307,7 +307,7 @@ class Moves(Part):
         ]
         return any(self.node_files.call_each(calls, []))
 
-    def stage(self, row: dict[str, Any]) -> None:
+    def stage(self, row: Job) -> None:
         """Put the newest verified checkpoint on the gang's nodes, in the background; the
         replicas start once it is there (:meth:`_collect_staging`)."""
         now = time.time()
@@ -321,18 +321,18 @@ class Moves(Part):
                 kind="resume",
                 state=MigrationState.TRANSFERRING,
                 started_at=now,
-                reason=row.get("reason"),
-                to=tuple(Placement.from_json(row["placement"]).nodes),
+                reason=row.reason,
+                to=tuple(Placement.from_json(row.placement).nodes),
             ).next("transferring", now)
-        self._set_migration(row["id"], migration)
+        self._set_migration(row.id, migration)
         future = self.core.stager.submit(
             transfer.stage,
-            self.core.holders(row["id"]),
+            self.core.holders(row.id),
             self.core.rank_nodes(row),
-            row["replicas"],
+            row.replicas,
             self.node_files,
         )
-        self.memory(row["id"]).checkpoint_staging = (row["attempt"], future)
+        self.memory(row.id).checkpoint_staging = (row.attempt, future)
 
     def _collect_staging(self) -> None:
         for job_id, memory in self.memory.having("checkpoint_staging"):
@@ -342,7 +342,7 @@ class Moves(Part):
             memory.checkpoint_staging = None
             self.memory.settle(job_id)
             row = self.store.job(job_id)
-            if row is None or row["state"] != STARTING or row["attempt"] != attempt:
+            if row is None or row.state != STARTING or row.attempt != attempt:
                 continue  # cancelled or requeued meanwhile
             try:
                 staged = future.result()
@@ -354,12 +354,12 @@ class Moves(Part):
             # Its own transactions: each replica is on record before its process starts.
             self.resume(self.store.job(job_id), staged.name)
 
-    def _staged(self, row: dict[str, Any], staged: transfer.Staged) -> None:
+    def _staged(self, row: Job, staged: transfer.Staged) -> None:
         now = time.time()
         for name, problem in staged.problems:
-            log.warning("AI Grid: job %s: checkpoint %s passed over: %s", row["id"], name, problem)
+            log.warning("AI Grid: job %s: checkpoint %s passed over: %s", row.id, name, problem)
             checkpoint_event(
-                self.journal, row["id"], "corrupt", checkpoint=name or None, reason=problem
+                self.journal, row.id, "corrupt", checkpoint=name or None, reason=problem
             )
         migration = Migration.of(row)
         assert migration is not None, "a gang being staged has a migration"
@@ -372,21 +372,21 @@ class Moves(Part):
                 bytes=staged.bytes,
                 deadline=now + self.requests.timeout_s,
             )
-            self.memory(row["id"]).watching = True
+            self.memory(row.id).watching = True
         else:
             error = "no verified checkpoint to restore"
             if staged.problems:
                 error += ": " + "; ".join(f"{n} {p}" for n, p in staged.problems[:3])
             migration = migration.next("failed", now, staged.copied, error=error)
-        self._set_migration(row["id"], migration)
+        self._set_migration(row.id, migration)
 
-    def _check_restored(self, row: dict[str, Any], migration: Migration, now: float) -> None:
+    def _check_restored(self, row: Job, migration: Migration, now: float) -> None:
         answers = self.requests.answers(row, ck.restored_file)
         if answers and all(a and a.get("checkpoint") == migration.checkpoint for a in answers):
-            self._set_migration(row["id"], migration.next("done", now, migration.bytes))
+            self._set_migration(row.id, migration.next("done", now, migration.bytes))
             checkpoint_event(
                 self.journal,
-                row["id"],
+                row.id,
                 "restored",
                 checkpoint=migration.checkpoint,
                 bytes=migration.bytes,
@@ -396,13 +396,13 @@ class Moves(Part):
                 f"the job did not restore {migration.checkpoint} within "
                 f"{self.requests.timeout_s:g} s (does it call runtime.restore()?)"
             )
-            self._set_migration(row["id"], migration.next("failed", now, error=error))
+            self._set_migration(row.id, migration.next("failed", now, error=error))
 
-    def restore_env(self, row: dict[str, Any], slot: Any, name: str) -> dict[str, str]:
+    def restore_env(self, row: Job, slot: Any, name: str) -> dict[str, str]:
         """``AIGRID_RESTORE`` (the checkpoint staged on the slot's node) and the sha256 that
         staging has just verified its piece of this rank against: ``runtime.restore()``
         need not hash the same bytes again while its manifest still says that digest."""
-        root = self.core.roots(row["id"])[slot.node]
+        root = self.core.roots(row.id)[slot.node]
         env = {"AIGRID_RESTORE": str(root / name)}
         with contextlib.suppress(ck.CheckpointError, OSError):
             manifest = self.node_files.call(

@@ -13,26 +13,27 @@ from typing import Any
 
 from ..history import History
 from ..model import QUEUED, SUCCEEDED, Request
+from ..records import Job
 from ..snapshot import Snapshot
 from ..spec import to_request
 from .core import Core, Part
 
 
-def run_time_s(row: dict[str, Any]) -> float:
+def run_time_s(row: Job) -> float:
     """How long a finished job ran in all: its earlier runs' service, then its last run."""
-    earlier = (row.get("attained_gpu_s") or 0.0) / max(row["gpus"], 1)
-    return earlier + row["finished_at"] - row["started_at"]
+    earlier = (row.attained_gpu_s or 0.0) / max(row.gpus, 1)
+    return earlier + row.finished_at - row.started_at
 
 
-def request_of(row: dict[str, Any]) -> Request:
+def request_of(row: Job) -> Request:
     """What the policies see of a job row."""
     return to_request(
-        row["id"],
-        row["owner"],
-        row["spec"],
-        row["submitted_at"],
-        row["seq"],
-        row.get("attained_gpu_s") or 0.0,
+        row.id,
+        row.owner,
+        row.spec,
+        row.submitted_at,
+        row.seq,
+        row.attained_gpu_s or 0.0,
     )
 
 
@@ -48,28 +49,28 @@ class JobQueue(Part):
     def load(self) -> None:
         """Read the queued jobs (and their restart backoff) from the store."""
         rows = self.store.jobs((QUEUED,))
-        self.waiting = {r["id"]: request_of(r) for r in rows}
+        self.waiting = {r.id: request_of(r) for r in rows}
         for r in rows:
-            if r.get("retry_at"):
-                self.memory(r["id"]).not_before = r["retry_at"]
+            if r.retry_at:
+                self.memory(r.id).not_before = r.retry_at
         self._positions = None
 
     def load_history(self) -> None:
         history = History()
         for row in self.store.jobs((SUCCEEDED,)):
-            if row.get("started_at") and row.get("finished_at"):
+            if row.started_at and row.finished_at:
                 history = history.add(request_of(row), run_time_s(row))
         self.history = history
 
-    def succeeded(self, row: dict[str, Any], run_s: float) -> None:
+    def succeeded(self, row: Job, run_s: float) -> None:
         self.history = self.history.add(request_of(row), run_s)
 
-    def track(self, row: dict[str, Any]) -> None:
+    def track(self, row: Job) -> None:
         """``row`` has just changed state: queue it if it is queued, else drop it."""
-        if row["state"] == QUEUED:
-            self.waiting[row["id"]] = request_of(row)
+        if row.state == QUEUED:
+            self.waiting[row.id] = request_of(row)
         else:
-            self.waiting.pop(row["id"], None)
+            self.waiting.pop(row.id, None)
         self._positions = None
 
     def not_before(self, job_id: str) -> float:

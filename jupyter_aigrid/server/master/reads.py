@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import NotFound
 from ..inventory import nvml_utilisation
 from ..model import ACTIVE_STATES, Placement
-from ..records import Migration
+from ..records import Job, Migration
 from ..snapshot import Snapshot
 from ..spec import SpecError
 from ..states import MigrationState
@@ -40,16 +40,16 @@ class Reads(Part):
 
     def visible(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self.store.job(job_id)
-        if row is None or (row["owner"] != user and not admin):
+        if row is None or (row.owner != user and not admin):
             msg = f"no job {job_id!r}"
             raise NotFound(msg)
         return row
 
-    def view(self, row: dict[str, Any], positions: dict[str, int] | None = None) -> dict[str, Any]:
+    def view(self, row: Job, positions: dict[str, int] | None = None) -> dict[str, Any]:
         positions = self.queue_positions() if positions is None else positions
-        listening = row["state"] == "running" and self.listening(row)
-        view = job_view(row, self.nodes.by_name, positions.get(row["id"]), listening)
-        memory = self.memory.get(row["id"])
+        listening = row.state == "running" and self.listening(row)
+        view = job_view(row, self.nodes.by_name, positions.get(row.id), listening)
+        memory = self.memory.get(row.id)
         counter = memory.data_progress if memory else None
         if counter is not None and view["staging"] and view["staging"]["state"] == "staging":
             view["staging"]["done"] = min(counter[0], counter[1])
@@ -77,9 +77,9 @@ class Reads(Part):
     def cluster(self) -> dict[str, Any]:
         holders = {}
         for row in self.store.jobs(ACTIVE_STATES):
-            for slot in row.get("placement") or []:
+            for slot in row.placement or []:
                 for g in slot["gpus"]:
-                    holders[(slot["node"], g)] = {"job_id": row["id"], "rank": slot["rank"]}
+                    holders[(slot["node"], g)] = {"job_id": row.id, "rank": slot["rank"]}
         uuids = [g.uuid for n in self.nodes.all for g in n.gpus if not g.simulated]
         return cluster_view(
             self.executor.name,
@@ -92,29 +92,27 @@ class Reads(Part):
     def result(self, job_id: str, user: str, admin: bool) -> dict[str, Any]:
         row = self.visible(job_id, user, admin)
         metrics = [
-            m
-            for rank in range(row["replicas"])
-            for m in self.files.reports(job_id, row["attempt"], rank)
+            m for rank in range(row.replicas) for m in self.files.reports(job_id, row.attempt, rank)
         ]
-        errors = self.files.errors(job_id, row["attempt"], row["replicas"])
+        errors = self.files.errors(job_id, row.attempt, row.replicas)
         return {
             "job_id": job_id,
-            "state": row["state"],
-            "reason": row.get("reason"),
-            "exit_codes": row.get("exit_codes"),
-            "attempt": row["attempt"],
+            "state": str(row.state),
+            "reason": row.reason,
+            "exit_codes": row.exit_codes,
+            "attempt": row.attempt,
             "metrics": metrics,
             "error": errors[0] if errors else None,
-            "outputs": self.files.output_sizes(job_id, row["attempt"]),
+            "outputs": self.files.output_sizes(job_id, row.attempt),
         }
 
     def output_path(self, job_id: str, name: str, user: str, admin: bool):
         row = self.visible(job_id, user, admin)
-        path = self.files.outputs(job_id, row["attempt"]) / f"{name}.pkl"
+        path = self.files.outputs(job_id, row.attempt) / f"{name}.pkl"
         if not name.isidentifier() or not any(
-            o["name"] == name for o in self.files.output_sizes(job_id, row["attempt"])
+            o["name"] == name for o in self.files.output_sizes(job_id, row.attempt)
         ):
-            kept = ", ".join(o["name"] for o in self.files.output_sizes(job_id, row["attempt"]))
+            kept = ", ".join(o["name"] for o in self.files.output_sizes(job_id, row.attempt))
             msg = f"job {job_id} has no output {name!r}; it has: {kept or 'none'}"
             raise NotFound(msg)
         return path
@@ -136,34 +134,34 @@ class Reads(Part):
 
     def log_files(self, job_id: str, user: str, admin: bool, attempt: int | None):
         row = self.visible(job_id, user, admin)
-        attempt = row["attempt"] if attempt is None else attempt
-        if attempt > row["attempt"]:
-            msg = f"job {job_id} has attempts 0 to {row['attempt']}, not {attempt}"
+        attempt = row.attempt if attempt is None else attempt
+        if attempt > row.attempt:
+            msg = f"job {job_id} has attempts 0 to {row.attempt}, not {attempt}"
             raise SpecError(msg, field="attempt")
         files = [
             (rank, stream, self.files.log(job_id, attempt, rank, stream))
-            for rank in range(row["replicas"])
+            for rank in range(row.replicas)
             for stream in ("stdout", "stderr")
         ]
         return self.view(row), files
 
-    def snapshot(self, active: list[dict[str, Any]] | None = None) -> Snapshot:
+    def snapshot(self, active: list[Job] | None = None) -> Snapshot:
         """The cluster now, from the store's active jobs (``active``: read already)."""
         snap = Snapshot.empty(self.nodes.all, now=time.time(), history=self.queue.history)
         data_on = self.data_on()
         if data_on:
             snap = replace(snap, data_on=data_on)
         for row in self.store.jobs(ACTIVE_STATES) if active is None else active:
-            if row.get("placement"):
+            if row.placement:
                 snap = snap.allocate(
                     request_of(row),
-                    self.nodes.present(Placement.from_json(row["placement"])),
-                    started_at=row.get("started_at") or snap.now,
+                    self.nodes.present(Placement.from_json(row.placement)),
+                    started_at=row.started_at or snap.now,
                 )
             migration = Migration.of(row)
             if migration and migration.state in HOLDING_TARGET and migration.target:
                 # A gang on the move holds where it goes as well as where it runs.
-                held = replace(request_of(row), job_id=f"{row['id']}>", preemptible=False)
+                held = replace(request_of(row), job_id=f"{row.id}>", preemptible=False)
                 snap = snap.allocate(
                     held, self.nodes.present(Placement.from_json(migration.target))
                 )

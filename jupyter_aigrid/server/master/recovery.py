@@ -62,33 +62,33 @@ class Recovery(Part):
         self.memory.clear("data_staging")
         self.datasets.sweep()
         for row in self.store.jobs(ACTIVE_STATES):
-            request = (row.get("checkpoint") or {}).get("request")
+            request = (row.checkpoint or {}).get("request")
             migration = Migration.of(row)
             restoring = migration is not None and migration.state == MigrationState.RESTORING
             if (request and request["state"] == "pending") or restoring:
-                self.memory(row["id"]).watching = True
-            unstarted = not self.store.replicas(row["id"], row["attempt"])
+                self.memory(row.id).watching = True
+            unstarted = not self.store.replicas(row.id, row.attempt)
             prestart = migration.waiting if migration else None
             if (
                 prestart is not None
-                and prestart.attempt == row["attempt"]
-                and row.get("pending_state") is None
+                and prestart.attempt == row.attempt
+                and row.pending_state is None
             ):
                 if restoring:  # staged and verified: say go
                     self.moves.resume(row, migration.checkpoint)
                     continue
                 unstarted = True  # started ahead of time, still waiting for the go
-            if row["state"] == STARTING and unstarted and row.get("pending_state") is None:
+            if row.state == STARTING and unstarted and row.pending_state is None:
                 # It died between placing the gang and starting it (or while staging).
                 self.launcher.start_or_stage(row)
                 continue
             with self.store.write():
-                if row.get("pending_state") is not None:
-                    self.lifecycle.stop_replicas(row["id"], row["attempt"])
-                elif row["state"] == STARTING and not self.executor.capabilities.slow_starts:
+                if row.pending_state is not None:
+                    self.lifecycle.stop_replicas(row.id, row.attempt)
+                elif row.state == STARTING and not self.executor.capabilities.slow_starts:
                     # It died after starting every replica, before saying the job runs.
-                    reps = self.store.replicas(row["id"], row["attempt"])
+                    reps = self.store.replicas(row.id, row.attempt)
                     if reps and all(r.state == "running" for r in reps):
                         self.lifecycle.set_state(row, RUNNING)
                 # A crash between the last exit and the job's end leaves nothing to wait for.
-                self.lifecycle.settle_if_done(self.store.job(row["id"]))
+                self.lifecycle.settle_if_done(self.store.job(row.id))

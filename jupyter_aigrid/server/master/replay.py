@@ -34,19 +34,19 @@ class Replay(Part):
         its submit time and how long it ran), and their rows."""
         jobs, rows = [], []
         for row in self.store.jobs(FINAL_STATES):
-            if not row.get("started_at") or not row.get("finished_at"):
+            if not row.started_at or not row.finished_at:
                 continue  # ended before it ever ran
             ran = run_time_s(row)
             request = request_of(row)
             jobs.append(
                 TraceJob(
-                    job_id=row["id"],
-                    submit_s=row["submitted_at"],
+                    job_id=row.id,
+                    submit_s=row.submitted_at,
                     duration_s=ran,
-                    gpus=row["gpus"],
+                    gpus=row.gpus,
                     job_type=request.job_type,
-                    user=row["owner"],
-                    row=row["seq"],
+                    user=row.owner,
+                    row=row.seq,
                     request=request,
                 )
             )
@@ -70,8 +70,8 @@ class Replay(Part):
         ran = {j.job_id: j.duration_s for j in jobs}
         preempted = await self.call(self.store.count_events, events.JOB_STATE, PREEMPTED)
         live = summarize(
-            [(r["submitted_at"], r["finished_at"], ran[r["id"]]) for r in rows],
-            sum(ran[r["id"]] * r["gpus"] for r in rows),
+            [(r.submitted_at, r.finished_at, ran[r.id]) for r in rows],
+            sum(ran[r.id] * r.gpus for r in rows),
             sum(len(n.gpus) for n in self.nodes.all),
             preempted,
         )

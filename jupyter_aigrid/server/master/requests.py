@@ -19,6 +19,7 @@ from .. import checkpoint_transfer as transfer
 from .. import events
 from ..errors import Conflict
 from ..model import RUNNING
+from ..records import Job
 from ..views import move_blocker
 from .core import Core, Journal, Part
 from .reads import Reads
@@ -46,26 +47,24 @@ class CheckpointRequests(Part):
         #: How long a gang has to answer a checkpoint request (and to restore one).
         self.timeout_s = timeout_s
 
-    def listening(self, row: dict[str, Any]) -> bool:
+    def listening(self, row: Job) -> bool:
         """Does every rank of the running attempt answer checkpoint requests (it called
         ``runtime.should_checkpoint()``)?"""
-        if row["state"] != RUNNING:
+        if row.state != RUNNING:
             return False
-        memory = self.memory.get(row["id"])
-        if memory is not None and memory.listening == row["attempt"]:
+        memory = self.memory.get(row.id)
+        if memory is not None and memory.listening == row.attempt:
             return True
-        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
-        calls = [
-            (n, transfer.is_listening, (roots[n], row["attempt"], r)) for r, n in ranks.items()
-        ]
+        roots, ranks = self.core.roots(row.id), self.core.rank_nodes(row)
+        calls = [(n, transfer.is_listening, (roots[n], row.attempt, r)) for r, n in ranks.items()]
         listening = bool(ranks) and all(self.node_files.call_each(calls, False))
         if listening:  # for the rest of the attempt: not asked of every node again
-            self.memory(row["id"]).listening = row["attempt"]
+            self.memory(row.id).listening = row.attempt
         return listening
 
-    def check_can_move(self, row: dict[str, Any], what: str) -> None:
+    def check_can_move(self, row: Job, what: str) -> None:
 
-        listening = row["state"] == RUNNING and self.listening(row)
+        listening = row.state == RUNNING and self.listening(row)
         why = move_blocker(row, what, listening)
         if why is not None:
             raise Conflict(why)
@@ -77,14 +76,14 @@ class CheckpointRequests(Part):
             self.request_checkpoint(row, f"requested by {user}")
         return self.reads.view(self.store.job(job_id))
 
-    def request_checkpoint(self, row: dict[str, Any], reason: str, then: str | None = None):
+    def request_checkpoint(self, row: Job, reason: str, then: str | None = None):
         """Ask every rank for a checkpoint at its next step boundary: a control file on each
         node the gang runs on, and SIGUSR1 where the executor can deliver it."""
         now = time.time()
-        info = dict(row.get("checkpoint") or {})
+        info = dict(row.checkpoint or {})
         count = int(info.get("requests") or 0) + 1
         request = {
-            "id": f"{row['attempt']}.{count}",
+            "id": f"{row.attempt}.{count}",
             "state": "pending",
             "requested_at": now,
             "deadline": now + self.timeout_s,
@@ -92,37 +91,37 @@ class CheckpointRequests(Part):
             "then": then,
         }
         info.update(requests=count, request=request)
-        self.store.update_job(row["id"], checkpoint=info)
-        checkpoint_event(self.journal, row["id"], "requested", reason=reason)
-        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
+        self.store.update_job(row.id, checkpoint=info)
+        checkpoint_event(self.journal, row.id, "requested", reason=reason)
+        roots, ranks = self.core.roots(row.id), self.core.rank_nodes(row)
         nodes = sorted(set(ranks.values()))
         self.node_files.call_each(
             [(n, transfer.ask, ([roots[n]], request["id"], reason)) for n in nodes]
         )
         if self.executor.capabilities.checkpoint_signal:
-            for rep in self.store.replicas(row["id"], row["attempt"]):
+            for rep in self.store.replicas(row.id, row.attempt):
                 root = roots[rep.node]
                 listener = self._read_control(rep.node, root, ck.listen_file, row, rep.rank)
                 if listener and isinstance(listener.get("pid"), int):
                     self.executor.signal_checkpoint(rep.handle, listener["pid"])
-        self.memory(row["id"]).watching = True
+        self.memory(row.id).watching = True
 
-    def _read_control(self, node: str, root: Path, which, row: dict[str, Any], rank: int):
+    def _read_control(self, node: str, root: Path, which, row: Job, rank: int):
         """One rank's control file (``which``: ``ck.listen_file``...), read on its node."""
-        path = which(root, row["attempt"], rank)
+        path = which(root, row.attempt, rank)
         return self.node_files.call_each([(node, ck.read_json, (path, root))])[0]
 
-    def answers(self, row: dict[str, Any], which) -> list[dict[str, Any] | None]:
+    def answers(self, row: Job, which) -> list[dict[str, Any] | None]:
         """Every rank's control file ``which`` of the running attempt, read on its node (all
         nodes at once), in rank order; None for those not (yet) there."""
-        roots, ranks = self.core.roots(row["id"]), self.core.rank_nodes(row)
+        roots, ranks = self.core.roots(row.id), self.core.rank_nodes(row)
         calls = [
-            (node, ck.read_json, (which(roots[node], row["attempt"], rank), roots[node]))
+            (node, ck.read_json, (which(roots[node], row.attempt, rank), roots[node]))
             for rank, node in sorted(ranks.items())
         ]
         return self.node_files.call_each(calls)
 
-    def check_answers(self, row: dict[str, Any], request: dict[str, Any], now: float) -> Answer:
+    def check_answers(self, row: Job, request: dict[str, Any], now: float) -> Answer:
         """Record what the gang answered to ``request`` (every rank wrote it, or the deadline
         passed): the request as it ended, the checkpoint written (None on a timeout) and why
         not; None while the request is still open."""
@@ -136,11 +135,11 @@ class CheckpointRequests(Part):
                 "seconds": max(float(a.get("seconds") or 0) for a in answers),
             }
             request = {**request, "state": "written", "checkpoint": latest["name"]}
-            info = {**(row.get("checkpoint") or {}), "request": request, "latest": latest}
-            self.store.update_job(row["id"], checkpoint=info)
+            info = {**(row.checkpoint or {}), "request": request, "latest": latest}
+            self.store.update_job(row.id, checkpoint=info)
             checkpoint_event(
                 self.journal,
-                row["id"],
+                row.id,
                 "written",
                 checkpoint=latest["name"],
                 bytes=latest["bytes"],
@@ -151,15 +150,15 @@ class CheckpointRequests(Part):
         elif now > request["deadline"]:
             reason = f"the job did not checkpoint within {self.timeout_s:g} s"
             request = {**request, "state": "timeout"}
-            info = {**(row.get("checkpoint") or {}), "request": request}
-            self.store.update_job(row["id"], checkpoint=info)
-            checkpoint_event(self.journal, row["id"], "timeout", reason=reason)
-            log.warning("AI Grid: job %s: %s", row["id"], reason)
+            info = {**(row.checkpoint or {}), "request": request}
+            self.store.update_job(row.id, checkpoint=info)
+            checkpoint_event(self.journal, row.id, "timeout", reason=reason)
+            log.warning("AI Grid: job %s: %s", row.id, reason)
             return request, None, reason
         return None
 
-    def clear(self, row: dict[str, Any]) -> None:
+    def clear(self, row: Job) -> None:
         """A new attempt must not take an earlier attempt's request for its own."""
-        roots = self.core.roots(row["id"])
+        roots = self.core.roots(row.id)
         nodes = sorted(set(self.core.rank_nodes(row).values()))
         self.node_files.call_each([(n, transfer.clear_request, (roots[n],)) for n in nodes])

@@ -12,9 +12,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ..model import ACTIVE_STATES, RUNNING, Migrate
+from ..model import ACTIVE_STATES, Migrate
 from ..policies import Context, decide
-from ..records import Migration
+from ..records import Job, Migration
 from .core import Core, Part
 from .inference import Inference
 from .launcher import Launcher
@@ -77,28 +77,24 @@ class Round(Part):
                 self._migrate_for(move)
             self.moves.prestart(move.job_id)
 
-    def _context(self, rows: list[dict[str, Any]]) -> Context:
+    def _context(self, rows: list[Job]) -> Context:
         """What the round needs to know about running gangs (``rows``: the active jobs)
         beyond the snapshot."""
-        settled = frozenset(
-            r["id"] for r in rows if r["state"] == RUNNING and not r.get("pending_state")
-        )
+        settled = frozenset(r.id for r in rows if r.settled)
         return Context(
             book=self.inference.book,
             costs=self.inference.gpu_cost_per_hour,
             settled=settled,
             movable=frozenset(
-                r["id"]
+                r.id
                 for r in rows
-                if r["id"] in settled
-                and r["spec"].get("preemptible")
-                and self.requests.listening(r)
+                if r.id in settled and r.spec.get("preemptible") and self.requests.listening(r)
             ),
             moving=any(m.active for m in map(Migration.of, rows) if m),
         )
 
     def _migrate_for(self, move: Migrate) -> None:
         row = self.store.job(move.job_id)
-        if row is None or row["state"] != RUNNING or row.get("pending_state"):
+        if row is None or not row.settled:
             return
         self.moves.begin_migration(row, move.placement, move.reason)
