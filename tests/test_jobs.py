@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import textwrap
 
 import psutil
@@ -165,9 +166,22 @@ async def test_max_restarts_requeues_the_gang(api):
     done = await api.wait(job["id"])
     assert done["state"] == "succeeded"
     assert done["restarts"] == 1 and done["attempt"] == 1
-    assert "restarting after: rank 0 on" in done["reason"]
+    # It succeeded: no failure is left as its reason; the restart is in its events.
+    assert done["reason"] is None
+    resp = await api.call("GET", "events", params={"job": job["id"], "since": 0}, raw=True)
+    reasons = [json.loads(line)["data"].get("reason") for line in resp.body.decode().splitlines()]
+    assert any(r and r.startswith("restarting after: rank 0 on") for r in reasons)
     first = await api.logs(job["id"], attempt=0)
     assert [e["line"] for e in first if e["stream"] == "stdout"] == ["attempt 0"]
+
+
+@pytest.mark.parametrize("path", ["/nonexistent", ""])
+async def test_a_job_that_sets_its_own_path_still_ends_cleanly(api, path):
+    """The replica wrapper records the exit status with nothing from the job's PATH."""
+    job = await api.submit({"code": "print('ok')", "env": {"PATH": path}})
+    done = await api.wait(job["id"])
+    assert done["state"] == "succeeded", done["reason"]
+    assert done["exit_codes"] == {"0": 0}
 
 
 async def test_command_job_and_result(api):

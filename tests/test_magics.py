@@ -54,8 +54,9 @@ def test_run_pushes_pulls_and_streams_every_rank(ip, server):
     assert "[1] rank 1 of 2 sum 4.5" in lines
     job = server.client().jobs()[-1]
     assert (job["name"], job["state"], job["gpus"]) == ("ddp", "succeeded", 2)
-    # The widget was displayed above the output.
-    assert any("application/vnd.jupyter.widget-view+json" in o.data for o in cap.outputs)
+    # The widget was displayed above the output, once.
+    widgets = [o for o in cap.outputs if "application/vnd.jupyter.widget-view+json" in o.data]
+    assert len(widgets) == 1
 
 
 def test_cell_classes_pickle_and_sys_exit_keeps_pulls(ip):

@@ -41,6 +41,25 @@ def busy(snapshot: Snapshot, node: str, *gpus: int, job_id="busy", **kw) -> Snap
 # -- gang placement -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("cpus", "share", "fit"), [(2, 0.01, 200), (3, 0.1, 30), (1, 0.3, 3)])
+def test_fractional_cpu_replicas_that_fit_are_counted_whole(cpus, share, fit):
+    """200 replicas of 0.01 CPU fit on 2 CPUs (2 // 0.01 is 199.0 in floats); one more does
+    not, and a gang of exactly that many is placed on a CPU-only node."""
+    snap = cluster(0, cpus=cpus)
+    view = snap.node("n0")
+    assert view.replicas_that_fit(req(replicas=fit + 1, per=0, cpus=share)) == fit
+    placed = place_gang(req(replicas=fit, per=0, cpus=share), snap)
+    assert placed is not None and len(placed.slots) == fit
+    assert place_gang(req(replicas=fit + 1, per=0, cpus=share), snap) is None
+    # And after a third of it is taken, what is left is counted just as exactly.
+    third = place_gang(req("a", replicas=fit // 3, per=0, cpus=share), snap)
+    left = snap.allocate(req("a", replicas=fit // 3, per=0, cpus=share), third)
+    assert left.node("n0").replicas_that_fit(req(replicas=fit, per=0, cpus=share)) == (
+        fit - fit // 3
+    )
+
+
+
 def test_gang_goes_to_one_node_when_it_fits_best_fit():
     snap = busy(cluster(8, 8), "n0", 0, 1, 2, 3, 4)  # n0 has 3 free, n1 has 8
     p = place_gang(req(replicas=3), snap)

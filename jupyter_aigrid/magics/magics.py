@@ -105,7 +105,7 @@ class AIGridMagics(DatasetCommands, Magics):
         self.handles[handle.id] = handle
         if args.detach:
             return handle
-        display(handle.widget)
+        # run_blocking shows the widget above the output: once.
         self.shell.user_ns.update(run_blocking(handle, args.output))
         return None
 

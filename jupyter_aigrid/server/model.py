@@ -6,6 +6,7 @@ Everything here is a frozen dataclass or a string constant: no I/O, no framework
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..vocabulary import (  # noqa: F401 - the states, as the server's modules name them
@@ -49,6 +50,11 @@ class Node:
     labels: tuple[tuple[str, str], ...] = ()
 
 
+#: How far below a whole replica a float count of fractional-CPU replicas may fall and still
+#: count as one (rounding error, not a real shortfall).
+CPU_FIT_SLACK = 1e-9
+
+
 @dataclass(frozen=True)
 class NodeView:
     """A node as a policy sees it: what it has, and what is free right now."""
@@ -74,7 +80,9 @@ class NodeView:
         if req.gpus_per_replica:
             limits.append(len(self.free_gpu_indices(req.gpu_type)) // req.gpus_per_replica)
         if req.cpus_per_replica:
-            limits.append(int(self.free_cpus // req.cpus_per_replica))
+            # Float division of CPU fractions is a hair short (0.3 / 0.1 = 2.999...; and
+            # 2 // 0.01 = 199): count with a slack far below any CPU share a job asks for.
+            limits.append(math.floor(self.free_cpus / req.cpus_per_replica + CPU_FIT_SLACK))
         if req.memory_mb_per_replica:
             limits.append(self.free_memory_mb // req.memory_mb_per_replica)
         return min(limits) if limits else req.replicas

@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 
 #: $0 is the exit-status file; the job's argv follows. ``trap : TERM INT`` keeps the wrapper
 #: alive through a group-wide SIGTERM so it can record the job's status; a trap with a
-#: handler (unlike an ignored signal) is reset to the default in the job itself.
+#: handler (unlike an ignored signal) is reset to the default in the job itself. The wrapper
+#: shares the job's environment, so it depends on nothing in it: ``echo`` and ``printf`` are
+#: built in, and ``command -p`` finds ``mv`` on the system's default PATH, not the job's.
 _WRAPPER = (
     'echo $$ > "$0.pid"; trap : TERM INT; "$@"; code=$?; '
-    'printf %s "$code" > "$0.tmp" && mv -f "$0.tmp" "$0"'
+    'printf %s "$code" > "$0.tmp" && command -p mv -f "$0.tmp" "$0"'
 )
 DEFAULT_SIMULATED_GPUS = 4
 

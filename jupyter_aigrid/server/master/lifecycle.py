@@ -327,7 +327,8 @@ class Lifecycle(Part):
         elif pending in (FAILED, CANCELLED):
             self.set_state(row, pending, exit_codes=codes, finished_at=now)
         elif all(c == 0 for c in codes.values()):
-            self.set_state(row, SUCCEEDED, exit_codes=codes, finished_at=now)
+            # Whatever it went through on the way (a restart, a move) is in its events.
+            self.set_state(row, SUCCEEDED, exit_codes=codes, finished_at=now, reason=None)
             # Run time in all: earlier runs (known as slot-seconds) and this one.
             run_s = earlier / max(row.gpus, 1) + ran_s
             self.queue.succeeded(row, run_s)
