@@ -59,7 +59,6 @@ def test_fractional_cpu_replicas_that_fit_are_counted_whole(cpus, share, fit):
     )
 
 
-
 def test_gang_goes_to_one_node_when_it_fits_best_fit():
     snap = busy(cluster(8, 8), "n0", 0, 1, 2, 3, 4)  # n0 has 3 free, n1 has 8
     p = place_gang(req(replicas=3), snap)
