@@ -173,6 +173,20 @@ async def test_bad_dataset_names_get_400(api, aigrid_state, bad):
 FILE_LIST = [{"path": "a.txt", "size": 1}]
 
 
+@pytest.mark.parametrize("node", [{}, [], 3, True])
+async def test_a_node_that_is_not_a_name_gets_400(api, aigrid_state, node):
+    """Not a 500 (an unhashable {} or [] once was): a 400 naming the field, and nothing made."""
+    code, body = await api.error(
+        "POST", "uploads", body={"name": "ok", "files": FILE_LIST, "node": node}
+    )
+    assert code == 400 and body["field"] == "node", body
+    assert not list(aigrid_state.glob("uploads/*/"))
+    code, body = await api.error(
+        "POST", "datasets", body={"name": "ok", "node": node, "path": "somewhere"}
+    )
+    assert code == 400 and body["field"] == "node", body
+
+
 @pytest.mark.parametrize(
     "bad", ["../x", "/etc/passwd", "a/../../b", "a\x00b", "../testtest/x", "a//b", "./a"]
 )
