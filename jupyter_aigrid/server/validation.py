@@ -1,11 +1,11 @@
 """Request bodies checked against the schemas we ship, with errors that name the field.
 
-The job description has its own schema (``schemas/job.schema.json``, see :mod:`.spec`); every
-other request body is checked against its component in ``schemas/openapi.yaml`` (the
-document ``GET /openapi.yaml`` serves) by :func:`validate_body`. A failure is a
-:class:`SpecError` whose ``field`` is the dotted path of the first offending field and whose
-message says what is allowed; a schema may give that in an ``x-invalid`` keyword ("must be
-a version such as 2.13.0"), used for a failed ``pattern`` or ``minLength``.
+Every request body is checked against its component in ``schemas/openapi.yaml`` (the
+document ``GET /openapi.yaml`` serves): the job description against ``JobSpec`` (by
+:mod:`.spec`, which adds the rules a schema cannot say), the others by :func:`validate_body`.
+A failure is a :class:`SpecError` whose ``field`` is the dotted path of the first offending
+field and whose message says what is allowed; a schema may give that in an ``x-invalid``
+keyword ("must be a version such as 2.13.0"), used for a failed ``pattern`` or ``minLength``.
 
 Patterns match as JSON Schema (ECMA 262) means them: a final ``$`` is the end of the text.
 """
