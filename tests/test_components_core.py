@@ -5,22 +5,19 @@ memory, in the policy's order, with the restart backoff)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
+from components import insert_job, local_executor
 
 from jupyter_aigrid.server import events
-from jupyter_aigrid.server.executors.local import LocalExecutor
 from jupyter_aigrid.server.master.core import Core, Journal, Nodes
 from jupyter_aigrid.server.master.queue import JobQueue, request_of, run_time_s
 from jupyter_aigrid.server.model import Gpu, Node, Placement, Slot
 from jupyter_aigrid.server.policies import load_policy
 from jupyter_aigrid.server.records import Job
 from jupyter_aigrid.server.snapshot import Snapshot
-from jupyter_aigrid.server.spec import validate
 from jupyter_aigrid.server.store import Store
 
 
@@ -45,26 +42,6 @@ def node(name: str, gpus: int = 2, scratch: str = "", simulated: bool = True) ->
     )
 
 
-def insert_job(
-    store: Store, spec: dict[str, Any], owner: str = "u", submitted_at: float | None = None
-) -> dict[str, Any]:
-    """A queued job row, stored as a submit stores it."""
-    full = validate(spec)
-    return store.insert_job(
-        {
-            "name": full["name"],
-            "owner": owner,
-            "kind": full["kind"],
-            "state": "queued",
-            "priority": full["priority"],
-            "gpus": full["gpus"],
-            "replicas": full["replicas"],
-            "spec": full,
-            "submitted_at": time.time() if submitted_at is None else submitted_at,
-        }
-    )
-
-
 @pytest.fixture
 def store(tmp_path: Path):
     s = Store(tmp_path / "aigrid.sqlite")
@@ -74,7 +51,7 @@ def store(tmp_path: Path):
 
 @pytest.fixture
 def core(tmp_path: Path, store: Store):
-    c = Core(store, LocalExecutor(tmp_path, nodes=2, simulated_gpus=2, cpus_per_node=4), tmp_path)
+    c = Core(store, local_executor(tmp_path), tmp_path)
     yield c
     c.close()
 

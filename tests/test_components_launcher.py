@@ -4,60 +4,27 @@ start fails the gang (stopping the ranks that did)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from components import open_master, submit, until_ended
 
 from jupyter_aigrid.server import events
-from jupyter_aigrid.server.executors.local import LocalExecutor
-from jupyter_aigrid.server.master import Master
 from jupyter_aigrid.server.master.queue import request_of
 from jupyter_aigrid.server.model import Launch, Placement, Slot
-from jupyter_aigrid.server.policies import load_policy
-from jupyter_aigrid.server.records import Job
-from jupyter_aigrid.server.spec import validate
-from jupyter_aigrid.server.store import Store
+
+
+@pytest.fixture
+def m(tmp_path: Path):
+    with open_master(tmp_path) as master:
+        yield master
+
 
 #: A job that prints, on one line, the environment a replica was started with.
 PRINT_ENV = "import json, os\nprint('ENV=' + json.dumps(dict(os.environ)), flush=True)\n"
 #: Both ranks of a gang, one on each node.
 ACROSS_NODES = Placement((Slot(0, "node-0", 0, (1,)), Slot(1, "node-1", 0, (0,))))
-
-
-@pytest.fixture
-def m(tmp_path: Path):
-    """A master on 2 local nodes x 2 simulated GPUs; its loop is never started."""
-    executor = LocalExecutor(tmp_path, nodes=2, simulated_gpus=2, cpus_per_node=4)
-    master = Master(
-        Store(tmp_path / "aigrid.sqlite"),
-        executor,
-        load_policy("fifo"),
-        state_dir=tmp_path,
-        tick_s=0.05,
-        stop_grace_s=2.0,
-    )
-    master.recovery.recover()
-    master.recovery.error = None
-    yield master
-    asyncio.run(master.stop())  # its loop never ran: this closes the store and the pools
-
-
-def submit(m: Master, spec: dict[str, Any]) -> str:
-    return m.lifecycle.submit(validate(spec), "u", {})["id"]
-
-
-def until_ended(m: Master, job_id: str, timeout_s: float = 60.0) -> Job:
-    """Hand the executor's exits to the lifecycle until the job has ended."""
-    deadline = time.monotonic() + timeout_s
-    while (row := m.store.job(job_id)).state not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, row
-        m.lifecycle.handle_exits(m.executor.poll())
-        time.sleep(0.02)
-    return row
 
 
 @pytest.mark.slow

@@ -9,88 +9,32 @@ stay in the fast lane. :mod:`tests.test_components_launcher` starts real process
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from components import open_master, run_without_processes, states, submit
 
 from jupyter_aigrid.server import events
 from jupyter_aigrid.server.errors import Conflict, NotFound
-from jupyter_aigrid.server.executors.local import LocalExecutor
 from jupyter_aigrid.server.master import Master
 from jupyter_aigrid.server.master.queue import request_of
 from jupyter_aigrid.server.model import ReplicaExit
-from jupyter_aigrid.server.policies import load_policy
 from jupyter_aigrid.server.spec import SpecError, validate
 from jupyter_aigrid.server.states import REFUSED, IllegalTransition
-from jupyter_aigrid.server.store import Store
 
 BACKOFF_S = 10.0
 
 
-def build_master(state: Path, **options: Any) -> Master:
-    """A master on 2 local nodes x 2 simulated GPUs; its loop is never started."""
-    executor = LocalExecutor(state, nodes=2, simulated_gpus=2, cpus_per_node=4)
-    options = {"tick_s": 0.05, "stop_grace_s": 2.0, **options}
-    return Master(
-        Store(state / "aigrid.sqlite"), executor, load_policy("fifo"), state_dir=state, **options
-    )
-
-
 @pytest.fixture
 def m(tmp_path: Path):
-    master = build_master(tmp_path, restart_backoff_s=BACKOFF_S)
-    master.recovery.recover()
-    master.recovery.error = None
-    yield master
-    asyncio.run(master.stop())  # its loop never ran: this closes the store and the pools
-
-
-def submit(m: Master, spec: dict[str, Any], owner: str = "u") -> str:
-    return m.lifecycle.submit(validate(spec), owner, {})["id"]
-
-
-def run_without_processes(m: Master, job_id: str) -> list[str]:
-    """Place the queued job where the policy would and put its replicas on record as
-    running, as a launch does (but start nothing); the replicas' ids."""
-    row = m.store.job(job_id)
-    placement = m.policy.place(request_of(row), m.reads.snapshot())
-    assert placement is not None, "the test cluster has room for the gang"
-    m.launcher.place(row, placement)
-    row = m.store.job(job_id)
-    ids = [f"{job_id}.{row.attempt}.{s.rank}" for s in placement.slots]
-    m.store.insert_replicas(
-        [
-            {
-                "id": replica_id,
-                "job_id": job_id,
-                "attempt": row.attempt,
-                "rank": s.rank,
-                "local_rank": s.local_rank,
-                "node": s.node,
-                "gpu_indices": list(s.gpus),
-                "state": "running",
-                "exit_path": str(m.files.log(job_id, row.attempt, s.rank, "exit")),
-            }
-            for replica_id, s in zip(ids, placement.slots, strict=True)
-        ]
-    )
-    m.lifecycle.set_state(m.store.job(job_id), "running")
-    return ids
+    with open_master(tmp_path, restart_backoff_s=BACKOFF_S) as master:
+        yield master
 
 
 def exited(m: Master, *exits: tuple[str, int | None]) -> None:
     """The executor reports these (replica id, exit code) exits."""
     m.lifecycle.handle_exits([ReplicaExit(replica_id, code) for replica_id, code in exits])
-
-
-def states(m: Master, job_id: str) -> list[str]:
-    """The states the job went through, from its stored events."""
-    return [
-        e["data"]["state"] for e in m.store.events(job_id) if e["schema_id"] == events.JOB_STATE
-    ]
 
 
 # -- submit and cancel --------------------------------------------------------------------------

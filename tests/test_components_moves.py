@@ -5,67 +5,34 @@ prestart is off, so nothing starts a process."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from components import open_master, run_without_processes, submit
 
 from jupyter_aigrid import checkpoints as ck
 from jupyter_aigrid.server import events
 from jupyter_aigrid.server.errors import Conflict
-from jupyter_aigrid.server.executors.local import LocalExecutor
 from jupyter_aigrid.server.master import Master
 from jupyter_aigrid.server.model import Placement, ReplicaExit, Slot
-from jupyter_aigrid.server.policies import load_policy
 from jupyter_aigrid.server.spec import SpecError, validate
-from jupyter_aigrid.server.store import Store
 
 ON_NODE_0 = Placement((Slot(0, "node-0", 0, (0,)), Slot(1, "node-0", 1, (1,))))
 
 
 @pytest.fixture
 def m(tmp_path: Path):
-    """A master on 2 local nodes x 2 simulated GPUs; its loop is never started."""
-    executor = LocalExecutor(tmp_path, nodes=2, simulated_gpus=2, cpus_per_node=4)
-    master = Master(
-        Store(tmp_path / "aigrid.sqlite"),
-        executor,
-        load_policy("fifo"),
-        state_dir=tmp_path,
-        stop_grace_s=2.0,
-        checkpoint_timeout_s=30.0,
-        migration_prestart=False,
-    )
-    master.recovery.recover()
-    master.recovery.error = None
-    yield master
-    asyncio.run(master.stop())  # its loop never ran: this closes the store and the pools
+    with open_master(tmp_path, checkpoint_timeout_s=30.0, migration_prestart=False) as master:
+        yield master
 
 
 def running_gang(m: Master, spec: dict[str, Any], listening: bool) -> str:
     """A job placed on node-0 and on record as running (no process); ``listening``: each
     rank has said, as ``runtime.should_checkpoint()`` does, that it answers requests."""
-    job_id = m.lifecycle.submit(validate({**spec, "replicas": 2}), "u", {})["id"]
-    m.launcher.place(m.store.job(job_id), ON_NODE_0)
-    m.store.insert_replicas(
-        [
-            {
-                "id": f"{job_id}.0.{s.rank}",
-                "job_id": job_id,
-                "attempt": 0,
-                "rank": s.rank,
-                "local_rank": s.local_rank,
-                "node": s.node,
-                "gpu_indices": list(s.gpus),
-                "state": "running",
-                "exit_path": str(m.files.log(job_id, 0, s.rank, "exit")),
-            }
-            for s in ON_NODE_0.slots
-        ]
-    )
-    m.lifecycle.set_state(m.store.job(job_id), "running")
+    job_id = submit(m, {**spec, "replicas": 2})
+    run_without_processes(m, job_id, ON_NODE_0)
     if listening:
         root = m.core.roots(job_id)["node-0"]
         for rank in (0, 1):

@@ -9,17 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from components import insert_job, local_executor
 
 from jupyter_aigrid.server import events
 from jupyter_aigrid.server.errors import NotFound
-from jupyter_aigrid.server.executors.local import LocalExecutor
 from jupyter_aigrid.server.master.core import Core
 from jupyter_aigrid.server.master.queue import JobQueue
 from jupyter_aigrid.server.master.reads import Reads
 from jupyter_aigrid.server.model import Placement, Slot
 from jupyter_aigrid.server.policies import load_policy
 from jupyter_aigrid.server.records import Migration
-from jupyter_aigrid.server.spec import SpecError, validate
+from jupyter_aigrid.server.spec import SpecError
 from jupyter_aigrid.server.store import Store
 
 #: A gang of two ranks, one on each node.
@@ -29,7 +29,7 @@ ACROSS = Placement((Slot(0, "node-0", 0, (0,)), Slot(1, "node-1", 0, (1,))))
 @pytest.fixture
 def core(tmp_path: Path):
     store = Store(tmp_path / "aigrid.sqlite")
-    c = Core(store, LocalExecutor(tmp_path, nodes=2, simulated_gpus=2, cpus_per_node=4), tmp_path)
+    c = Core(store, local_executor(tmp_path), tmp_path)
     yield c
     c.close()
     store.close()
@@ -47,20 +47,7 @@ def reads(core: Core, queue: JobQueue) -> Reads:
 
 def queued(core: Core, queue: JobQueue, spec: dict[str, Any], owner: str = "u") -> str:
     """A job stored and queued as a submit does; its id."""
-    full = validate(spec)
-    row = core.store.insert_job(
-        {
-            "name": full["name"],
-            "owner": owner,
-            "kind": full["kind"],
-            "state": "queued",
-            "priority": full["priority"],
-            "gpus": full["gpus"],
-            "replicas": full["replicas"],
-            "spec": full,
-            "submitted_at": time.time(),
-        }
-    )
+    row = insert_job(core.store, spec, owner)
     queue.track(row)
     return row.id
 

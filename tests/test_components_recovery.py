@@ -7,21 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from components import build_master, recovered, run_without_processes, states, submit, until_ended
 
-from jupyter_aigrid.server import events
-from jupyter_aigrid.server.executors.local import LocalExecutor
 from jupyter_aigrid.server.master import Master
 from jupyter_aigrid.server.master.queue import request_of
 from jupyter_aigrid.server.model import Launch, ReplicaExit
-from jupyter_aigrid.server.policies import load_policy
-from jupyter_aigrid.server.records import Job
-from jupyter_aigrid.server.spec import validate
-from jupyter_aigrid.server.store import Store
-
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 class Masters:
@@ -32,23 +24,12 @@ class Masters:
         self.made: list[Master] = []
 
     def new(self) -> Master:
-        executor = LocalExecutor(self.state, nodes=2, simulated_gpus=2, cpus_per_node=4)
-        m = Master(
-            Store(self.state / "aigrid.sqlite"),
-            executor,
-            load_policy("fifo"),
-            state_dir=self.state,
-            tick_s=0.05,
-            stop_grace_s=2.0,
-        )
+        m = build_master(self.state)
         self.made.append(m)
         return m
 
     def first(self) -> Master:
-        m = self.new()
-        m.recovery.recover()
-        m.recovery.error = None
-        return m
+        return recovered(self.new())
 
     @staticmethod
     def dies(m: Master) -> None:
@@ -65,52 +46,6 @@ def masters(tmp_path: Path):
     made = Masters(tmp_path)
     yield made
     made.close()
-
-
-def submit(m: Master, spec: dict[str, Any]) -> str:
-    return m.lifecycle.submit(validate(spec), "u", {})["id"]
-
-
-def run_without_processes(m: Master, job_id: str) -> list[str]:
-    """Place the job and put its replicas on record as running, starting nothing (as a
-    master does that dies between recording its replicas and starting them)."""
-    row = m.store.job(job_id)
-    placement = m.policy.place(request_of(row), m.reads.snapshot())
-    m.launcher.place(row, placement)
-    ids = [f"{job_id}.0.{s.rank}" for s in placement.slots]
-    m.store.insert_replicas(
-        [
-            {
-                "id": replica_id,
-                "job_id": job_id,
-                "attempt": 0,
-                "rank": s.rank,
-                "local_rank": s.local_rank,
-                "node": s.node,
-                "gpu_indices": list(s.gpus),
-                "state": "running",
-                "exit_path": str(m.files.log(job_id, 0, s.rank, "exit")),
-            }
-            for replica_id, s in zip(ids, placement.slots, strict=True)
-        ]
-    )
-    m.lifecycle.set_state(m.store.job(job_id), "running")
-    return ids
-
-
-def until_ended(m: Master, job_id: str, timeout_s: float = 60.0) -> Job:
-    deadline = time.monotonic() + timeout_s
-    while (row := m.store.job(job_id)).state not in FINAL:
-        assert time.monotonic() < deadline, row
-        m.lifecycle.handle_exits(m.executor.poll())
-        time.sleep(0.02)
-    return row
-
-
-def states(m: Master, job_id: str) -> list[str]:
-    return [
-        e["data"]["state"] for e in m.store.events(job_id) if e["schema_id"] == events.JOB_STATE
-    ]
 
 
 def test_a_gang_whose_ranks_all_exited_before_the_master_died_is_settled(masters):
