@@ -356,3 +356,15 @@ def image_view(row: dict[str, Any]) -> dict[str, Any]:
         k: row[k]
         for k in ("id", "ref", "framework", "framework_version", "cuda", "python", "description")
     } | {"updated_at": iso(row.get("updated_at"))}
+
+
+def location_view(loc: dict[str, Any]) -> dict[str, Any]:
+    """One copy of a dataset version, as ``GET /datasets/{name}`` shows it."""
+    return {
+        "node": loc["node"],
+        "path": loc["path"],
+        "state": loc["state"],
+        "managed": bool(loc["managed"]),
+        "verified_at": iso(loc.get("verified_at")),
+        "error": loc.get("error"),
+    }

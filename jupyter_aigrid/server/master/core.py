@@ -141,6 +141,35 @@ class Core:
         copies = {transfer.copies_holder(n): root / ck.COPIES for n, root in roots.items()}
         return {**roots, **copies}
 
+    def drop_checkpoints(self, job_id: str) -> None:
+        """Delete a job's checkpoints on every node, in the background (a job that succeeded
+        or was cancelled never resumes; a failed job's stay, to be looked into)."""
+        calls = [(node, transfer.remove_root, (root,)) for node, root in self.roots(job_id).items()]
+        self.stager.submit(self.node_files.call_each, calls)
+
+    def has_checkpoints(self, job_id: str) -> bool:
+        calls = [
+            (transfer.holder_node(h), ck.piece_names, (root,))
+            for h, root in self.holders(job_id).items()
+        ]
+        return any(self.node_files.call_each(calls, []))
+
+    def sync_inventory(self) -> None:
+        """Take in the nodes that joined or left the cluster (executors whose inventory
+        changes say so in ``nodes()``: Ray). A node that left holds nothing any more: its
+        replicas are reported lost and their gangs recover elsewhere."""
+        if not self.executor.capabilities.changing_inventory:
+            return
+        nodes = self.executor.nodes()
+        if [n.name for n in nodes] == [n.name for n in self.nodes.all]:
+            return
+        gone, new = self.nodes.update(nodes)
+        log.warning(
+            "AI Grid: the cluster changed: %s left, %s joined",
+            ", ".join(gone) or "none",
+            ", ".join(new) or "none",
+        )
+
     @staticmethod
     def rank_nodes(row: Job) -> dict[int, str]:
         return {s["rank"]: s["node"] for s in row.placement or []}

@@ -284,7 +284,7 @@ class DataStaging(Part):
                 self.lifecycle.set_state(row, FAILED, reason=reason, finished_at=now)
                 self.moves.end_migration(self.store.job(job_id), succeeded=False)
                 return
-            if self.moves.has_checkpoints(job_id):
+            if self.core.has_checkpoints(job_id):
                 self.moves.stage(self.store.job(job_id))
                 return
         self.launcher.launch(self.store.job(job_id), None)

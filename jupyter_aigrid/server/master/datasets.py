@@ -30,7 +30,7 @@ from ..model import FINAL_STATES
 from ..records import Job
 from ..spec import SpecError
 from ..validation import validate_body
-from ..views import iso
+from ..views import iso, location_view
 from .core import Core, Part
 
 log = logging.getLogger(__name__)
@@ -38,19 +38,8 @@ log = logging.getLogger(__name__)
 _REF = re.compile(r"^(?P<name>[^@]+)(@(?P<version>[^@]+))?$")
 
 
-def location_view(loc: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "node": loc["node"],
-        "path": loc["path"],
-        "state": loc["state"],
-        "managed": bool(loc["managed"]),
-        "verified_at": iso(loc.get("verified_at")),
-        "error": loc.get("error"),
-    }
-
-
 class Datasets(Part):
-    """The dataset registry, uploads and verification (see the module docstring)."""
+    """The dataset registry and verification (see the module docstring)."""
 
     def __init__(
         self,

@@ -104,7 +104,7 @@ class Launcher(Part):
         from the newest good one; others just start."""
         if self.data_staging.needs_data(row):
             self.data_staging.stage(row)
-        elif self.moves.has_checkpoints(row.id):
+        elif self.core.has_checkpoints(row.id):
             with self.store.write():
                 self.moves.stage(row)
         else:

@@ -356,7 +356,7 @@ class Lifecycle(Part):
             new = replace(row, **fields, state=JobState(state))
             self.event_state(new, str(row.state) if row.state != state else None)
             if state in (SUCCEEDED, CANCELLED):  # it never resumes: its checkpoints go
-                self.journal.after_commit(lambda: self.moves.drop_checkpoints(row.id))
+                self.journal.after_commit(lambda: self.core.drop_checkpoints(row.id))
         self.queue.track(new)
         if state in FINAL_STATES:
             self.memory.end(row.id)

@@ -380,22 +380,6 @@ class Master:
         if exits or staged != staging():
             self.round.run()
 
-    def _sync_inventory(self) -> None:
-        """Take in the nodes that joined or left the cluster (executors whose inventory
-        changes say so in ``nodes()``: Ray). A node that left holds nothing any more: its
-        replicas are reported lost and their gangs recover elsewhere."""
-        if not self.executor.capabilities.changing_inventory:
-            return
-        nodes = self.executor.nodes()
-        if [n.name for n in nodes] == [n.name for n in self.nodes.all]:
-            return
-        gone, new = self.nodes.update(nodes)
-        log.warning(
-            "AI Grid: the cluster changed: %s left, %s joined",
-            ", ".join(gone) or "none",
-            ", ".join(new) or "none",
-        )
-
     def _handle_exits(self, exits: list[ReplicaExit]) -> None:
-        self._sync_inventory()
+        self.core.sync_inventory()
         self.lifecycle.handle_exits(exits)

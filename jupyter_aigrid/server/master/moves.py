@@ -292,21 +292,6 @@ class Moves(Part):
 
     # -- resuming from a checkpoint ------------------------------------------------------------
 
-    def drop_checkpoints(self, job_id: str) -> None:
-        """Delete a job's checkpoints on every node, in the background (a job that succeeded
-        or was cancelled never resumes; a failed job's stay, to be looked into)."""
-        calls = [
-            (node, transfer.remove_root, (root,)) for node, root in self.core.roots(job_id).items()
-        ]
-        self.core.stager.submit(self.node_files.call_each, calls)
-
-    def has_checkpoints(self, job_id: str) -> bool:
-        calls = [
-            (transfer.holder_node(h), ck.piece_names, (root,))
-            for h, root in self.core.holders(job_id).items()
-        ]
-        return any(self.node_files.call_each(calls, []))
-
     def stage(self, row: Job) -> None:
         """Put the newest verified checkpoint on the gang's nodes, in the background; the
         replicas start once it is there (:meth:`_collect_staging`)."""
